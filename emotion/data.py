@@ -1,0 +1,243 @@
+"""FER2013-style data: image folders or the original fer2013.csv, decoded once into a cached uint8 tensor.
+
+Every image becomes a 48x48 grayscale face, as in FER2013. A split is held in memory as
+``images`` (N, 48, 48) uint8 and ``labels`` (N,) int64, which is about 66 MB for all of FER2013.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .labels import CLASS_NAMES, FER_CSV_CODES, canonical_label
+
+log = logging.getLogger(__name__)
+
+FACE_SIZE = 48  # FER2013's face crops are 48x48 grayscale
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+# Split names accepted for the CSV's Usage column; the image-folder layout uses the folder names.
+CSV_USAGE = {"train": "Training", "test": "PublicTest", "val": "PublicTest", "private": "PrivateTest"}
+CACHE_VERSION = 1  # bump when the decoded format changes
+
+
+class DataError(ValueError):
+    """A dataset path or file is not what the loader expects; the message says what to fix."""
+
+
+@dataclass
+class FaceDataset:
+    """One split held in memory: uint8 faces, int64 labels and where they came from."""
+
+    images: torch.Tensor  # (N, 48, 48) uint8
+    labels: torch.Tensor  # (N,) int64, indices into CLASS_NAMES
+    source: str  # path the split was read from
+    skipped: int = 0  # unreadable files left out
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def subset(self, index: torch.Tensor) -> FaceDataset:
+        """The faces at ``index`` as a new dataset."""
+        return FaceDataset(self.images[index], self.labels[index], self.source, 0)
+
+    def class_counts(self) -> list[int]:
+        """Number of faces per class, in CLASS_NAMES order."""
+        return torch.bincount(self.labels, minlength=len(CLASS_NAMES)).tolist()
+
+
+def to_face48(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Any PIL image or HxW(xC) array, any mode or size, as a 48x48 uint8 grayscale face.
+
+    Non-square images are centre-cropped to a square first so faces are not distorted.
+    """
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]
+        image = Image.fromarray(np.ascontiguousarray(image.astype(np.uint8)))
+    if image.mode in ("RGBA", "LA", "P"):
+        # Composite transparency on white rather than letting it turn black.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    gray = image.convert("L")
+    if gray.size != (FACE_SIZE, FACE_SIZE):
+        gray = ImageOps.fit(gray, (FACE_SIZE, FACE_SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def _read_face(path: Path) -> np.ndarray | None:
+    try:
+        with Image.open(path) as im:
+            return to_face48(im)
+    except Exception as exc:  # any decoder error means a bad file, never a crashed run
+        log.warning("skipping unreadable image %s (%s)", path, exc)
+        return None
+
+
+def _default_cache_dir() -> Path:
+    root = os.environ.get("EMOTION_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "emotion")
+    return Path(root).expanduser() / "data"
+
+
+def _list_folder_split(split_dir: Path) -> list[tuple[Path, int]]:
+    """(file, label) pairs of a ``<split>/<class>/*`` folder, with clear errors for bad layouts."""
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir} does not exist: expected a folder with one sub-folder per class ({', '.join(CLASS_NAMES)})")
+    found: dict[str, Path] = {}
+    for sub in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = canonical_label(sub.name)
+        if name is None:
+            raise DataError(f"unknown class folder {sub}: expected one of {', '.join(CLASS_NAMES)} (or an alias such as 'happiness')")
+        if name in found:
+            raise DataError(f"{sub} and {found[name]} both map to class '{name}'")
+        found[name] = sub
+    missing = [c for c in CLASS_NAMES if c not in found]
+    if missing:
+        raise DataError(f"{split_dir} has no folder for class(es) {', '.join(missing)}: expected one sub-folder per class ({', '.join(CLASS_NAMES)})")
+    items = []
+    for name, sub in found.items():
+        label = CLASS_NAMES.index(name)
+        items += [(f, label) for f in sorted(sub.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not items:
+        raise DataError(f"{split_dir} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return items
+
+
+def _fingerprint(parts: list[str]) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _load_folder_split(split_dir: Path, cache_dir: Path) -> FaceDataset:
+    items = _list_folder_split(split_dir)
+    # Any added, removed or rewritten file changes the key, which invalidates the cache.
+    stats = [f"{CACHE_VERSION}", str(split_dir.resolve())]
+    for f, label in items:
+        st = f.stat()
+        stats.append(f"{f.name}|{label}|{st.st_size}|{st.st_mtime_ns}")
+    key = _fingerprint(stats)
+    cache_file = cache_dir / f"{split_dir.name}-{key}.pt"
+    if cache_file.exists():
+        try:
+            blob = torch.load(cache_file, weights_only=True)
+            log.info("loaded %d faces from cache %s", blob["labels"].numel(), cache_file)
+            return FaceDataset(blob["images"], blob["labels"], str(split_dir), int(blob["skipped"]))
+        except Exception as exc:
+            log.warning("ignoring unreadable cache %s (%s)", cache_file, exc)
+    log.info("decoding %d images from %s (cached afterwards)", len(items), split_dir)
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        faces = list(pool.map(_read_face, (f for f, _ in items)))
+    keep = [i for i, face in enumerate(faces) if face is not None]
+    skipped = len(items) - len(keep)
+    if skipped:
+        log.warning("skipped %d unreadable file(s) in %s", skipped, split_dir)
+    if not keep:
+        raise DataError(f"none of the {len(items)} images in {split_dir} could be read")
+    images = torch.from_numpy(np.stack([faces[i] for i in keep]))
+    labels = torch.tensor([items[i][1] for i in keep], dtype=torch.int64)
+    _save_atomic({"images": images, "labels": labels, "skipped": skipped}, cache_file)
+    return FaceDataset(images, labels, str(split_dir), skipped)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs speed
+        log.warning("could not write data cache %s (%s)", path, exc)
+
+
+def _load_csv_split(csv_path: Path, split: str) -> FaceDataset:
+    usage = CSV_USAGE.get(split, split)
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = {c.strip() for c in (reader.fieldnames or [])}
+        need = {"emotion", "pixels"}
+        if not need <= columns:
+            raise DataError(f"{csv_path} has columns {sorted(columns)}: expected at least 'emotion' and 'pixels' (and 'Usage'), as in the original fer2013.csv")
+        faces, labels, skipped = [], [], 0
+        for row in reader:
+            row = {k.strip(): v for k, v in row.items() if k}
+            if "Usage" in row and row["Usage"].strip() != usage:
+                continue
+            try:
+                pixels = np.array(row["pixels"].split(), dtype=np.uint8)
+                side = int(round(len(pixels) ** 0.5))
+                if side * side != len(pixels) or side == 0:
+                    raise ValueError(f"{len(pixels)} pixels is not a square image")
+                face = to_face48(pixels.reshape(side, side))
+                label = CLASS_NAMES.index(FER_CSV_CODES[int(row["emotion"])])
+            except (ValueError, IndexError) as exc:
+                skipped += 1
+                log.warning("skipping bad CSV row %d of %s (%s)", reader.line_num, csv_path, exc)
+                continue
+            faces.append(face)
+            labels.append(label)
+    if skipped:
+        log.warning("skipped %d unreadable row(s) in %s", skipped, csv_path)
+    if not faces:
+        raise DataError(f"{csv_path} has no readable rows with Usage '{usage}' (split '{split}'); Usage values are Training, PublicTest, PrivateTest")
+    return FaceDataset(torch.from_numpy(np.stack(faces)), torch.tensor(labels), f"{csv_path}:{usage}", skipped)
+
+
+def find_csv(data: Path) -> Path | None:
+    """The fer2013.csv that ``data`` names or contains, if any."""
+    if data.is_file() and data.suffix.lower() == ".csv":
+        return data
+    candidate = data / "fer2013.csv"
+    return candidate if candidate.is_file() else None
+
+
+def has_split(data: str | os.PathLike, split: str) -> bool:
+    """Whether ``data`` provides ``split`` (a sub-folder, or rows in the CSV)."""
+    data = Path(data)
+    if (data / split).is_dir():
+        return True
+    csv_path = find_csv(data)
+    return csv_path is not None and split in CSV_USAGE
+
+
+def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None) -> FaceDataset:
+    """Load ``split`` ('train', 'test', 'private', ...) of a FER2013-style dataset.
+
+    ``data`` is a folder holding ``<split>/<class>/*`` images, a folder holding ``fer2013.csv``,
+    or the CSV itself. Folder splits are decoded once and cached under ``cache_dir``
+    (default ``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion``).
+    """
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise DataError(f"dataset path {data} does not exist: pass a folder with train/ and test/ class folders, or fer2013.csv")
+    if (data / split).is_dir():
+        return _load_folder_split(data / split, Path(cache_dir) if cache_dir else _default_cache_dir())
+    csv_path = find_csv(data)
+    if csv_path is not None:
+        return _load_csv_split(csv_path, split)
+    raise DataError(f"{data} has neither a '{split}/' folder of class folders nor a fer2013.csv")
+
+
+def split_train_val(ds: FaceDataset, fraction: float, seed: int = 0) -> tuple[FaceDataset, FaceDataset]:
+    """Carve a stratified validation set of about ``fraction`` of each class, reproducibly for a seed."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"val split must be between 0 and 1, got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    val_idx = []
+    for c in range(len(CLASS_NAMES)):
+        idx = torch.nonzero(ds.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        val_idx.append(idx[: int(round(len(idx) * fraction))])
+    val = torch.cat(val_idx).sort().values
+    mask = torch.ones(len(ds), dtype=torch.bool)
+    mask[val] = False
+    train_part, val_part = ds.subset(torch.nonzero(mask).flatten()), ds.subset(val)
+    if len(val_part) == 0 or len(train_part) == 0:
+        raise DataError(f"val split {fraction} of {len(ds)} faces leaves an empty train or validation set")
+    return train_part, val_part

@@ -1,0 +1,155 @@
+"""The model factory: the CLIP + adapter model and the compact offline CNN, each with its preprocessing.
+
+``build_model(cfg)`` returns ``(model, preprocess)``. ``preprocess`` turns a batch of 48x48 faces
+(float in [0, 1], shape (N, 1, 48, 48)) into exactly what that model's weights expect, so training,
+evaluation and the app can never disagree about normalisation or input size.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .labels import NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in every checkpoint."""
+
+    kind: str = "clip"  # "clip" (open_clip encoder + adapter) or "cnn" (compact offline network)
+    clip_model: str = "ViT-B-32"  # open_clip architecture name, e.g. ViT-B-16, ViT-L-14
+    pretrained: str = "openai"  # open_clip pretrained tag used when no weights file is given
+    adapter_dims: tuple[int, ...] = (1024, 512, 256)  # hidden widths of the seed's emotion adapter
+    dropout: float = 0.3  # dropout after each hidden layer (adapter and CNN head)
+    cnn_widths: tuple[int, ...] = (48, 96, 192, 384)  # CNN channels per stage (48, 24, 12, 6 px)
+    cnn_convs: int = 2  # 3x3 conv layers per CNN stage
+    num_classes: int = NUM_CLASSES  # output classes (FER2013 has 7)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form, for checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """Inverse of ``to_dict``; unknown keys are ignored so older checkpoints keep loading."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        return cls(**kwargs)
+
+
+class Preprocess(nn.Module):
+    """Faces (N, 1, 48, 48) in [0, 1] -> model input: channel repeat, resize and normalisation."""
+
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bicubic"):
+        super().__init__()
+        self.size = size
+        self.interpolation = interpolation
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        channels = self.mean.shape[1]
+        if x.shape[1] != channels:
+            x = x.expand(-1, channels, -1, -1)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode=self.interpolation, align_corners=False)
+        return (x - self.mean) / self.std
+
+
+def build_adapter(in_dim: int, hidden: tuple[int, ...], num_classes: int, dropout: float) -> nn.Sequential:
+    """The seed's adapter: [Linear BatchNorm1d ReLU Dropout] per hidden width, then Linear to the classes."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, num_classes))
+    return nn.Sequential(*layers)
+
+
+class ClipEmotionModel(nn.Module):
+    """open_clip image encoder followed by the emotion adapter; forward returns logits."""
+
+    def __init__(self, encoder: nn.Module, embed_dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.adapter = build_adapter(embed_dim, cfg.adapter_dims, cfg.num_classes, cfg.dropout)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings of preprocessed images."""
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.embed(x).float())
+
+    def unfreezable_parameters(self, blocks: int) -> list[nn.Parameter]:
+        """Parameters of the last ``blocks`` transformer blocks plus the final norm and projection."""
+        enc = self.encoder
+        params: list[nn.Parameter] = []
+        resblocks = getattr(getattr(enc, "transformer", None), "resblocks", None)
+        if resblocks is None:
+            raise ValueError(f"{type(enc).__name__} has no transformer.resblocks; partial unfreezing supports open_clip ViTs")
+        if blocks > 0:
+            for block in list(resblocks)[-blocks:]:
+                params += list(block.parameters())
+        if getattr(enc, "ln_post", None) is not None:
+            params += list(enc.ln_post.parameters())
+        if isinstance(getattr(enc, "proj", None), nn.Parameter):
+            params.append(enc.proj)
+        return params
+
+
+class EmotionCNN(nn.Module):
+    """Compact VGG-style network for 48x48 grayscale faces.
+
+    Each stage is ``cnn_convs`` x (3x3 conv, BatchNorm, ReLU) followed by 2x2 max-pooling, except the
+    last, which ends in global average pooling; a dropout + linear head gives the logits.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for i, width in enumerate(cfg.cnn_widths):
+            for _ in range(cfg.cnn_convs):
+                layers += [nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                in_ch = width
+            if i < len(cfg.cnn_widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(in_ch, cfg.num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(cfg: ModelConfig, clip_weights: str | None = None, cache_dir: str | None = None) -> tuple[nn.Module, Preprocess]:
+    """Build the model ``cfg`` describes and the preprocessing its weights expect.
+
+    For CLIP, ``clip_weights`` is a file path, ``"random"`` (no pretrained weights, for tests and
+    timing) or None to resolve ``cfg.pretrained`` through the cache or a download (see ``weights``).
+    """
+    if cfg.kind == "cnn":
+        # FER2013 pixel statistics (mean 0.51, std 0.25 over the training set) rounded.
+        return EmotionCNN(cfg), Preprocess(48, (0.5,), (0.25,), "bilinear")
+    if cfg.kind == "clip":
+        from .weights import load_clip_encoder
+
+        encoder, embed_dim, pp = load_clip_encoder(cfg.clip_model, cfg.pretrained, clip_weights, cache_dir)
+        model = ClipEmotionModel(encoder, embed_dim, cfg)
+        return model, Preprocess(pp["size"], pp["mean"], pp["std"], pp["interpolation"])
+    raise ValueError(f"unknown model kind '{cfg.kind}': expected 'clip' or 'cnn'")
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,89 @@
+"""Classify face crops with a trained checkpoint: the package API the CLI and the app share."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import LoadedModel, load_checkpoint
+from .data import to_face48
+from .labels import CLASS_NAMES
+from .runtime import amp_dtype, autocast_for, pick_device
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_CHECKPOINT = ASSETS / "emotion_cnn.pt"  # the offline CNN trained on FER2013 and shipped with the project
+ENV_CHECKPOINT = "EMOTION_CHECKPOINT"
+
+
+def default_checkpoint() -> Path:
+    """``$EMOTION_CHECKPOINT`` if set, else the shipped offline CNN."""
+    return Path(os.environ.get(ENV_CHECKPOINT) or DEFAULT_CHECKPOINT)
+
+
+class EmotionClassifier:
+    """A loaded checkpoint that turns face crops into class probabilities, all faces in one forward pass."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, amp: str = "auto", tta: bool = False):
+        self.loaded = loaded
+        self.device = device
+        self.dtype = amp_dtype(device, amp)
+        self.tta = tta  # average with the mirror image: about +0.5-1% accuracy for twice the compute
+        self.channels_last = loaded.config.kind == "cnn"
+        if self.channels_last:
+            loaded.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto", amp: str = "auto", tta: bool = False) -> EmotionClassifier:
+        """Load ``path`` (default: ``default_checkpoint()``) for inference."""
+        dev = pick_device(device)
+        loaded = load_checkpoint(path or default_checkpoint(), dev)
+        log.info("emotion model: %s on %s", loaded.name, dev)
+        return cls(loaded, dev, amp, tta)
+
+    @property
+    def name(self) -> str:
+        """What is running, for logs and the UI."""
+        return self.loaded.name
+
+    @torch.inference_mode()
+    def predict_tensor(self, faces: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, 7) for faces given as uint8 (N, 48, 48) or float (N, 1, 48, 48) in [0, 1]."""
+        if faces.dtype == torch.uint8:
+            faces = faces.unsqueeze(1).float().div_(255.0)
+        x = faces.to(self.device)
+        if self.tta:
+            x = torch.cat([x, x.flip(-1)])
+        x = self.loaded.preprocess(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(self.device, self.dtype):
+            logits = self.loaded.model(x)
+        probs = logits.float().softmax(-1)
+        if self.tta:
+            n = len(probs) // 2
+            probs = (probs[:n] + probs[n:]) / 2
+        return probs.cpu()
+
+    def predict_faces(self, faces: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Probabilities (N, 7) for face crops of any size and colour (HxW or HxWxC uint8 arrays, RGB)."""
+        if len(faces) == 0:
+            return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
+        batch = torch.from_numpy(np.stack([f if f.shape == (48, 48) and f.dtype == np.uint8 else to_face48(f) for f in faces]))
+        return self.predict_tensor(batch).numpy()
+
+
+def face_result(box: Sequence[int], probs: np.ndarray) -> dict:
+    """One face in the JSON schema: box [x, y, w, h], label, score and per-class probabilities."""
+    best = int(np.argmax(probs))
+    return {
+        "box": [int(v) for v in box],
+        "label": CLASS_NAMES[best],
+        "score": float(probs[best]),
+        "probabilities": {name: float(p) for name, p in zip(CLASS_NAMES, probs)},
+    }

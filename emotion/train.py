@@ -1,0 +1,418 @@
+"""One training loop for every model the package builds (CLIP + adapter, offline CNN).
+
+The recipe is the seed's: AdamW with separate learning rates for the CLIP encoder and the rest,
+no weight decay on biases and norms, warmup + cosine schedule, cross-entropy with label smoothing,
+AMP, and CLIP frozen until ``unfreeze_epoch``. While the encoder is frozen its embeddings are
+computed once and the adapter trains on them (``embedding_cache``).
+
+Outputs in ``out``: ``last.pt`` (every epoch, with optimizer state, for ``resume``), ``best.pt``
+(best validation accuracy), ``metrics.jsonl`` (one row per epoch), ``status.json`` (live progress)
+and ``train.log``. Runs under ``torchrun`` use DDP (NCCL on GPUs, gloo on CPU); rank 0 writes files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data.distributed import DistributedSampler
+
+from .augment import AugmentConfig, augment
+from .checkpoint import read_checkpoint, save_checkpoint
+from .data import DataError, FaceDataset, has_split, load_split, split_train_val
+from .models import ClipEmotionModel, ModelConfig, build_model, count_parameters
+from .runtime import amp_dtype, autocast_for, pick_device, read_jsonl, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """A training run; the defaults are the seed's recipe for the CLIP model."""
+
+    data: str = "../shared/fer2013"  # dataset folder (train/ and test/ class folders) or fer2013.csv
+    out: str = "runs/emotion"  # run folder for checkpoints, metrics and logs
+    model: ModelConfig = field(default_factory=ModelConfig)  # architecture
+    epochs: int = 20  # total epochs (the seed's 20)
+    batch_size: int = 64  # images per step per process
+    lr: float = 1e-3  # learning rate of the adapter (CLIP) or the whole network (CNN)
+    clip_lr: float = 1e-5  # learning rate of the unfrozen CLIP blocks
+    weight_decay: float = 0.05  # AdamW decoupled weight decay (never on biases or norm weights)
+    warmup_epochs: float = 1.0  # linear warmup before the cosine decay
+    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of each group's learning rate
+    label_smoothing: float = 0.1  # cross-entropy label smoothing
+    unfreeze_epoch: int = 10  # first (1-based) epoch in which CLIP's last blocks train; 0 = never frozen
+    unfreeze_blocks: int = 4  # CLIP transformer blocks unfrozen then, plus the final norm and projection
+    embedding_cache: bool = True  # while CLIP is frozen, embed every image once and train the adapter on that
+    val_split: float = 0.0  # >0: carve this fraction of train for validation instead of using the test split
+    val_name: str = "test"  # split used for validation when val_split is 0
+    seed: int = 0  # seeds shuffling, augmentation, the val split and initialisation
+    amp: str = "auto"  # "auto": fp16 on CUDA, bf16 on CPUs with native bf16; "bf16", "fp16" or "off"
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    clip_weights: str | None = None  # CLIP weights file, or "random"; None resolves the pretrained tag
+    cache_dir: str | None = None  # open_clip weights cache
+    data_cache: str | None = None  # where decoded datasets are cached (default ~/.cache/emotion)
+    max_images: int = 0  # >0: train on at most this many images (quick trials and benchmarks)
+    resume: bool = False  # continue from out/last.pt
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation
+    log_every: float = 2.0  # seconds between status.json updates
+
+    def to_dict(self) -> dict:
+        """JSON form stored in checkpoints."""
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the base learning rate: linear warmup to 1, then cosine down to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: adapter/CNN and unfreezable CLIP parameters, each split into decay and no-decay."""
+    def split(params: list[nn.Parameter], lr: float, name: str) -> list[dict]:
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]  # biases, norm weights, and CLIP's class embedding
+        return [g for g in (
+            {"params": decay, "lr": lr, "weight_decay": cfg.weight_decay, "name": name},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay"},
+        ) if g["params"]]
+
+    if isinstance(model, ClipEmotionModel):
+        groups = split(list(model.adapter.parameters()), cfg.lr, "adapter")
+        if cfg.unfreeze_epoch > 0 or cfg.unfreeze_blocks > 0:
+            groups += split(model.unfreezable_parameters(cfg.unfreeze_blocks), cfg.clip_lr, "clip")
+        return groups
+    return split(list(model.parameters()), cfg.lr, "model")
+
+
+def set_phase(model: nn.Module, cfg: TrainConfig, epoch: int) -> str:
+    """Freeze or unfreeze CLIP for ``epoch`` (1-based); returns the phase name."""
+    if not isinstance(model, ClipEmotionModel):
+        return "full"
+    # unfreeze_epoch <= 0 means "never frozen": the chosen blocks train from the first epoch.
+    frozen = epoch < cfg.unfreeze_epoch if cfg.unfreeze_epoch > 0 else False
+    model.encoder.requires_grad_(False)
+    if not frozen:
+        for p in model.unfreezable_parameters(cfg.unfreeze_blocks):
+            p.requires_grad_(True)
+    return "frozen" if frozen else "unfrozen"
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
+    """Join the torchrun process group if there is one; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(), pick_device(cfg.device)
+    d = _Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        # Processes share the cores; without this each would start one thread per core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def _all_reduce(values: list[float], d: _Dist, device: torch.device) -> list[float]:
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _faces_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 48, 48) -> float (N, 1, 48, 48) in [0, 1] on ``device``."""
+    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+
+
+@torch.inference_mode()
+def _embed(model: ClipEmotionModel, preprocess: nn.Module, images: torch.Tensor, device: torch.device,
+           dtype: torch.dtype | None, d: _Dist, flip: bool = False, batch: int = 128) -> torch.Tensor:
+    """CLIP embeddings of every image, each process embedding a share and gathering the rest."""
+    mine = images[d.rank :: d.world]
+    out = []
+    for i in range(0, len(mine), batch):
+        x = _faces_to_input(mine[i : i + batch], device)
+        if flip:
+            x = x.flip(-1)
+        with autocast_for(device, dtype):
+            out.append(model.embed(preprocess(x)).float())
+    local = torch.cat(out) if out else torch.zeros(0, model.adapter[0].in_features, device=device)
+    if d.world == 1:
+        return local.cpu()
+    size = math.ceil(len(images) / d.world)
+    padded = torch.zeros(size, local.shape[1], device=device)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(d.world)]
+    dist.all_gather(parts, padded)
+    full = torch.empty(len(images), local.shape[1])
+    for r, part in enumerate(parts):
+        n = len(images[r :: d.world])
+        full[r :: d.world] = part[:n].cpu()
+    return full
+
+
+def _embedding_cache(model: ClipEmotionModel, preprocess: nn.Module, train: FaceDataset, val: FaceDataset,
+                     cfg: TrainConfig, device: torch.device, dtype: torch.dtype | None, d: _Dist) -> dict:
+    """Frozen-encoder embeddings of train (plain and flipped) and val, kept in out/ so a resume reuses them."""
+    key = {"model": cfg.model.to_dict(), "weights": cfg.clip_weights or cfg.model.pretrained, "train": len(train),
+           "val": len(val), "data": cfg.data, "val_split": cfg.val_split, "max_images": cfg.max_images, "seed": cfg.seed}
+    path = Path(cfg.out) / "embeddings.pt"
+    if path.exists():
+        blob = torch.load(path, weights_only=True)
+        if blob.get("key") == json.dumps(key, sort_keys=True):
+            log.info("reusing frozen CLIP embeddings from %s", path)
+            return blob
+    t0 = time.time()
+    log.info("embedding %d train images (and their mirror images) and %d val images with the frozen encoder", len(train), len(val))
+    model.eval()
+    blob = {
+        "key": json.dumps(key, sort_keys=True),
+        "train": _embed(model, preprocess, train.images, device, dtype, d),
+        "train_flip": _embed(model, preprocess, train.images, device, dtype, d, flip=True),
+        "val": _embed(model, preprocess, val.images, device, dtype, d),
+    }
+    log.info("embedded %d images in %.1fs", 2 * len(train) + len(val), time.time() - t0)
+    if d.main:
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    return blob
+
+
+@torch.inference_mode()
+def _validate(model: nn.Module, preprocess: nn.Module, val: FaceDataset, cfg: TrainConfig, device: torch.device,
+              dtype: torch.dtype | None, d: _Dist, embeddings: torch.Tensor | None) -> tuple[float, float]:
+    """(loss, accuracy) on this process's share of val, reduced over processes."""
+    model.eval()
+    idx = torch.arange(d.rank, len(val), d.world)
+    loss_sum, correct = 0.0, 0.0
+    for i in range(0, len(idx), 256):
+        b = idx[i : i + 256]
+        y = val.labels[b].to(device)
+        with autocast_for(device, dtype):
+            if embeddings is not None:
+                logits = model.adapter(embeddings[b].to(device))
+            else:
+                x = preprocess(_faces_to_input(val.images[b], device))
+                if cfg.model.kind == "cnn":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    loss_sum, correct, n = _all_reduce([loss_sum, correct, float(len(idx))], d, device)
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+def _load_data(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset]:
+    train = load_split(cfg.data, "train", cfg.data_cache)
+    if cfg.val_split > 0:
+        train, val = split_train_val(train, cfg.val_split, cfg.seed)
+    elif has_split(cfg.data, cfg.val_name):
+        val = load_split(cfg.data, cfg.val_name, cfg.data_cache)
+    else:
+        raise DataError(f"{cfg.data} has no '{cfg.val_name}' split for validation: add it, or pass --val-split 0.1 to carve one from train")
+    if cfg.max_images and len(train) > cfg.max_images:
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_images]
+        train = train.subset(pick.sort().values)
+    return train, val
+
+
+def _attach_log_file(out: Path) -> logging.Handler:
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("emotion").addHandler(handler)
+    return handler
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training as ``cfg`` says; returns the best validation metrics.
+
+    Raises DataError, WeightsError or CheckpointError with a readable message for bad inputs.
+    """
+    d, device = _init_distributed(cfg)
+    out = Path(cfg.out)
+    handler = None
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        handler = _attach_log_file(out)
+    status_path, metrics_path = out / "status.json", out / "metrics.jsonl"
+    status = {"state": "starting", "epoch": 0, "epochs": cfg.epochs, "step": 0, "steps_per_epoch": 0, "pid": os.getpid()}
+
+    def publish(**changes) -> None:
+        status.update(changes, time=time.time())
+        if d.main:
+            write_json_atomic(status_path, status)
+
+    try:
+        publish()
+        result = _run(cfg, d, device, out, metrics_path, publish)
+        publish(state="done", **result)
+        return result
+    except BaseException as exc:
+        publish(state="stopped" if isinstance(exc, KeyboardInterrupt) else "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if handler is not None:
+            logging.getLogger("emotion").removeHandler(handler)
+            handler.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_path: Path, publish) -> dict:
+    torch.manual_seed(cfg.seed)
+    train_ds, val_ds = _load_data(cfg)
+    log.info("data: %d train faces %s, %d val faces (%s)", len(train_ds), train_ds.class_counts(), len(val_ds), val_ds.source)
+    model, preprocess = build_model(cfg.model, cfg.clip_weights, cfg.cache_dir)
+    model.to(device)
+    preprocess.to(device)
+    if cfg.model.kind == "cnn":
+        model.to(memory_format=torch.channels_last)  # about 1.4x faster convolutions on CPU
+    log.info("model: %s, %.2fM parameters, device %s", cfg.model.kind, count_parameters(model) / 1e6, device)
+
+    dtype = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.999), fused=device.type == "cuda")
+    for g in optimizer.param_groups:
+        g["base_lr"] = g["lr"]
+    steps_per_epoch = (len(train_ds) // d.world) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise DataError(f"batch size {cfg.batch_size} x {d.world} process(es) is larger than the {len(train_ds)} training faces; lower --batch-size")
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+
+    start_epoch, best = 1, {"val_acc": -1.0, "epoch": 0}
+    last_path = out / "last.pt"
+    if cfg.resume and last_path.exists():
+        blob = read_checkpoint(last_path)
+        if blob["model_config"] != cfg.model.to_dict():
+            raise DataError(f"--resume: {last_path} holds a different model ({blob['model_config']}); use another --out or the same model flags")
+        model.load_state_dict(blob["model"])
+        state = blob["training_state"]
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        log.info("resumed from %s after epoch %d (best val acc %.4f)", last_path, state["epoch"], best["val_acc"])
+    elif cfg.resume:
+        log.info("--resume: no %s yet, starting from scratch", last_path)
+    if d.main:
+        # Rows past the resumed epoch come from the interrupted epoch and are rewritten.
+        rows = [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) < start_epoch]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    cache = None
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        phase = set_phase(model, cfg, epoch)
+        use_cache = phase == "frozen" and cfg.embedding_cache
+        if use_cache and cache is None:
+            publish(state="embedding", epoch=epoch)
+            cache = _embedding_cache(model, preprocess, train_ds, val_ds, cfg, device, dtype, d)
+        # In the frozen phase only the adapter learns, so only it is wrapped (and synchronised) by DDP.
+        trainable = model.adapter if phase == "frozen" else model
+        step_module = DDP(trainable, device_ids=[device.index] if device.type == "cuda" else None) if d.world > 1 else trainable
+        model.train()
+        if phase == "frozen":
+            model.encoder.eval()
+        torch.manual_seed(cfg.seed * 100003 + epoch * d.world + d.rank)  # same batches and augmentation after a resume
+        sampler = DistributedSampler(range(len(train_ds)), num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler))[: steps_per_epoch * cfg.batch_size].view(steps_per_epoch, cfg.batch_size)
+        loss_sum, correct, seen = 0.0, 0, 0
+        t0 = last_publish = time.time()
+        bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs} {phase}", d)
+        for i, idx in enumerate(order):
+            step = (epoch - 1) * steps_per_epoch + i
+            factor = lr_factor(step, total_steps, warmup_steps, cfg.min_lr_ratio)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            y = train_ds.labels[idx].to(device)
+            with autocast_for(device, dtype):
+                if use_cache:
+                    flip = torch.rand(len(idx)) < cfg.augment.flip  # the only augmentation the cache keeps
+                    feats = torch.where(flip[:, None], cache["train_flip"][idx], cache["train"][idx]).to(device)
+                    logits = step_module(feats)
+                else:
+                    x = preprocess(augment(_faces_to_input(train_ds.images[idx], device), cfg.augment))
+                    if cfg.model.kind == "cnn":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    if phase == "frozen":
+                        with torch.no_grad():
+                            x = model.embed(x)
+                    logits = step_module(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(idx)
+            bar.update(1)
+            if time.time() - last_publish > cfg.log_every:
+                last_publish = time.time()
+                publish(state="training", epoch=epoch, step=i + 1, steps_per_epoch=steps_per_epoch, phase=phase)
+        bar.close()
+        seconds = time.time() - t0
+        loss_sum, correct, seen = _all_reduce([loss_sum, float(correct), float(seen)], d, device)
+        val_loss, val_acc = _validate(model, preprocess, val_ds, cfg, device, dtype, d, cache["val"] if use_cache else None)
+        row = {
+            "epoch": epoch, "phase": phase, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "val_loss": val_loss, "val_acc": val_acc,
+            "lr": {g["name"]: g["lr"] for g in optimizer.param_groups if not g["name"].endswith("_no_decay")},
+            "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1), "time": time.time(),
+        }
+        is_best = val_acc > best["val_acc"]
+        if is_best:
+            best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch}
+        if d.main:
+            state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": best}
+            metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "best": best}
+            save_checkpoint(last_path, model, cfg.model, train_config=cfg.to_dict(), metrics=metrics, training_state=state)
+            if is_best:
+                save_checkpoint(out / "best.pt", model, cfg.model, train_config=cfg.to_dict(), metrics=metrics)
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        log.info("epoch %d/%d %s: train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.0fs, %.1f img/s",
+                 epoch, cfg.epochs, phase, row["train_loss"], row["train_acc"], val_loss, val_acc,
+                 " (best)" if is_best else "", seconds, row["images_per_s"])
+        publish(state="training", epoch=epoch, step=steps_per_epoch, steps_per_epoch=steps_per_epoch, phase=phase)
+    log.info("finished: best val acc %.4f at epoch %d; checkpoint %s", best["val_acc"], best["epoch"], out / "best.pt")
+    return {"best_val_acc": best["val_acc"], "best_epoch": best["epoch"]}
+
+
+def _progress(total: int, desc: str, d: _Dist):
+    """A tqdm bar in an interactive terminal; a no-op in logs, subprocesses and other ranks."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not (d.main and sys.stderr.isatty()), dynamic_ncols=True)

@@ -1,0 +1,87 @@
+"""Shared fixtures: synthetic FER-style datasets, tiny checkpoints and real faces from ../shared."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emotion.labels import CLASS_NAMES, FER_CSV_CODES
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+FER_DIR = SHARED / "fer2013"
+FACE_MODEL = SHARED / "models" / "face_detection_short_range.tflite"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: slower tests (browser, real data); still run by the README's test command")
+
+
+def synthetic_face(label: int, rng: np.random.Generator) -> np.ndarray:
+    """A 48x48 image whose class is learnable: a bright band whose position encodes the label, plus noise."""
+    img = rng.integers(0, 60, size=(48, 48)).astype(np.uint8)
+    row = 3 + label * 6
+    img[row : row + 5, 6:42] = 220
+    return img
+
+
+def make_folder_dataset(root: Path, per_class: int = 12, splits: tuple[str, ...] = ("train", "test"), seed: int = 0) -> Path:
+    """Write ``root/<split>/<class>/*.png`` with ``per_class`` synthetic faces per class; returns root."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for label, name in enumerate(CLASS_NAMES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(synthetic_face(label, rng)).save(d / f"{split}_{i}.png")
+    return root
+
+
+def make_csv_dataset(path: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """Write a fer2013.csv (emotion, pixels, Usage) with the original emotion codes; returns its path."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["emotion", "pixels", "Usage"])
+        for usage in ("Training", "PublicTest", "PrivateTest"):
+            for label, name in enumerate(CLASS_NAMES):
+                for _ in range(per_class):
+                    pixels = " ".join(map(str, synthetic_face(label, rng).flatten()))
+                    w.writerow([FER_CSV_CODES.index(name), pixels, usage])
+    return path
+
+
+@pytest.fixture
+def tiny_fer(tmp_path: Path) -> Path:
+    """A synthetic image-folder dataset with train/ and test/."""
+    return make_folder_dataset(tmp_path / "fer")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decoded-data caches go to the test's own folder, never the user's ~/.cache.
+    monkeypatch.setenv("EMOTION_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def real_faces() -> dict[str, list[np.ndarray]]:
+    """A few real 48x48 FER2013 test faces per class (skips when ../shared is absent)."""
+    if not FER_DIR.is_dir():
+        pytest.skip("../shared/fer2013 is not available")
+    faces = {}
+    for name in CLASS_NAMES:
+        files = sorted((FER_DIR / "test" / name).glob("*.jpg"))[:4]
+        faces[name] = [np.asarray(Image.open(f).convert("L")) for f in files]
+    return faces
+
+
+@pytest.fixture(scope="session")
+def face_model_path() -> Path:
+    """MediaPipe's BlazeFace model from ../shared (skips when absent)."""
+    if not FACE_MODEL.is_file():
+        pytest.skip("../shared/models/face_detection_short_range.tflite is not available")
+    return FACE_MODEL
