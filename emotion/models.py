@@ -27,7 +27,7 @@ class ModelConfig:
     pretrained: str = "openai"  # open_clip pretrained tag used when no weights file is given
     adapter_dims: tuple[int, ...] = (1024, 512, 256)  # hidden widths of the seed's emotion adapter
     dropout: float = 0.3  # dropout after each hidden layer (adapter and CNN head)
-    cnn_widths: tuple[int, ...] = (48, 96, 192, 384)  # CNN channels per stage (48, 24, 12, 6 px)
+    cnn_widths: tuple[int, ...] = (32, 64, 128, 256)  # CNN channels per stage (48, 24, 12, 6 px): 1.17M parameters
     cnn_convs: int = 2  # 3x3 conv layers per CNN stage
     num_classes: int = NUM_CLASSES  # output classes (FER2013 has 7)
 

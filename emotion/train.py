@@ -67,6 +67,15 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation
     log_every: float = 2.0  # seconds between status.json updates
 
+    @classmethod
+    def for_model(cls, kind: str, **overrides) -> TrainConfig:
+        """The recipe for ``kind`` ("clip": the seed's; "cnn": the one that trained the shipped model), then ``overrides``."""
+        base = {"model": ModelConfig(kind=kind)}
+        if kind == "cnn":
+            base.update(epochs=36, lr=2e-3, model=ModelConfig(kind="cnn", dropout=0.2))
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
     def to_dict(self) -> dict:
         """JSON form stored in checkpoints."""
         d = asdict(self)
@@ -234,7 +243,8 @@ def _validate(model: nn.Module, preprocess: nn.Module, val: FaceDataset, cfg: Tr
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
-def _load_data(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset]:
+def load_train_val(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset]:
+    """The training and validation sets ``cfg`` describes (test split, or a seeded carve-out of train)."""
     train = load_split(cfg.data, "train", cfg.data_cache)
     if cfg.val_split > 0:
         train, val = split_train_val(train, cfg.val_split, cfg.seed)
@@ -292,7 +302,7 @@ def train(cfg: TrainConfig) -> dict:
 
 def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_path: Path, publish) -> dict:
     torch.manual_seed(cfg.seed)
-    train_ds, val_ds = _load_data(cfg)
+    train_ds, val_ds = load_train_val(cfg)
     log.info("data: %d train faces %s, %d val faces (%s)", len(train_ds), train_ds.class_counts(), len(val_ds), val_ds.source)
     model, preprocess = build_model(cfg.model, cfg.clip_weights, cfg.cache_dir)
     model.to(device)
@@ -328,16 +338,21 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
         log.info("--resume: no %s yet, starting from scratch", last_path)
     if d.main:
         # Rows past the resumed epoch come from the interrupted epoch and are rewritten.
-        rows = [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) < start_epoch]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        history = [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) < start_epoch]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
 
+    else:
+        history = []
     cache = None
     for epoch in range(start_epoch, cfg.epochs + 1):
         phase = set_phase(model, cfg, epoch)
         use_cache = phase == "frozen" and cfg.embedding_cache
+        embed_seconds = 0.0
         if use_cache and cache is None:
             publish(state="embedding", epoch=epoch)
+            t_embed = time.time()
             cache = _embedding_cache(model, preprocess, train_ds, val_ds, cfg, device, dtype, d)
+            embed_seconds = time.time() - t_embed
         # In the frozen phase only the adapter learns, so only it is wrapped (and synchronised) by DDP.
         trainable = model.adapter if phase == "frozen" else model
         step_module = DDP(trainable, device_ids=[device.index] if device.type == "cuda" else None) if d.world > 1 else trainable
@@ -392,12 +407,16 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
             "lr": {g["name"]: g["lr"] for g in optimizer.param_groups if not g["name"].endswith("_no_decay")},
             "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1), "time": time.time(),
         }
+        if embed_seconds:
+            row["embed_seconds"] = round(embed_seconds, 2)  # one-off cost of the embedding cache, not in "seconds"
         is_best = val_acc > best["val_acc"]
         if is_best:
             best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch}
         if d.main:
             state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": best}
-            metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "best": best}
+            history.append(row)
+            # The history travels in the checkpoint so curves can be drawn from the file alone.
+            metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "best": best, "history": history}
             save_checkpoint(last_path, model, cfg.model, train_config=cfg.to_dict(), metrics=metrics, training_state=state)
             if is_best:
                 save_checkpoint(out / "best.pt", model, cfg.model, train_config=cfg.to_dict(), metrics=metrics)

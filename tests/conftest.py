@@ -85,3 +85,19 @@ def face_model_path() -> Path:
     if not FACE_MODEL.is_file():
         pytest.skip("../shared/models/face_detection_short_range.tflite is not available")
     return FACE_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained, very small CNN checkpoint: loads through the real code path in milliseconds."""
+    import torch
+
+    from emotion.checkpoint import save_checkpoint
+    from emotion.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)
+    model, _ = build_model(cfg)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_cnn.pt"
+    save_checkpoint(path, model, cfg, metrics={"note": "untrained test model"})
+    return path

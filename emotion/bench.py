@@ -1,0 +1,502 @@
+"""Speed benchmark: the live pipeline per stage, forward-pass variants, training throughput and memory.
+
+``run_benchmark(BenchConfig())`` returns one JSON-ready dict (the layout is in ``run_benchmark``'s
+docstring) and ``format_report`` renders it as tables with each target marked pass or miss. CLIP is
+timed with random weights: speed does not depend on the weights' values. Figures are wall-clock
+medians and 90th percentiles on whatever else the machine is doing; ``machine.load_avg_1m`` says
+how busy it was.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .labels import CLASS_NAMES
+from .models import ModelConfig, build_model
+from .predict import EmotionClassifier, default_checkpoint
+from .runtime import autocast_for, cpu_has_native_bf16, pick_device, read_jsonl
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FER = REPO.parent / "shared" / "fer2013"
+FRAME_SIZE = (480, 640)  # (height, width) of the synthetic camera frame
+FER_TRAIN_IMAGES = 28709  # FER2013's training split, for projecting the frozen phase to the real dataset
+FROZEN_EPOCHS = 9  # epochs 1-9 of the default recipe (unfreeze_epoch=10) train with CLIP frozen
+TARGETS = {  # (comparison, limit) per target; see _targets
+    "cnn_1_face_total_ms": ("<=", 15.0),
+    "clip_1_face_total_ms": ("<=", 50.0),
+    "four_vs_one_face": ("<=", 1.5),
+    "total_over_forward": ("<=", 1.3),
+    "frozen_cache_speedup": (">=", 5.0),
+}
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark and how long; the defaults take a few minutes on a 2-core CPU."""
+
+    frames: int = 50  # timed repetitions of each measurement (pipeline frames, forward passes)
+    warmup: int = 5  # untimed repetitions first: oneDNN primitive caches, allocator and lazy initialisation
+    train_images: int = 512  # training images per throughput measurement (plus a quarter as many for validation, FER2013's ratio)
+    models: tuple[str, ...] = ("cnn", "clip")  # models to time: the offline CNN and/or CLIP
+    cnn_checkpoint: str | None = None  # None: predict.default_checkpoint() if it exists, else an untrained default CNN
+    clip_model: str = "ViT-B-32"  # open_clip architecture, timed with random weights
+    face_model: str | None = None  # BlazeFace .tflite; None resolves as emotion.faces does (../shared copy first)
+    fer_dir: str | None = None  # FER2013 folder whose test/ faces compose the frames; None: ../shared/fer2013 beside the repo
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    amp: str = "auto"  # the app's autocast setting: fp32 on CPUs without native bf16 (see runtime.amp_dtype)
+    memory: bool = True  # measure the app's peak RSS with each model in a fresh subprocess
+    training: bool = True  # measure training throughput with the real trainer
+    onnx: bool = True  # export each model to ONNX and time ONNX Runtime against PyTorch
+    compile: bool = False  # also time torch.compile on the CNN (compiling costs about a minute on a small CPU)
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        """Tiny sizes that exercise every code path in seconds; the figures mean nothing."""
+        return cls(frames=3, warmup=1, train_images=64, clip_model="emotion-tiny-vit")
+
+
+def _summary(samples_ms: list[float]) -> dict:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {"median": round(float(np.median(a)), 4), "p90": round(float(np.percentile(a, 90)), 4), "n": len(a)}
+
+
+def _time_ms(fn: Callable[[], object], cfg: BenchConfig, sync: Callable[[], None] = lambda: None) -> dict:
+    """Median and p90 wall time of ``fn`` over ``cfg.frames`` calls after ``cfg.warmup`` untimed ones."""
+    samples = []
+    for i in range(cfg.warmup + cfg.frames):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        if i >= cfg.warmup:
+            samples.append((time.perf_counter() - t0) * 1000)
+    return _summary(samples)
+
+
+def _proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmHWM = peak RSS, VmRSS = current) in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # no /proc (macOS): only the peak is available
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine_info(device: torch.device) -> dict:
+    """CPU, cores, library versions and how busy the machine is, so figures can be put in context."""
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "native_bf16": cpu_has_native_bf16(), "device": str(device), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ---------------------------------------------------------------- models under test
+
+def _cnn_checkpoint(cfg: BenchConfig, tmp: Path) -> Path:
+    if cfg.cnn_checkpoint:
+        return Path(cfg.cnn_checkpoint)
+    if default_checkpoint().is_file():
+        return default_checkpoint()
+    log.warning("no trained CNN at %s: timing an untrained one (speed does not depend on the weights)", default_checkpoint())
+    return _save_untrained(ModelConfig(kind="cnn", cnn_widths=(32, 64, 128, 256), cnn_convs=2), tmp / "cnn_untrained.pt")
+
+
+def _save_untrained(model_cfg: ModelConfig, path: Path) -> Path:
+    torch.manual_seed(0)
+    model, _ = build_model(model_cfg, clip_weights="random")
+    save_checkpoint(path, model, model_cfg, metrics={"note": "untrained, for benchmarking"})
+    return path
+
+
+def _checkpoints(cfg: BenchConfig, tmp: Path) -> dict[str, Path]:
+    """A checkpoint per model, so everything is timed through the app's own loading path."""
+    out = {}
+    for name in cfg.models:
+        if name == "cnn":
+            out[name] = _cnn_checkpoint(cfg, tmp)
+        elif name == "clip":
+            out[name] = _save_untrained(ModelConfig(kind="clip", clip_model=cfg.clip_model), tmp / "clip_random.pt")
+        else:
+            raise ValueError(f"unknown model '{name}' to benchmark: expected cnn or clip")
+    return out
+
+
+# ---------------------------------------------------------------- forward-pass variants
+
+def _forward_variants(clf: EmotionClassifier, cfg: BenchConfig) -> dict:
+    """Raw forward (preprocess + model, input already on the device) per precision and memory layout."""
+    device, loaded = clf.device, clf.loaded
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    is_cnn = loaded.config.kind == "cnn"
+    dtypes = {"fp32": None, "bf16": torch.bfloat16} | ({"fp16": torch.float16} if device.type == "cuda" else {})
+    variants: dict[str, tuple[torch.nn.Module, torch.dtype | None, bool]] = {
+        name: (loaded.model, dtype, is_cnn) for name, dtype in dtypes.items()}
+    if is_cnn:
+        # The app runs the CNN channels-last (predict.py); this is the alternative it chose against.
+        variants["fp32_contiguous"] = (copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format), None, False)
+        if cfg.compile:
+            t0 = time.perf_counter()
+            compiled = torch.compile(copy.deepcopy(loaded.model))
+            with torch.inference_mode():
+                compiled(loaded.preprocess(torch.rand(1, 1, 48, 48, device=device)).contiguous(memory_format=torch.channels_last))
+            log.info("torch.compile of the CNN took %.1fs", time.perf_counter() - t0)
+            variants["fp32_compiled"] = (compiled, None, True)
+    out: dict[str, dict] = {}
+    for name, (model, dtype, channels_last) in variants.items():
+        out[name] = {}
+        for n in (1, 4):
+            x = torch.rand(n, 1, 48, 48, device=device)
+
+            @torch.inference_mode()
+            def step(model=model, dtype=dtype, channels_last=channels_last, x=x) -> torch.Tensor:
+                y = loaded.preprocess(x)
+                if channels_last:
+                    y = y.contiguous(memory_format=torch.channels_last)
+                with autocast_for(device, dtype):
+                    return model(y)
+
+            out[name][f"{n}_face"] = _time_ms(step, cfg, sync)
+    return out
+
+
+def _onnx_forward(name: str, checkpoint: Path, clf: EmotionClassifier, cfg: BenchConfig, tmp: Path) -> dict:
+    """ONNX Runtime vs PyTorch, both through their classifier's ``predict_tensor`` (uint8 faces in, probabilities out)."""
+    from .export import OnnxClassifier, export_onnx
+
+    info = export_onnx(checkpoint, tmp / f"{name}.onnx")
+    ort_clf = OnnxClassifier(info["path"])
+    out = {"export_seconds": info["export_seconds"], "max_abs_diff": info["max_abs_diff"], "parity_ok": info["parity_ok"],
+           "file_mb": round(info["bytes"] / 2**20, 1)}
+    for n in (1, 4):
+        faces = torch.randint(0, 256, (n, 48, 48), dtype=torch.uint8)
+        out[f"{n}_face"] = {"torch_ms": _time_ms(lambda: clf.predict_tensor(faces), cfg),
+                            "onnxruntime_ms": _time_ms(lambda: ort_clf.predict_tensor(faces), cfg)}
+    Path(info["path"]).unlink()  # a ViT-B/32 export is ~350 MB; the benchmark only needed its timing
+    return out
+
+
+# ---------------------------------------------------------------- live pipeline
+
+def _fer_faces(fer_dir: Path) -> list[np.ndarray]:
+    """Candidate real faces: the first few test faces of the expressive classes, as 48x48 uint8."""
+    from PIL import Image
+
+    test = fer_dir / "test"
+    if not test.is_dir():
+        raise FileNotFoundError(f"{test} does not exist: the pipeline benchmark composes its frames from real FER2013 "
+                                "test faces; pass BenchConfig.fer_dir (a folder with test/<class>/*.jpg)")
+    files = [f for cls in ("happy", "neutral", "surprise", "sad", "angry") for f in sorted((test / cls).glob("*"))[:6]]
+    return [np.asarray(Image.open(f).convert("L")) for f in files]
+
+
+def _paste(canvas: np.ndarray, face: np.ndarray, cx: int, cy: int, side: int) -> None:
+    import cv2
+
+    big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+    y0, x0 = cy - side // 2, cx - side // 2
+    canvas[y0 : y0 + side, x0 : x0 + side] = big[:, :, None]
+
+
+def compose_frames(detector, fer_dir: Path) -> dict[int, np.ndarray]:
+    """640x480 RGB frames with 1 and 4 real faces (150-200 px) on grey, using faces the detector finds alone."""
+    layouts = {1: [(320, 240, 190)], 4: [(160, 120, 200), (480, 120, 180), (160, 360, 160), (480, 360, 150)]}
+    usable = []
+    for face in _fer_faces(fer_dir):
+        probe = np.full((*FRAME_SIZE, 3), 128, np.uint8)
+        _paste(probe, face, 320, 240, 176)
+        if len(detector.detect(probe)) == 1:
+            usable.append(face)
+        if len(usable) == 4:
+            break
+    if len(usable) < 4:
+        raise RuntimeError(f"the face detector found only {len(usable)} of the FER2013 test faces it was shown; is it {detector.source}?")
+    frames = {}
+    for n, spots in layouts.items():
+        frame = np.full((*FRAME_SIZE, 3), 128, np.uint8)
+        for face, (cx, cy, side) in zip(usable, spots):
+            _paste(frame, face, cx, cy, side)
+        frames[n] = frame
+    return frames
+
+
+def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig) -> dict:
+    """Per-stage and total wall time of one live frame: recognizer stages, then the overlay."""
+    from .overlay import draw_faces
+
+    samples: dict[str, list[float]] = {}
+    faces: list = []
+    for i in range(cfg.warmup + cfg.frames):
+        canvas = frame.copy()  # the overlay draws on the frame; every iteration must see a clean one
+        stages: dict[str, float] = {}
+        t0 = time.perf_counter()
+        faces = recognizer.analyze(canvas, timings=stages)
+        t1 = time.perf_counter()
+        draw_faces(canvas, faces)
+        t2 = time.perf_counter()
+        if i < cfg.warmup:
+            continue
+        stages |= {"overlay": (t2 - t1) * 1000, "total": (t2 - t0) * 1000}
+        for stage, ms in stages.items():
+            samples.setdefault(stage, []).append(ms)
+    return {"faces_detected": len(faces)} | {f"{stage}_ms": _summary(ms) for stage, ms in samples.items()}
+
+
+# ---------------------------------------------------------------- training throughput
+
+def _synthetic_dataset(root: Path, train_images: int) -> Path:
+    """``root/{train,test}/<class>/*.png`` of random faces; validation is a quarter of train, as in FER2013."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_images), ("test", max(len(CLASS_NAMES), train_images // 4))):
+        for name in CLASS_NAMES:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            face = rng.integers(0, 256, size=(48, 48), dtype=np.uint8)
+            Image.fromarray(face).save(root / split / CLASS_NAMES[i % len(CLASS_NAMES)] / f"{i}.png")
+    return root
+
+
+def _train_rows(tmp: Path, name: str, **overrides) -> list[dict]:
+    from .train import TrainConfig, train
+
+    out = tmp / f"train_{name}"
+    train(TrainConfig(out=str(out), clip_weights="random", log_every=3600.0, **overrides))
+    return read_jsonl(out / "metrics.jsonl")
+
+
+def _phase(row: dict) -> dict:
+    return {"images_per_s": row["images_per_s"], "seconds": row["seconds"], "epoch": row["epoch"]}
+
+
+def _training(name: str, checkpoint: Path, cfg: BenchConfig, tmp: Path) -> dict:
+    """Images/s of the real trainer per phase (the CNN: ``full``; CLIP: frozen cached/uncached and unfrozen)."""
+    data = tmp / "train_data"
+    if not data.exists():
+        _synthetic_dataset(data, cfg.train_images)
+    model_cfg = ModelConfig.from_dict(read_checkpoint(checkpoint)["model_config"])
+    common = dict(data=str(data), data_cache=str(tmp / "data_cache"), model=model_cfg, max_images=cfg.train_images,
+                  batch_size=min(64, cfg.train_images), device=cfg.device, amp=cfg.amp)
+    if name == "cnn":
+        rows = _train_rows(tmp, name, epochs=2, **common)  # the second epoch is steady state
+        return {"full": _phase(rows[-1])}
+    cached = _train_rows(tmp, "clip_cached", epochs=3, unfreeze_epoch=3, embedding_cache=True, **common)
+    uncached = _train_rows(tmp, "clip_uncached", epochs=1, unfreeze_epoch=2, embedding_cache=False, **common)
+    embed_s = cached[0]["embed_seconds"]
+    with_cache = embed_s + FROZEN_EPOCHS * cached[1]["seconds"]
+    without_cache = FROZEN_EPOCHS * uncached[0]["seconds"]
+    scale = FER_TRAIN_IMAGES / cfg.train_images
+    return {
+        "frozen_cached": _phase(cached[1]) | {"embed_seconds": embed_s},
+        "frozen_uncached": _phase(uncached[0]),
+        "unfrozen": _phase(cached[2]),
+        "frozen_phase": {
+            "epochs": FROZEN_EPOCHS, "train_images": cfg.train_images,
+            "with_cache_s": round(with_cache, 2), "without_cache_s": round(without_cache, 2),
+            "speedup": round(without_cache / with_cache, 2),
+            "fer2013_with_cache_min": round(with_cache * scale / 60, 1),
+            "fer2013_without_cache_min": round(without_cache * scale / 60, 1),
+        },
+    }
+
+
+# ---------------------------------------------------------------- memory
+
+def memory_probe(checkpoint: str, face_model: str, device: str, frame_path: str) -> dict:
+    """Load the app's parts (classifier, detector, recognizer), run a frame and report RSS; run in a fresh process."""
+    from .faces import FaceDetector
+    from .overlay import draw_faces
+    from .recognizer import Recognizer
+
+    recognizer = Recognizer(EmotionClassifier.from_checkpoint(checkpoint, device=device), FaceDetector(face_model or None))
+    frame = np.load(frame_path)
+    for _ in range(3):
+        draw_faces(frame.copy(), recognizer.analyze(frame))
+    out = {"peak_rss_mb": round(_proc_status_mb("VmHWM"), 1), "rss_mb": round(_proc_status_mb("VmRSS"), 1)}
+    if torch.cuda.is_available() and pick_device(device).type == "cuda":
+        out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def _memory(name: str, checkpoint: Path, frame: np.ndarray, cfg: BenchConfig, tmp: Path) -> dict:
+    frame_path = tmp / "frame.npy"
+    np.save(frame_path, frame)
+    code = "import json, sys; from emotion.bench import memory_probe; print(json.dumps(memory_probe(*sys.argv[1:])))"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", code, str(checkpoint), cfg.face_model or "", cfg.device, str(frame_path)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe for {name} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the benchmark
+
+def _face_model(cfg: BenchConfig) -> str | None:
+    """cfg.face_model, else the copy in ../shared, else None (emotion.faces resolves it: env, cache, download)."""
+    if cfg.face_model:
+        return cfg.face_model
+    shared = REPO.parent / "shared" / "models" / "face_detection_short_range.tflite"
+    return str(shared) if shared.is_file() else None
+
+
+def run_benchmark(cfg: BenchConfig) -> dict:
+    """Run every measurement ``cfg`` asks for; returns a JSON-ready dict.
+
+    Keys: ``machine``; ``pipeline.<model>.<n>_face`` (n = 1, 4) with ``faces_detected`` and
+    ``<stage>_ms.{median,p90}`` for the stages detect, crop, forward, smooth, overlay and total;
+    ``ratios.<model>``; ``forward.<model>.<variant>.<n>_face`` (fp32, bf16, fp16 on CUDA,
+    fp32_contiguous and fp32_compiled for the CNN); ``onnx.<model>``; ``training.<model>.<phase>``
+    with ``images_per_s`` (CNN: full; CLIP: frozen_cached, frozen_uncached, unfrozen, frozen_phase);
+    ``memory.<model>_app_rss_mb`` (peak RSS of a fresh app process); ``targets`` (list of checks).
+    """
+    from .faces import FaceDetector
+    from .recognizer import Recognizer
+
+    device = pick_device(cfg.device)
+    result: dict = {"machine": machine_info(device), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+                    "pipeline": {}, "ratios": {}, "forward": {}, "onnx": {}, "training": {}, "memory": {}}
+    face_model = _face_model(cfg)
+    detector = FaceDetector(face_model, allow_download=False)
+    result["machine"]["face_detector"] = detector.source
+    fer_dir = Path(cfg.fer_dir) if cfg.fer_dir else SHARED_FER
+    frames = compose_frames(detector, fer_dir)
+    with tempfile.TemporaryDirectory(prefix="emotion-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for name, checkpoint in _checkpoints(cfg, tmp).items():
+            log.info("benchmarking %s (%s)", name, checkpoint)
+            clf = EmotionClassifier.from_checkpoint(checkpoint, device=cfg.device, amp=cfg.amp)
+            recognizer = Recognizer(clf, detector)
+            pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg) for n, frame in frames.items()}
+            pipe["model"] = clf.name
+            pipe["autocast"] = str(clf.dtype).replace("torch.", "") if clf.dtype else "off (fp32)"
+            result["pipeline"][name] = pipe
+            one, four = pipe["1_face"], pipe["4_face"]
+            result["ratios"][name] = {
+                "total_over_forward_1_face": round(one["total_ms"]["median"] / one["forward_ms"]["median"], 2),
+                "total_over_forward_4_face": round(four["total_ms"]["median"] / four["forward_ms"]["median"], 2),
+                "four_vs_one_face": round(four["total_ms"]["median"] / one["total_ms"]["median"], 2),
+            }
+            result["forward"][name] = _forward_variants(clf, cfg)
+            if cfg.onnx:
+                result["onnx"][name] = _onnx_forward(name, checkpoint, clf, cfg, tmp)
+            del clf, recognizer
+            if cfg.training:
+                result["training"][name] = _training(name, checkpoint, cfg, tmp)
+            if cfg.memory:
+                probe_cfg = copy.copy(cfg)
+                probe_cfg.face_model = face_model
+                mem = _memory(name, checkpoint, frames[1], probe_cfg, tmp)
+                result["memory"][f"{name}_app_rss_mb"] = mem["peak_rss_mb"]
+                result["memory"][f"{name}_app_rss_now_mb"] = mem["rss_mb"]
+                if "gpu_peak_mb" in mem:
+                    result["memory"][f"{name}_app_gpu_peak_mb"] = mem["gpu_peak_mb"]
+    result["machine"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    result["targets"] = _targets(result)
+    return result
+
+
+def _targets(result: dict) -> list[dict]:
+    """Each target with the measured value and whether it passes."""
+    checks: list[tuple[str, str, float | None]] = []
+    pipe, ratios = result["pipeline"], result["ratios"]
+    if "cnn" in pipe:
+        checks.append(("CNN pipeline, 1 face (ms)", "cnn_1_face_total_ms", pipe["cnn"]["1_face"]["total_ms"]["median"]))
+    if "clip" in pipe:
+        checks.append(("CLIP pipeline, 1 face (ms)", "clip_1_face_total_ms", pipe["clip"]["1_face"]["total_ms"]["median"]))
+    for name, r in ratios.items():
+        checks.append((f"{name}: 4 faces / 1 face", "four_vs_one_face", r["four_vs_one_face"]))
+        checks.append((f"{name}: total / forward, 1 face", "total_over_forward", r["total_over_forward_1_face"]))
+    frozen = result["training"].get("clip", {}).get("frozen_phase")
+    if frozen:
+        checks.append(("CLIP frozen phase: time without / with cache", "frozen_cache_speedup", frozen["speedup"]))
+    out = []
+    for label, key, value in checks:
+        op, limit = TARGETS[key]
+        ok = value <= limit if op == "<=" else value >= limit
+        out.append({"target": label, "key": key, "value": value, "limit": f"{op} {limit:g}", "pass": bool(ok)})
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def _table(headers: list[str], rows: list[list]) -> list[str]:
+    cells = [headers] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    return [lines[0], "-" * len(lines[0])] + lines[1:]
+
+
+def format_report(result: dict) -> str:
+    """The benchmark as readable tables, targets marked PASS or MISS."""
+    m = result["machine"]
+    out = [f"machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
+           f"native bf16: {'yes' if m['native_bf16'] else 'no'}, device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}",
+           f"load average {m['load_avg_1m']} at start, {m.get('load_avg_1m_end', '?')} at end (other work inflates every figure)",
+           f"face detector: {m.get('face_detector', '?')}", ""]
+    stages = ["detect", "crop", "forward", "smooth", "overlay", "total"]
+    rows = []
+    for name, pipe in result["pipeline"].items():
+        for n in ("1_face", "4_face"):
+            p = pipe[n]
+            rows.append([f"{name} {n.replace('_', ' ')}s", p["faces_detected"]]
+                        + [f"{p[f'{s}_ms']['median']:.2f}/{p[f'{s}_ms']['p90']:.2f}" if f"{s}_ms" in p else "-" for s in stages])
+    if rows:
+        out += ["live pipeline, 640x480 frame, ms median/p90"] + _table(["frame", "found"] + stages, rows) + [""]
+        out += _table(["model", "total/forward 1 face", "total/forward 4 faces", "4 faces / 1 face"],
+                      [[k, r["total_over_forward_1_face"], r["total_over_forward_4_face"], r["four_vs_one_face"]]
+                       for k, r in result["ratios"].items()]) + [""]
+    rows = [[name, variant] + [v[n]["median"] for n in ("1_face", "4_face")]
+            for name, variants in result["forward"].items() for variant, v in variants.items()]
+    if rows:
+        out += ["forward pass (preprocess + model, input on the device), ms median"] + _table(["model", "variant", "1 face", "4 faces"], rows) + [""]
+    rows = [[name, n.replace("_", " ") + "s", o[n]["torch_ms"]["median"], o[n]["onnxruntime_ms"]["median"], f"{o['max_abs_diff']:.1e}"]
+            for name, o in result["onnx"].items() for n in ("1_face", "4_face")]
+    if rows:
+        out += ["predict_tensor: PyTorch vs ONNX Runtime, ms median"] + _table(["model", "faces", "pytorch", "onnxruntime", "max |diff|"], rows) + [""]
+    rows = [[name, phase, t["images_per_s"], t["seconds"], t.get("embed_seconds", "")]
+            for name, phases in result["training"].items() for phase, t in phases.items() if "images_per_s" in t]
+    if rows:
+        out += ["training throughput (real trainer)"] + _table(["model", "phase", "images/s", "epoch s", "embed s"], rows)
+        frozen = result["training"].get("clip", {}).get("frozen_phase")
+        if frozen:
+            out.append(f"CLIP frozen phase, epochs 1-{frozen['epochs']}: {frozen['with_cache_s']}s with the cache vs "
+                       f"{frozen['without_cache_s']}s without ({frozen['speedup']}x) for {frozen['train_images']} images; "
+                       f"on FER2013 about {frozen['fer2013_with_cache_min']} vs {frozen['fer2013_without_cache_min']} min")
+        out.append("")
+    if result["memory"]:
+        out += ["app memory (fresh process: classifier + detector + one frame): "
+                + ", ".join(f"{k} {v:.0f} MB" for k, v in result["memory"].items()), ""]
+    out += ["targets"] + _table(["target", "value", "limit", "result"],
+                                [[t["target"], t["value"], t["limit"], "PASS" if t["pass"] else "MISS"] for t in result["targets"]])
+    return "\n".join(out)

@@ -1,0 +1,156 @@
+"""Evaluation: accuracy, per-class/macro/weighted precision, recall and F1, the confusion matrix,
+and the seed's pictures (confusion-matrix heatmap, training curves)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import FaceDataset, load_split
+from .labels import CLASS_NAMES, DISPLAY_NAMES
+from .predict import EmotionClassifier
+from .runtime import read_jsonl, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def predict_dataset(classifier: EmotionClassifier, ds: FaceDataset, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, 7) for every face of ``ds``."""
+    out = [classifier.predict_tensor(ds.images[i : i + batch_size]) for i in range(0, len(ds), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def compute_metrics(labels: np.ndarray, preds: np.ndarray) -> dict:
+    """Accuracy, per-class and averaged precision/recall/F1, and the confusion matrix (counts and row-normalised)."""
+    k = len(CLASS_NAMES)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(1).astype(float)
+    predicted = cm.sum(0).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    weights = support / max(support.sum(), 1)
+    normalized = np.divide(cm, support[:, None], out=np.zeros((k, k)), where=support[:, None] > 0)
+    return {
+        "n": int(support.sum()),
+        "accuracy": float(tp.sum() / max(support.sum(), 1)),
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "weighted_precision": float((precision * weights).sum()),
+        "weighted_recall": float((recall * weights).sum()),
+        "weighted_f1": float((f1 * weights).sum()),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(CLASS_NAMES)
+        },
+        "class_names": list(CLASS_NAMES),
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": normalized.round(4).tolist(),
+    }
+
+
+def format_table(m: dict) -> str:
+    """The metrics as a terminal table."""
+    lines = [f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+    for name, c in m["per_class"].items():
+        lines.append(f"{name:<12}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>9d}")
+    lines.append("-" * 51)
+    lines.append(f"{'macro avg':<12}{m['macro_precision']:>10.4f}{m['macro_recall']:>10.4f}{m['macro_f1']:>10.4f}{m['n']:>9d}")
+    lines.append(f"{'weighted avg':<12}{m['weighted_precision']:>10.4f}{m['weighted_recall']:>10.4f}{m['weighted_f1']:>10.4f}{m['n']:>9d}")
+    lines.append(f"accuracy {m['accuracy']:.4f} ({m['accuracy'] * 100:.2f}%) on {m['n']} faces")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(m: dict, path: str | os.PathLike, title: str = "") -> None:
+    """Seaborn heatmap of the row-normalised confusion matrix, annotated with counts and percentages."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    cm = np.array(m["confusion_matrix"])
+    norm = np.array(m["confusion_matrix_normalized"])
+    annot = np.array([[f"{norm[i, j] * 100:.0f}%\n{cm[i, j]}" for j in range(len(cm))] for i in range(len(cm))])
+    names = [DISPLAY_NAMES[c] for c in CLASS_NAMES]
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    sns.heatmap(norm, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=1, xticklabels=names, yticklabels=names, ax=ax, cbar_kws={"label": "fraction of true class"})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"Confusion matrix (accuracy {m['accuracy'] * 100:.2f}%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(rows: list[dict], path: str | os.PathLike) -> bool:
+    """Train/validation loss and accuracy by epoch; returns False when there is nothing to draw."""
+    rows = [r for r in rows if "epoch" in r]
+    if not rows:
+        return False
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        ax_loss.plot(epochs, [r[key] for r in rows], marker="o", ms=3, label=label)
+    for key, label in (("train_acc", "train"), ("val_acc", "validation")):
+        ax_acc.plot(epochs, [r[key] * 100 for r in rows], marker="o", ms=3, label=label)
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="%")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def training_history(checkpoint: str | os.PathLike, metrics: dict) -> list[dict]:
+    """Epoch rows: the run's metrics.jsonl beside the checkpoint, else the history stored in it."""
+    beside = Path(checkpoint).parent / "metrics.jsonl"
+    rows = read_jsonl(beside)
+    return rows or list(metrics.get("history", []))
+
+
+def write_report(m: dict, out: str | os.PathLike, history: list[dict] | None = None) -> Path:
+    """metrics.json, confusion_matrix.png and (with a history) curves.png in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "metrics.json", m)
+    plot_confusion(m, out / "confusion_matrix.png")
+    if history:
+        plot_curves(history, out / "curves.png")
+    return out
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
+                        tta: bool = False, device: str = "auto", batch_size: int = 256, data_cache: str | None = None) -> dict:
+    """Evaluate ``checkpoint`` on ``split`` of ``data``; writes the report to ``out`` when given."""
+    ds = load_split(data, split, data_cache)
+    return evaluate_dataset(checkpoint, ds, split, out, tta, device, batch_size)
+
+
+def evaluate_dataset(checkpoint: str | os.PathLike, ds: FaceDataset, split: str, out: str | os.PathLike | None = None,
+                     tta: bool = False, device: str = "auto", batch_size: int = 256) -> dict:
+    """Evaluate ``checkpoint`` on a loaded dataset; writes the report to ``out`` when given."""
+    classifier = EmotionClassifier.from_checkpoint(checkpoint, device=device, tta=tta)
+    probs = predict_dataset(classifier, ds, batch_size)
+    m = compute_metrics(ds.labels.numpy(), probs.argmax(1))
+    m.update({"checkpoint": str(checkpoint), "model": classifier.name, "data": ds.source, "split": split, "tta": tta, "skipped": ds.skipped})
+    if out is not None:
+        write_report(m, out, training_history(checkpoint, classifier.loaded.metrics))
+        log.info("report written to %s", out)
+    return m

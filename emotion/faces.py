@@ -1,0 +1,303 @@
+"""Face detection (MediaPipe BlazeFace, or OpenCV's Haar cascade as a fallback) and FER2013-style face crops.
+
+The BlazeFace model is found in this order: an explicit path (``--face-model``) or ``$EMOTION_FACE_MODEL``,
+a copy in the cache dir (``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion``), a one-time download from
+Google with a sha256 check, and otherwise the Haar cascade bundled with OpenCV. ``FaceDetector.source``
+says which one runs, so a fallback is never silent.
+
+Box convention: every backend reports boxes framed as BlazeFace frames a face (brows to chin, cheek to
+cheek); Haar boxes are converted to that framing, so crops look the same whichever backend ran.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import urllib.request
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .data import to_face48
+
+log = logging.getLogger(__name__)
+
+ENV_FACE_MODEL = "EMOTION_FACE_MODEL"
+FACE_MODEL_FILENAME = "face_detection_short_range.tflite"
+FACE_MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/"
+                  "float16/latest/blaze_face_short_range.tflite")
+# Google-pinned digests of BlazeFace short-range (mediapipe's third_party/external_files.bzl): the plain model
+# (also shipped in the mediapipe 0.10.x wheels and in ../shared) and the variant with TFLite metadata.
+# A download matching neither is rejected.
+KNOWN_FACE_MODEL_SHA256 = frozenset({
+    "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",  # face_detection_short_range.tflite
+    "42012b078cc201e994674ac863862577279644f3ba405729ccd964f03e9f12d5",  # face_detection_short_range_with_metadata.tflite
+})
+DOWNLOAD_TIMEOUT_S = 10.0
+MAX_DOWNLOAD_BYTES = 10 * 2**20  # the model is 230 KB; anything far bigger is not it
+HAAR_CASCADE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+
+DETECT_MAX_SIDE = 1280  # larger frames are downscaled for detection: BlazeFace sees 128x128 anyway
+MIN_FACE_PX = 20  # smaller faces carry too little detail for a 48x48 classifier
+MAX_FACES = 20  # bounds latency on crowd photos; the largest faces are kept
+
+# Measured on FER2013 test faces pasted into frames (see tests/test_faces.py): a Haar box is ~1.24x the
+# BlazeFace box of the same face and centred ~0.095 of its side higher; a FER2013 crop is ~1.25x the
+# BlazeFace box and centred ~0.12 of its height higher (FER crops include the forehead).
+_HAAR_TO_BLAZE_SCALE = 0.81
+_HAAR_TO_BLAZE_SHIFT = 0.095
+_FER_CENTRE_SHIFT = 0.12
+_urlopen = urllib.request.urlopen  # module attribute so tests can stand in for the network
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in frame pixels, with the detector's confidence (1.0 for Haar, which has none)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float = 1.0
+
+
+def cache_dir() -> Path:
+    """Where downloaded models live: ``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion``."""
+    root = os.environ.get("EMOTION_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "emotion")
+    return Path(root).expanduser()
+
+
+def download_face_model(dest: Path, url: str = FACE_MODEL_URL, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Download the BlazeFace model to ``dest`` atomically; raises OSError or ValueError (unknown sha256)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out, _urlopen(url, timeout=timeout) as resp:
+            while chunk := resp.read(1 << 16):
+                size += len(chunk)
+                if size > MAX_DOWNLOAD_BYTES:
+                    raise ValueError(f"{url} is larger than {MAX_DOWNLOAD_BYTES} bytes: not the BlazeFace model")
+                digest.update(chunk)
+                out.write(chunk)
+        sha = digest.hexdigest()
+        if sha not in KNOWN_FACE_MODEL_SHA256:
+            raise ValueError(f"{url} has sha256 {sha}, which is not a known BlazeFace short-range model; rejected")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _resolve(path: str | os.PathLike | None, allow_download: bool) -> tuple[str | None, str, bool]:
+    """(model path or None, description, whether the user named it explicitly)."""
+    for given, how in ((path, "--face-model"), (os.environ.get(ENV_FACE_MODEL), f"${ENV_FACE_MODEL}")):
+        if given:
+            p = Path(given).expanduser()
+            if not p.is_file():
+                raise FileNotFoundError(f"face model {p} (from {how}) does not exist; point it at "
+                                        f"{FACE_MODEL_FILENAME} or unset it to use the cached/downloaded model")
+            return str(p), f"MediaPipe BlazeFace ({p}, from {how})", True
+    cached = cache_dir() / FACE_MODEL_FILENAME
+    if cached.is_file() and cached.stat().st_size > 0:
+        return str(cached), f"MediaPipe BlazeFace ({cached}, cached)", False
+    if allow_download:
+        try:
+            download_face_model(cached)
+            return str(cached), f"MediaPipe BlazeFace ({cached}, downloaded)", False
+        except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
+            log.warning("could not download the BlazeFace face model (%s)", exc)
+    return None, ("OpenCV Haar cascade (fallback: no MediaPipe model found; pass --face-model or set "
+                  f"${ENV_FACE_MODEL} to {FACE_MODEL_FILENAME})"), False
+
+
+def resolve_face_model(path: str | None = None, allow_download: bool = True) -> tuple[str | None, str]:
+    """The BlazeFace model to use and a description of where it came from; (None, ...) means Haar fallback.
+
+    Raises FileNotFoundError when an explicitly named model (argument or env var) does not exist.
+    """
+    found, description, _ = _resolve(path, allow_download)
+    log.info("face detector: %s", description)
+    return found, description
+
+
+def as_rgb(image: np.ndarray | None) -> np.ndarray:
+    """Any grayscale, RGB or RGBA array as HxWx3 uint8 RGB (transparency composited on white)."""
+    if image is None:
+        raise ValueError("no image given (got None)")
+    arr = np.asarray(image)
+    if arr.size == 0 or arr.ndim not in (2, 3) or min(arr.shape[:2]) == 0:
+        raise ValueError(f"expected a non-empty HxW or HxWxC image, got an array of shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if arr.dtype == np.bool_:
+            arr = arr.astype(np.uint8) * 255
+        elif np.issubdtype(arr.dtype, np.floating):
+            scale = 255.0 if float(np.nanmax(arr)) <= 1.0 else 1.0  # float images are [0, 1] or [0, 255]
+            arr = np.clip(np.nan_to_num(arr) * scale, 0, 255).astype(np.uint8)
+        elif arr.dtype == np.uint16:
+            arr = (arr >> 8).astype(np.uint8)
+        else:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    channels = arr.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(arr, 3, axis=2))
+    if channels == 4:
+        alpha = arr[:, :, 3:4]
+        if alpha.min() == 255:
+            return np.ascontiguousarray(arr[:, :, :3])
+        a = alpha.astype(np.float32) / 255.0
+        return (arr[:, :, :3] * a + 255.0 * (1.0 - a)).round().astype(np.uint8)
+    if channels != 3:
+        raise ValueError(f"expected 1, 3 or 4 colour channels, got {channels}")
+    return np.ascontiguousarray(arr)
+
+
+def _clip_box(x0: float, y0: float, x1: float, y1: float, width: int, height: int, score: float) -> Box | None:
+    """The part of a box inside the frame, or None when nothing is left."""
+    ix0, iy0 = max(0, int(round(x0))), max(0, int(round(y0)))
+    ix1, iy1 = min(width, int(round(x1))), min(height, int(round(y1)))
+    if ix1 <= ix0 or iy1 <= iy0:
+        return None
+    return Box(ix0, iy0, ix1 - ix0, iy1 - iy0, float(score))
+
+
+class FaceDetector:
+    """Finds faces in RGB frames; create it once and share it (``detect`` is thread-safe)."""
+
+    def __init__(self, model_path: str | None = None, min_confidence: float = 0.5, allow_download: bool = True,
+                 max_faces: int = MAX_FACES, min_face_px: int = MIN_FACE_PX):
+        self.min_confidence = min_confidence
+        self.max_faces = max_faces
+        self.min_face_px = min_face_px
+        self._lock = threading.Lock()  # neither MediaPipe's task nor OpenCV's cascade is documented thread-safe
+        self._mp = None
+        self._haar = None
+        path, description, explicit = _resolve(model_path, allow_download)
+        if path is not None:
+            try:
+                self._mp = self._create_mediapipe(path, min_confidence)
+            except (OSError, ValueError, RuntimeError) as exc:
+                if explicit:
+                    raise ValueError(f"face model {path} could not be loaded by MediaPipe ({exc})") from exc
+                log.warning("face model %s could not be loaded (%s); falling back to the Haar cascade", path, exc)
+                description = f"OpenCV Haar cascade (fallback: MediaPipe could not load {path})"
+        if self._mp is not None:
+            self.backend = "mediapipe"
+            # Close MediaPipe's native task before interpreter teardown, when its own __del__ would fail.
+            weakref.finalize(self, self._mp.close)
+        else:
+            self.backend = "haar"
+            self._haar = cv2.CascadeClassifier(str(HAAR_CASCADE))
+            if self._haar.empty():
+                raise RuntimeError(f"OpenCV's Haar cascade {HAAR_CASCADE} could not be loaded and no MediaPipe model was found")
+        self.source = description
+        log.info("face detector: %s", description)
+
+    @staticmethod
+    def _create_mediapipe(path: str, min_confidence: float):
+        from mediapipe.tasks.python import BaseOptions, vision  # imported lazily: only this backend needs it
+
+        options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=path),
+                                             running_mode=vision.RunningMode.IMAGE,
+                                             min_detection_confidence=min_confidence)
+        return vision.FaceDetector.create_from_options(options)
+
+    def detect(self, rgb: np.ndarray) -> list[Box]:
+        """Faces in an HxWx3 uint8 RGB frame: clipped to the frame, largest first, at most ``max_faces``."""
+        rgb = as_rgb(rgb)
+        height, width = rgb.shape[:2]
+        scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+        small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
+                                                    interpolation=cv2.INTER_AREA)
+        with self._lock:
+            raw = self._detect_mediapipe(small) if self._mp is not None else self._detect_haar(small)
+        boxes = []
+        for x, y, w, h, score in raw:
+            box = _clip_box(x / scale, y / scale, (x + w) / scale, (y + h) / scale, width, height, score)
+            if box is not None and min(box.w, box.h) >= self.min_face_px:
+                boxes.append(box)
+        boxes.sort(key=lambda b: b.w * b.h, reverse=True)
+        if len(boxes) > self.max_faces:
+            log.info("%d faces found; keeping the %d largest", len(boxes), self.max_faces)
+        return boxes[: self.max_faces]
+
+    def _detect_mediapipe(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+        import mediapipe as mp
+
+        result = self._mp.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb)))
+        out = []
+        for det in result.detections:
+            b = det.bounding_box
+            score = det.categories[0].score if det.categories else 1.0
+            out.append((b.origin_x, b.origin_y, b.width, b.height, score))
+        return out
+
+    def _detect_haar(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+        # No histogram equalisation: on frames with large flat areas it found a third fewer faces.
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        found = self._haar.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+        out = []
+        for x, y, w, h in found:
+            side = w * _HAAR_TO_BLAZE_SCALE
+            cx, cy = x + w / 2, y + h / 2 + _HAAR_TO_BLAZE_SHIFT * h
+            out.append((cx - side / 2, cy - side / 2, side, side, 1.0))
+        return out
+
+    def close(self) -> None:
+        """Release MediaPipe's native resources (also done automatically at exit)."""
+        if self._mp is not None:
+            self._mp.close()
+
+
+def _fer_square(box: Box, margin: float) -> tuple[int, int, int]:
+    """(x0, y0, side) of the square around ``box`` framed like a FER2013 face; may extend past the frame."""
+    side = max(1, int(round(max(box.w, box.h) * (1.0 + margin))))
+    cx = box.x + box.w / 2
+    cy = box.y + box.h / 2 - _FER_CENTRE_SHIFT * box.h
+    return int(round(cx - side / 2)), int(round(cy - side / 2)), side
+
+
+def square_boxes(boxes: Sequence[Box], frame_shape: Sequence[int], margin: float = 0.25) -> list[Box]:
+    """Square boxes framed like FER2013 faces (``margin`` of the box size added in all), clipped to the frame."""
+    height, width = int(frame_shape[0]), int(frame_shape[1])
+    out = []
+    for box in boxes:
+        x0, y0, side = _fer_square(box, margin)
+        clipped = _clip_box(x0, y0, x0 + side, y0 + side, width, height, box.score)
+        if clipped is not None:
+            out.append(clipped)
+    return out
+
+
+def crop_faces(rgb: np.ndarray, boxes: Sequence[Box], margin: float = 0.25) -> list[np.ndarray]:
+    """48x48 uint8 grayscale crops framed like FER2013 training faces, one per box.
+
+    Parts of the square that fall outside the frame are filled by replicating the edge, which keeps the
+    face centred as in FER2013 rather than shifted or squashed.
+    """
+    rgb = as_rgb(rgb)
+    height, width = rgb.shape[:2]
+    crops = []
+    for box in boxes:
+        x0, y0, side = _fer_square(box, margin)
+        cx0, cy0 = max(0, x0), max(0, y0)
+        cx1, cy1 = min(width, x0 + side), min(height, y0 + side)
+        if cx1 <= cx0 or cy1 <= cy0:
+            raise ValueError(f"box {box} lies outside the {width}x{height} frame")
+        patch = rgb[cy0:cy1, cx0:cx1]
+        pads = (cy0 - y0, y0 + side - cy1, cx0 - x0, x0 + side - cx1)
+        if any(pads):
+            patch = cv2.copyMakeBorder(patch, *pads, cv2.BORDER_REPLICATE)
+        if side > 4 * 48:  # shrink big faces cheaply first: PIL's resize of a 4000 px crop costs tens of ms
+            patch = cv2.resize(patch, (4 * 48, 4 * 48), interpolation=cv2.INTER_AREA)
+        crops.append(to_face48(patch))
+    return crops

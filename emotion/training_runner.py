@@ -1,0 +1,208 @@
+"""Run ``train_cli.py train`` as a child process for the app, and read its progress from the run folder.
+
+The trainer runs in its own process group (so Stop also ends anything it started) at a lower CPU
+priority (so the live view stays responsive while it trains). Everything the app shows about a run
+comes from files the trainer writes: ``status.json``, ``metrics.jsonl``, ``report/`` and the
+captured console output, so a run looks the same whether it finished, crashed or was stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runtime import read_jsonl
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_CLI = REPO / "train_cli.py"
+CONSOLE_LOG = "console.log"  # the child's stdout and stderr: its log lines, and any traceback or usage error
+ACTIVE_STATES = ("starting", "embedding", "training")
+
+
+@dataclass
+class TrainRequest:
+    """What the Training tab asks for; each field maps onto one ``train_cli.py train`` flag."""
+
+    data: Path  # dataset folder (already checked to lie under the data root)
+    model: str = "cnn"  # "cnn" or "clip"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    clip_lr: float = 1e-5
+    unfreeze_epoch: int = 10
+    clip_weights: str | None = None  # weights file, "random", or None for the trainer's own resolution
+    max_images: int = 0  # 0 = the whole training split
+
+    def to_args(self, out: Path) -> list[str]:
+        """Command-line arguments of ``train_cli.py`` for this request, writing into ``out``."""
+        args = ["train", "--data", str(self.data), "--out", str(out), "--model", self.model,
+                "--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--lr", repr(self.lr),
+                "--clip-lr", repr(self.clip_lr), "--unfreeze-epoch", str(self.unfreeze_epoch),
+                "--max-images", str(self.max_images)]
+        if self.clip_weights:
+            args += ["--clip-weights", self.clip_weights]
+        return args
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None while it is missing or being replaced."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def tail(path: Path, lines: int = 40, max_bytes: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of a text file (reading at most ``max_bytes``); '' when it is missing."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    # tqdm-style carriage returns would otherwise pile up on one line.
+    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+class TrainingRun:
+    """One training process and its run folder."""
+
+    def __init__(self, run_dir: Path, process: subprocess.Popen, command: list[str]):
+        self.run_dir = run_dir
+        self.process = process
+        self.command = command
+        self.started = time.time()
+        self.stopped_by_user = False
+
+    @property
+    def pid(self) -> int:
+        """Process id of the trainer (also its process group id)."""
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the trainer process is still alive."""
+        return self.process.poll() is None
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """Where the trainer keeps the checkpoint with the best validation accuracy."""
+        return self.run_dir / "best.pt"
+
+    def status(self) -> dict:
+        """The trainer's ``status.json`` (empty until it writes one)."""
+        return _read_json(self.run_dir / "status.json") or {}
+
+    def metrics(self) -> list[dict]:
+        """One row per finished epoch, from ``metrics.jsonl``."""
+        return read_jsonl(self.run_dir / "metrics.jsonl")
+
+    def report(self) -> dict | None:
+        """The final evaluation (``report/metrics.json``), once training has written it."""
+        return _read_json(self.run_dir / "report" / "metrics.json")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the trainer's console output."""
+        return tail(self.run_dir / CONSOLE_LOG, lines)
+
+    def state(self) -> str:
+        """'starting', 'embedding', 'training', 'done', 'failed' or 'stopped'.
+
+        The exit code is the authority once the process is gone: a killed trainer cannot update its
+        status.json, and a trainer that crashed before writing one has none.
+        """
+        code = self.process.poll()
+        if code is None:
+            return self.status().get("state", "starting") if not self.stopped_by_user else "stopping"
+        if self.stopped_by_user:
+            return "stopped"
+        return "done" if code == 0 else "failed"
+
+    def error(self) -> str | None:
+        """Why a failed run failed, in the trainer's words when it said so."""
+        if self.state() != "failed":
+            return None
+        message = self.status().get("error")
+        if not message:
+            # Crashed before status.json existed (e.g. a usage error): its last words are in the console log.
+            lines = self.log_tail(5).splitlines()
+            message = lines[-1] if lines else "no output"
+        return f"{message} (exit code {self.process.returncode})"
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """End the trainer and everything it started: SIGTERM to its process group, SIGKILL after ``grace_s``."""
+        if not self.running:
+            return
+        self.stopped_by_user = True
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=grace_s)
+                break
+            except subprocess.TimeoutExpired:
+                log.warning("training process %d ignored SIGTERM for %.0fs; killing it", self.process.pid, grace_s)
+        log.info("training run %s stopped", self.run_dir)
+
+
+class TrainingRunner:
+    """Starts at most one training run at a time for the whole app, and remembers the latest one."""
+
+    def __init__(self, runs_dir: Path, script: Path = TRAIN_CLI, nice: int = 10):
+        self.runs_dir = Path(runs_dir)
+        self.script = Path(script)
+        self.nice = nice  # added to the trainer's CPU niceness so inference for live users comes first
+        self._lock = threading.Lock()
+        self.current: TrainingRun | None = None
+
+    def _new_run_dir(self) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for n in range(100):
+            run_dir = self.runs_dir / (f"ui-{stamp}" if n == 0 else f"ui-{stamp}-{n}")
+            try:
+                run_dir.mkdir(parents=True)
+                return run_dir
+            except FileExistsError:
+                continue
+        raise RuntimeError(f"could not create a new run folder in {self.runs_dir}")
+
+    def start(self, request: TrainRequest) -> TrainingRun:
+        """Launch a training run; raises RuntimeError while another one is still running."""
+        with self._lock:
+            if self.current is not None and self.current.running:
+                raise RuntimeError(f"a training run is already in progress ({self.current.run_dir.name}); stop it first")
+            run_dir = self._new_run_dir()
+            command = [sys.executable, str(self.script), *request.to_args(run_dir)]
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # log lines reach console.log as they happen
+            with open(run_dir / CONSOLE_LOG, "wb") as console:
+                process = subprocess.Popen(command, cwd=self.script.parent, stdout=console, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            if self.nice:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, process.pid, os.getpriority(os.PRIO_PROCESS, process.pid) + self.nice)
+                except OSError as exc:  # the process may already be gone; a crash is reported by state()
+                    log.debug("could not lower the trainer's priority: %s", exc)
+            self.current = TrainingRun(run_dir, process, command)
+            log.info("training run %s started (pid %d): %s", run_dir, process.pid, " ".join(command))
+            return self.current
+
+    def stop(self) -> None:
+        """Stop the current run, if any is running."""
+        run = self.current
+        if run is not None:
+            run.stop()

@@ -1,0 +1,223 @@
+"""Command line for the emotion package: train, evaluate, predict, export and benchmark.
+
+    python train_cli.py train    --data ../shared/fer2013 --out runs/clip1
+    python train_cli.py evaluate --checkpoint runs/clip1/best.pt --data ../shared/fer2013 --split test --out reports/clip1
+    python train_cli.py predict  face.jpg other.png [--checkpoint ...] [--json]
+
+Run `python train_cli.py COMMAND --help` for every flag. Multi-process training:
+`torchrun --nproc_per_node=N train_cli.py train ...` (NCCL on GPUs, gloo on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("emotion.cli")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for flags whose default depends on the model (None) and switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from emotion.models import ModelConfig
+    from emotion.train import TrainConfig
+
+    t, m, c = TrainConfig(), ModelConfig(), TrainConfig.for_model("cnn")
+    p = sub.add_parser("train", help="train a model (CLIP + adapter by default, or the offline CNN)", formatter_class=_Help)
+    p.add_argument("--data", default=t.data, help="dataset: folder with train/ and test/ class folders, a folder with fer2013.csv, or the CSV")
+    p.add_argument("--out", default=None, help="run folder for checkpoints, metrics.jsonl, logs and the report (default runs/<model>-<time>)")
+    p.add_argument("--model", choices=["clip", "cnn"], default=m.kind, help="clip: open_clip encoder + emotion adapter; cnn: compact offline network")
+    p.add_argument("--clip-model", default=m.clip_model, help="open_clip architecture, e.g. ViT-B-32, ViT-B-16, ViT-L-14")
+    p.add_argument("--pretrained", default=m.pretrained, help="open_clip pretrained tag, resolved through the cache or a download")
+    p.add_argument("--clip-weights", default=None, help="CLIP weights file (or env EMOTION_CLIP_WEIGHTS); 'random' for untrained weights (tests, timing)")
+    p.add_argument("--cache-dir", default=None, help="open_clip weights cache folder")
+    p.add_argument("--epochs", type=int, default=None, help=f"number of epochs (default: clip {t.epochs}, cnn {c.epochs})")
+    p.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step per process")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate of the adapter (default {t.lr}) or the whole CNN (default {c.lr})")
+    p.add_argument("--clip-lr", type=float, default=t.clip_lr, help="learning rate of the unfrozen CLIP blocks")
+    p.add_argument("--weight-decay", type=float, default=t.weight_decay, help="AdamW weight decay (not applied to biases and norms)")
+    p.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs, help="linear warmup before the cosine schedule")
+    p.add_argument("--label-smoothing", type=float, default=t.label_smoothing, help="cross-entropy label smoothing")
+    p.add_argument("--dropout", type=float, default=None, help=f"dropout in the adapter (default {m.dropout}) or the CNN head (default {c.model.dropout})")
+    p.add_argument("--cnn-widths", default=None, help=f"CNN channels per stage, comma-separated (default {','.join(map(str, m.cnn_widths))})")
+    p.add_argument("--unfreeze-epoch", type=int, default=t.unfreeze_epoch, help="first epoch (1-based) in which CLIP's last blocks train; 0 = from the start")
+    p.add_argument("--unfreeze-blocks", type=int, default=t.unfreeze_blocks, help="CLIP transformer blocks unfrozen, plus the final norm and projection")
+    p.add_argument("--no-embedding-cache", action="store_true", help="run the frozen encoder every step instead of caching its embeddings (keeps full augmentation)")
+    p.add_argument("--val-split", type=float, default=t.val_split, help="carve this fraction of train for validation instead of using the test split")
+    p.add_argument("--seed", type=int, default=t.seed, help="random seed")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=t.amp, help="mixed precision: auto = fp16 on CUDA, bf16 on CPUs with native bf16")
+    p.add_argument("--device", default=t.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--max-images", type=int, default=t.max_images, help="train on at most this many images (0 = all)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--no-report", action="store_true", help="skip the final evaluation report of best.pt")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics table, metrics.json, confusion matrix and curves", formatter_class=_Help)
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the shipped offline CNN, assets/emotion_cnn.pt)")
+    p.add_argument("--data", default="../shared/fer2013", help="dataset folder or fer2013.csv")
+    p.add_argument("--split", default="test", help="split to evaluate: test, train, or (CSV) private")
+    p.add_argument("--out", default=None, help="folder for metrics.json, confusion_matrix.png and curves.png (default: table only)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average each face with its mirror image")
+    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="emotion probabilities for every face in each image", formatter_class=_Help)
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, ...)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: $EMOTION_CHECKPOINT or the shipped offline CNN)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument("--whole-image", action="store_true", help="skip face detection: classify each image as one face crop")
+    p.add_argument("--face-model", default=None, help="MediaPipe face detector .tflite (or env EMOTION_FACE_MODEL); default: cache, download, Haar fallback")
+    p.add_argument("--tta", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (preprocessing included) and check parity with PyTorch", formatter_class=_Help)
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the shipped offline CNN)")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark the live pipeline, training throughput and memory on this machine", formatter_class=_Help)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds, for a smoke test); figures are not meaningful")
+    p.add_argument("--frames", type=int, default=None, help="timed repetitions per pipeline measurement")
+    p.add_argument("--train-images", type=int, default=None, help="images per training-throughput measurement")
+    p.add_argument("--models", default=None, help="comma-separated models to time: cnn,clip")
+    p.add_argument("--checkpoint", default=None, help="CNN checkpoint to time (default: the shipped offline CNN)")
+    p.add_argument("--face-model", default=None, help="MediaPipe face detector .tflite (or env EMOTION_FACE_MODEL)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with all sub-commands."""
+    parser = argparse.ArgumentParser(prog="train_cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_bench):
+        add(sub)
+    return parser
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from emotion.evaluate import evaluate_dataset, format_table
+    from emotion.train import TrainConfig, load_train_val, train
+
+    from dataclasses import replace
+
+    out = a.out or f"runs/{a.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = TrainConfig.for_model(
+        a.model, data=a.data, out=out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, clip_lr=a.clip_lr,
+        weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing,
+        unfreeze_epoch=a.unfreeze_epoch, unfreeze_blocks=a.unfreeze_blocks, embedding_cache=not a.no_embedding_cache,
+        val_split=a.val_split, seed=a.seed, amp=a.amp, device=a.device, clip_weights=a.clip_weights,
+        cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume)
+    model_overrides = {"clip_model": a.clip_model, "pretrained": a.pretrained, "dropout": a.dropout,
+                       "cnn_widths": tuple(int(w) for w in a.cnn_widths.split(",")) if a.cnn_widths else None}
+    cfg.model = replace(cfg.model, **{k: v for k, v in model_overrides.items() if v is not None})
+    result = train(cfg)
+    if not a.no_report and int(os.environ.get("RANK", "0")) == 0:
+        _, val = load_train_val(cfg)
+        best = Path(out) / "best.pt"
+        m = evaluate_dataset(best, val, "validation", Path(out) / "report", device=a.device)
+        print(format_table(m))
+        log.info("best checkpoint %s (epoch %d); report in %s", best, result["best_epoch"], Path(out) / "report")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from emotion.evaluate import evaluate_checkpoint, format_table
+    from emotion.predict import default_checkpoint
+
+    m = evaluate_checkpoint(a.checkpoint or default_checkpoint(), a.data, a.split, a.out, tta=a.tta, device=a.device, batch_size=a.batch_size)
+    print(f"model: {m['model']}  data: {m['data']}  tta: {a.tta}")
+    print(format_table(m))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from emotion.faces import FaceDetector
+    from emotion.labels import CLASS_NAMES
+    from emotion.predict import EmotionClassifier
+    from emotion.recognizer import Recognizer, predict_files
+
+    classifier = EmotionClassifier.from_checkpoint(a.checkpoint, device=a.device, tta=a.tta)
+    detector = None if a.whole_image else FaceDetector(a.face_model)
+    results = predict_files(a.images, Recognizer(classifier, detector), whole_image=a.whole_image)
+    if a.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"model: {classifier.name}" + ("" if detector is None else f"  faces: {detector.source}"))
+    print(f"{'image':<32}{'box':>22}  {'label':<10}" + "".join(f"{c[:7]:>8}" for c in CLASS_NAMES))
+    for r in results:
+        if "error" in r:
+            print(f"{r['image']:<32}  error: {r['error']}")
+        elif not r["faces"]:
+            print(f"{r['image']:<32}  no face found (use --whole-image to classify the whole image)")
+        for f in r.get("faces", []):
+            probs = "".join(f"{f['probabilities'][c]:>8.3f}" for c in CLASS_NAMES)
+            print(f"{r['image']:<32}{str(f['box']):>22}  {f['label']:<10}{probs}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from emotion.export import export_onnx
+    from emotion.predict import default_checkpoint
+
+    result = export_onnx(str(a.checkpoint or default_checkpoint()), a.onnx, opset=a.opset)
+    print(json.dumps(result, indent=2))
+    return 0 if result.get("parity_ok") else 1
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from emotion.bench import BenchConfig, format_report, run_benchmark
+
+    cfg = BenchConfig.quick() if a.quick else BenchConfig()
+    for key, value in (("frames", a.frames), ("train_images", a.train_images), ("cnn_checkpoint", a.checkpoint),
+                       ("face_model", a.face_model), ("device", a.device)):
+        if value is not None:
+            setattr(cfg, key, value)
+    if a.models:
+        cfg.models = tuple(m.strip() for m in a.models.split(","))
+    result = run_benchmark(cfg)
+    print(json.dumps(result, indent=2) if a.json else format_report(result))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the sub-command; returns the exit code (2 with a message for bad input)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
+    from emotion.checkpoint import CheckpointError
+    from emotion.data import DataError
+    from emotion.weights import WeightsError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, WeightsError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
