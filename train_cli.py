@@ -58,6 +58,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=t.seed, help="random seed")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=t.amp, help="mixed precision: auto = fp16 on CUDA, bf16 on CPUs with native bf16")
     p.add_argument("--device", default=t.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = one per core (1 is steadier on a busy machine)")
     p.add_argument("--max-images", type=int, default=t.max_images, help="train on at most this many images (0 = all)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--no-report", action="store_true", help="skip the final evaluation report of best.pt")
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from emotion.evaluate import evaluate_dataset, format_table
+    from emotion.predict import EmotionClassifier
     from emotion.train import TrainConfig, load_train_val, train
 
     from dataclasses import replace
@@ -125,7 +127,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.model, data=a.data, out=out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, clip_lr=a.clip_lr,
         weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing,
         unfreeze_epoch=a.unfreeze_epoch, unfreeze_blocks=a.unfreeze_blocks, embedding_cache=not a.no_embedding_cache,
-        val_split=a.val_split, seed=a.seed, amp=a.amp, device=a.device, clip_weights=a.clip_weights,
+        val_split=a.val_split, seed=a.seed, amp=a.amp, device=a.device, threads=a.threads, clip_weights=a.clip_weights,
         cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume)
     model_overrides = {"clip_model": a.clip_model, "pretrained": a.pretrained, "dropout": a.dropout,
                        "cnn_widths": tuple(int(w) for w in a.cnn_widths.split(",")) if a.cnn_widths else None}
@@ -134,7 +136,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not a.no_report and int(os.environ.get("RANK", "0")) == 0:
         _, val = load_train_val(cfg)
         best = Path(out) / "best.pt"
-        m = evaluate_dataset(best, val, "validation", Path(out) / "report", device=a.device)
+        m = evaluate_dataset(EmotionClassifier.from_checkpoint(best, device=a.device), val, "validation", Path(out) / "report")
         print(format_table(m))
         log.info("best checkpoint %s (epoch %d); report in %s", best, result["best_epoch"], Path(out) / "report")
     return 0

@@ -139,18 +139,18 @@ def write_report(m: dict, out: str | os.PathLike, history: list[dict] | None = N
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
                         tta: bool = False, device: str = "auto", batch_size: int = 256, data_cache: str | None = None) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of ``data``; writes the report to ``out`` when given."""
-    ds = load_split(data, split, data_cache)
-    return evaluate_dataset(checkpoint, ds, split, out, tta, device, batch_size)
+    classifier = EmotionClassifier.from_checkpoint(checkpoint, device=device, tta=tta)  # a bad checkpoint fails before data loads
+    return evaluate_dataset(classifier, load_split(data, split, data_cache), split, out, batch_size)
 
 
-def evaluate_dataset(checkpoint: str | os.PathLike, ds: FaceDataset, split: str, out: str | os.PathLike | None = None,
-                     tta: bool = False, device: str = "auto", batch_size: int = 256) -> dict:
-    """Evaluate ``checkpoint`` on a loaded dataset; writes the report to ``out`` when given."""
-    classifier = EmotionClassifier.from_checkpoint(checkpoint, device=device, tta=tta)
+def evaluate_dataset(classifier: EmotionClassifier, ds: FaceDataset, split: str, out: str | os.PathLike | None = None,
+                     batch_size: int = 256) -> dict:
+    """Evaluate a loaded classifier on a loaded dataset; writes the report to ``out`` when given."""
     probs = predict_dataset(classifier, ds, batch_size)
     m = compute_metrics(ds.labels.numpy(), probs.argmax(1))
-    m.update({"checkpoint": str(checkpoint), "model": classifier.name, "data": ds.source, "split": split, "tta": tta, "skipped": ds.skipped})
+    path = classifier.loaded.path
+    m.update({"checkpoint": path, "model": classifier.name, "data": ds.source, "split": split, "tta": classifier.tta, "skipped": ds.skipped})
     if out is not None:
-        write_report(m, out, training_history(checkpoint, classifier.loaded.metrics))
+        write_report(m, out, training_history(path, classifier.loaded.metrics))
         log.info("report written to %s", out)
     return m

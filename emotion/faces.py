@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -108,13 +109,15 @@ def _resolve(path: str | os.PathLike | None, allow_download: bool) -> tuple[str 
     cached = cache_dir() / FACE_MODEL_FILENAME
     if cached.is_file() and cached.stat().st_size > 0:
         return str(cached), f"MediaPipe BlazeFace ({cached}, cached)", False
+    why = "no MediaPipe model found"
     if allow_download:
         try:
             download_face_model(cached)
             return str(cached), f"MediaPipe BlazeFace ({cached}, downloaded)", False
         except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
-            log.warning("could not download the BlazeFace face model (%s)", exc)
-    return None, ("OpenCV Haar cascade (fallback: no MediaPipe model found; pass --face-model or set "
+            log.warning("could not download the BlazeFace face model from %s (%s)", FACE_MODEL_URL, exc)
+            why += ", download failed"
+    return None, (f"OpenCV Haar cascade (fallback: {why}; pass --face-model or set "
                   f"${ENV_FACE_MODEL} to {FACE_MODEL_FILENAME})"), False
 
 
@@ -171,7 +174,12 @@ def _clip_box(x0: float, y0: float, x1: float, y1: float, width: int, height: in
 
 
 class FaceDetector:
-    """Finds faces in RGB frames; create it once and share it (``detect`` is thread-safe)."""
+    """Finds faces in RGB frames; create it once and share it (``detect`` is thread-safe).
+
+    ``model_path`` names a BlazeFace model (see ``resolve_face_model`` for the search order);
+    ``min_confidence`` applies to BlazeFace only (Haar boxes have no score); faces smaller than
+    ``min_face_px`` are dropped and only the ``max_faces`` largest are kept.
+    """
 
     def __init__(self, model_path: str | None = None, min_confidence: float = 0.5, allow_download: bool = True,
                  max_faces: int = MAX_FACES, min_face_px: int = MIN_FACE_PX):
@@ -215,14 +223,15 @@ class FaceDetector:
         """Faces in an HxWx3 uint8 RGB frame: clipped to the frame, largest first, at most ``max_faces``."""
         rgb = as_rgb(rgb)
         height, width = rgb.shape[:2]
-        scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
-        small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
-                                                    interpolation=cv2.INTER_AREA)
+        # An integer factor keeps INTER_AREA on its fast path: 0.1 s instead of 0.27 s for an 8000x6000 frame.
+        factor = math.ceil(max(height, width) / DETECT_MAX_SIDE)
+        small = rgb if factor == 1 else cv2.resize(rgb, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
+        sx, sy = width / small.shape[1], height / small.shape[0]
         with self._lock:
             raw = self._detect_mediapipe(small) if self._mp is not None else self._detect_haar(small)
         boxes = []
         for x, y, w, h, score in raw:
-            box = _clip_box(x / scale, y / scale, (x + w) / scale, (y + h) / scale, width, height, score)
+            box = _clip_box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, width, height, score)
             if box is not None and min(box.w, box.h) >= self.min_face_px:
                 boxes.append(box)
         boxes.sort(key=lambda b: b.w * b.h, reverse=True)

@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0  # seeds shuffling, augmentation, the val split and initialisation
     amp: str = "auto"  # "auto": fp16 on CUDA, bf16 on CPUs with native bf16; "bf16", "fp16" or "off"
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    threads: int = 0  # CPU threads for torch; 0 = one per core (1 is steadier on a busy machine)
     clip_weights: str | None = None  # CLIP weights file, or "random"; None resolves the pretrained tag
     cache_dir: str | None = None  # open_clip weights cache
     data_cache: str | None = None  # where decoded datasets are cached (default ~/.cache/emotion)
@@ -301,6 +302,8 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_path: Path, publish) -> dict:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = load_train_val(cfg)
     log.info("data: %d train faces %s, %d val faces (%s)", len(train_ds), train_ds.class_counts(), len(val_ds), val_ds.source)
@@ -322,7 +325,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
-    start_epoch, best = 1, {"val_acc": -1.0, "epoch": 0}
+    start_epoch, best, blob = 1, {"val_acc": -1.0, "epoch": 0}, {}
     last_path = out / "last.pt"
     if cfg.resume and last_path.exists():
         blob = read_checkpoint(last_path)
@@ -336,13 +339,12 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
         log.info("resumed from %s after epoch %d (best val acc %.4f)", last_path, state["epoch"], best["val_acc"])
     elif cfg.resume:
         log.info("--resume: no %s yet, starting from scratch", last_path)
+    # The checkpoint's history is the record (metrics.jsonl for checkpoints without one): rows of an
+    # interrupted epoch are dropped, and a row lost to a kill between checkpoint and append is restored.
+    history = blob.get("metrics", {}).get("history") or read_jsonl(metrics_path)
+    history = [r for r in history if r.get("epoch", 0) < start_epoch]
     if d.main:
-        # Rows past the resumed epoch come from the interrupted epoch and are rewritten.
-        history = [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) < start_epoch]
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
-
-    else:
-        history = []
     cache = None
     for epoch in range(start_epoch, cfg.epochs + 1):
         phase = set_phase(model, cfg, epoch)

@@ -1,0 +1,153 @@
+"""The recognizer API shared by the CLI and the app: faces in, per-face emotions out, optionally smoothed over time.
+
+``Recognizer.analyze`` runs detection, cropping and one batched classifier forward per frame.
+``FaceTracker`` (one per video stream) smooths each face's probabilities across frames so labels do not
+flicker; faces are matched between frames by box overlap.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .data import to_face48
+from .faces import Box, FaceDetector, as_rgb, crop_faces
+from .predict import EmotionClassifier, face_result
+
+log = logging.getLogger(__name__)
+
+STAGES = ("detect", "crop", "forward", "smooth")  # keys ``analyze`` fills in ``timings`` (milliseconds)
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes (0 when they do not overlap)."""
+    iw = min(a.x + a.w, b.x + b.w) - max(a.x, b.x)
+    ih = min(a.y + a.h, b.y + b.h) - max(a.y, b.y)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / float(a.w * a.h + b.w * b.h - inter)
+
+
+@dataclass
+class _Track:
+    box: Box
+    probs: np.ndarray
+    missed: int = 0  # consecutive frames without a matching face
+
+
+class FaceTracker:
+    """Per-stream temporal smoothing: an exponential moving average of each face's probabilities.
+
+    ``alpha`` is the weight of the newest frame (1.0 turns smoothing off). A face is the same face as in
+    an earlier frame when their boxes overlap by at least ``iou_threshold`` (greedy, best overlap first);
+    a track not seen for more than ``max_age`` frames is forgotten, so a face that comes back starts fresh.
+    """
+
+    def __init__(self, alpha: float = 0.5, iou_threshold: float = 0.3, max_age: int = 10):
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self.iou_threshold = iou_threshold
+        self.max_age = max_age
+        self.tracks: list[_Track] = []
+
+    def reset(self) -> None:
+        """Forget every face, e.g. when the stream restarts."""
+        self.tracks = []
+
+    def update(self, boxes: Sequence[Box], probs: np.ndarray) -> np.ndarray:
+        """Smoothed probabilities for this frame's faces, in the order of ``boxes``."""
+        probs = np.asarray(probs, dtype=np.float32)
+        if len(boxes) != len(probs):
+            raise ValueError(f"{len(boxes)} boxes but {len(probs)} probability rows")
+        pairs = sorted(((box_iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
+                       reverse=True)
+        matched_tracks: set[int] = set()
+        track_of: dict[int, int] = {}
+        for iou, ti, bi in pairs:
+            if iou < self.iou_threshold:
+                break
+            if ti not in matched_tracks and bi not in track_of:
+                matched_tracks.add(ti)
+                track_of[bi] = ti
+        out = probs.copy()
+        for bi, box in enumerate(boxes):
+            if bi in track_of:
+                track = self.tracks[track_of[bi]]
+                track.probs = self.alpha * probs[bi] + (1.0 - self.alpha) * track.probs
+                track.box, track.missed = box, 0
+                out[bi] = track.probs
+        for ti, track in enumerate(self.tracks):
+            if ti not in matched_tracks:
+                track.missed += 1
+        self.tracks = [t for t in self.tracks if t.missed <= self.max_age]
+        self.tracks += [_Track(box, probs[bi].copy()) for bi, box in enumerate(boxes) if bi not in track_of]
+        return out
+
+
+class Recognizer:
+    """A face detector and an emotion classifier, shared by all users of a process (both are thread-safe)."""
+
+    def __init__(self, classifier: EmotionClassifier, detector: FaceDetector | None):
+        self.classifier = classifier
+        self.detector = detector
+
+    def analyze(self, rgb: np.ndarray, *, whole_image: bool = False, tracker: FaceTracker | None = None,
+                timings: dict[str, float] | None = None) -> list[dict]:
+        """Emotions of every face in an image, largest face first, as ``emotion.predict.face_result`` dicts.
+
+        ``rgb`` is an RGB, RGBA or grayscale array of any size. ``whole_image`` classifies the whole image
+        as one face instead of detecting faces. ``tracker`` smooths results across video frames.
+        ``timings``, when given, receives milliseconds per stage (``STAGES``).
+        """
+        image = as_rgb(rgb)
+        height, width = image.shape[:2]
+        t0 = time.perf_counter()
+        if whole_image:
+            boxes = [Box(0, 0, width, height)]
+        elif self.detector is None:
+            raise RuntimeError("this recognizer has no face detector: use whole_image=True or give it a FaceDetector")
+        else:
+            boxes = self.detector.detect(image)
+        t1 = time.perf_counter()
+        # A whole image is centre-cropped like any photo; detected faces are framed like FER2013 crops.
+        crops = [to_face48(image)] if whole_image else crop_faces(image, boxes)
+        t2 = time.perf_counter()
+        probs = self.classifier.predict_faces(crops)
+        t3 = time.perf_counter()
+        if tracker is not None:
+            probs = tracker.update(boxes, probs)
+        t4 = time.perf_counter()
+        if timings is not None:
+            for stage, start, end in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4)):
+                timings[stage] = (end - start) * 1000.0
+        return [face_result((b.x, b.y, b.w, b.h), p) for b, p in zip(boxes, probs)]
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB, turned upright by its EXIF orientation; raises on unreadable files."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            return as_rgb(np.asarray(im.convert("RGBA")))
+        return as_rgb(np.asarray(im.convert("RGB")))
+
+
+def predict_files(paths: Sequence[str | os.PathLike], recognizer: Recognizer, whole_image: bool = False) -> list[dict]:
+    """``[{"image": path, "faces": [...]}, ...]`` for image files; an unreadable file gets an ``"error"`` instead."""
+    results = []
+    for path in paths:
+        try:
+            rgb = read_rgb(path)
+        except Exception as exc:  # PIL raises many types for bad files; one bad file must not stop the batch
+            log.warning("cannot read %s (%s)", path, exc)
+            results.append({"image": str(path), "error": f"cannot read image: {type(exc).__name__}: {exc}"})
+            continue
+        results.append({"image": str(path), "faces": recognizer.analyze(rgb, whole_image=whole_image)})
+    return results
