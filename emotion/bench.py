@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -71,8 +72,9 @@ class BenchConfig:
 
 
 def _summary(samples_ms: list[float]) -> dict:
+    # The minimum is what the hardware can do; median and p90 include what other processes take from it.
     a = np.asarray(samples_ms, dtype=np.float64)
-    return {"median": round(float(np.median(a)), 4), "p90": round(float(np.percentile(a, 90)), 4), "n": len(a)}
+    return {f: round(float(v), 4) for f, v in (("median", np.median(a)), ("p90", np.percentile(a, 90)), ("min", a.min()))} | {"n": len(a)}
 
 
 def _time_ms(fn: Callable[[], object], cfg: BenchConfig, sync: Callable[[], None] = lambda: None) -> dict:
@@ -108,13 +110,7 @@ def machine_info(device: torch.device) -> dict:
     except (OSError, StopIteration):
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "native_bf16": cpu_has_native_bf16(), "device": str(device), "load_avg_1m": round(os.getloadavg()[0], 2)}
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+            "onnxruntime": onnxruntime.__version__, "native_bf16": cpu_has_native_bf16(), "device": str(device), "load_avg_1m": round(os.getloadavg()[0], 2)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -154,38 +150,49 @@ def _checkpoints(cfg: BenchConfig, tmp: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------- forward-pass variants
 
 def _forward_variants(clf: EmotionClassifier, cfg: BenchConfig) -> dict:
-    """Raw forward (preprocess + model, input already on the device) per precision and memory layout."""
+    """Raw forward (preprocess + model, input already on the device) per precision, layout and thread count."""
     device, loaded = clf.device, clf.loaded
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     is_cnn = loaded.config.kind == "cnn"
-    dtypes = {"fp32": None, "bf16": torch.bfloat16} | ({"fp16": torch.float16} if device.type == "cuda" else {})
-    variants: dict[str, tuple[torch.nn.Module, torch.dtype | None, bool]] = {
-        name: (loaded.model, dtype, is_cnn) for name, dtype in dtypes.items()}
+    # name: (model, autocast dtype, channels-last input, intra-op threads; 0 = torch's default)
+    variants: dict[str, tuple[torch.nn.Module, torch.dtype | None, bool, int]] = {
+        "fp32": (loaded.model, None, is_cnn, 0), "bf16": (loaded.model, torch.bfloat16, is_cnn, 0)}
+    if device.type == "cuda":
+        variants["fp16"] = (loaded.model, torch.float16, is_cnn, 0)
+    else:
+        # On a busy CPU, a second intra-op thread waits at every barrier for a core it may not get.
+        variants["fp32_1_thread"] = (loaded.model, None, is_cnn, 1)
     if is_cnn:
         # The app runs the CNN channels-last (predict.py); this is the alternative it chose against.
-        variants["fp32_contiguous"] = (copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format), None, False)
-        if cfg.compile:
-            t0 = time.perf_counter()
-            compiled = torch.compile(copy.deepcopy(loaded.model))
-            with torch.inference_mode():
-                compiled(loaded.preprocess(torch.rand(1, 1, 48, 48, device=device)).contiguous(memory_format=torch.channels_last))
-            log.info("torch.compile of the CNN took %.1fs", time.perf_counter() - t0)
-            variants["fp32_compiled"] = (compiled, None, True)
+        variants["fp32_contiguous"] = (copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format), None, False, 0)
+    if is_cnn and cfg.compile:
+        t0 = time.perf_counter()
+        compiled = torch.compile(copy.deepcopy(loaded.model))
+        with torch.inference_mode():
+            for n in (1, 4):  # one compilation per batch size; not part of the timing
+                compiled(loaded.preprocess(torch.rand(n, 1, 48, 48, device=device)).contiguous(memory_format=torch.channels_last))
+        log.info("torch.compile of the CNN took %.1fs", time.perf_counter() - t0)
+        variants["fp32_compiled"] = (compiled, None, True, 0)
     out: dict[str, dict] = {}
-    for name, (model, dtype, channels_last) in variants.items():
+    default_threads = torch.get_num_threads()
+    for name, (model, dtype, channels_last, threads) in variants.items():
         out[name] = {}
-        for n in (1, 4):
-            x = torch.rand(n, 1, 48, 48, device=device)
+        torch.set_num_threads(threads or default_threads)
+        try:
+            for n in (1, 4):
+                x = torch.rand(n, 1, 48, 48, device=device)
 
-            @torch.inference_mode()
-            def step(model=model, dtype=dtype, channels_last=channels_last, x=x) -> torch.Tensor:
-                y = loaded.preprocess(x)
-                if channels_last:
-                    y = y.contiguous(memory_format=torch.channels_last)
-                with autocast_for(device, dtype):
-                    return model(y)
+                @torch.inference_mode()
+                def step(model=model, dtype=dtype, channels_last=channels_last, x=x) -> torch.Tensor:
+                    y = loaded.preprocess(x)
+                    if channels_last:
+                        y = y.contiguous(memory_format=torch.channels_last)
+                    with autocast_for(device, dtype):
+                        return model(y)
 
-            out[name][f"{n}_face"] = _time_ms(step, cfg, sync)
+                out[name][f"{n}_face"] = _time_ms(step, cfg, sync)
+        finally:
+            torch.set_num_threads(default_threads)
     return out
 
 
@@ -252,16 +259,17 @@ def compose_frames(detector, fer_dir: Path) -> dict[int, np.ndarray]:
 def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig) -> dict:
     """Per-stage and total wall time of one live frame: recognizer stages, then the overlay."""
     from .overlay import draw_faces
+    from .recognizer import FaceTracker
 
+    tracker = FaceTracker()  # as in the live view, where each stream smooths its faces over time
     samples: dict[str, list[float]] = {}
     faces: list = []
     for i in range(cfg.warmup + cfg.frames):
-        canvas = frame.copy()  # the overlay draws on the frame; every iteration must see a clean one
         stages: dict[str, float] = {}
         t0 = time.perf_counter()
-        faces = recognizer.analyze(canvas, timings=stages)
+        faces = recognizer.analyze(frame, tracker=tracker, timings=stages)
         t1 = time.perf_counter()
-        draw_faces(canvas, faces)
+        draw_faces(frame, faces)
         t2 = time.perf_counter()
         if i < cfg.warmup:
             continue
@@ -273,12 +281,16 @@ def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig) -> dict:
 
 # ---------------------------------------------------------------- training throughput
 
+def _val_images(train_images: int) -> int:
+    return max(len(CLASS_NAMES), train_images // 4)  # FER2013: 7178 test faces for 28709 train faces
+
+
 def _synthetic_dataset(root: Path, train_images: int) -> Path:
     """``root/{train,test}/<class>/*.png`` of random faces; validation is a quarter of train, as in FER2013."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split, count in (("train", train_images), ("test", max(len(CLASS_NAMES), train_images // 4))):
+    for split, count in (("train", train_images), ("test", _val_images(train_images))):
         for name in CLASS_NAMES:
             (root / split / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
@@ -315,6 +327,11 @@ def _training(name: str, checkpoint: Path, cfg: BenchConfig, tmp: Path) -> dict:
     embed_s = cached[0]["embed_seconds"]
     with_cache = embed_s + FROZEN_EPOCHS * cached[1]["seconds"]
     without_cache = FROZEN_EPOCHS * uncached[0]["seconds"]
+    # Uncached epochs also run the encoder over validation, which "seconds" leaves out; the cache embeds it
+    # once (with train and its mirror image), so its share of embed_seconds estimates one such pass.
+    val = _val_images(cfg.train_images)
+    val_pass_s = embed_s * val / (2 * cfg.train_images + val)
+    without_cache_val = FROZEN_EPOCHS * (uncached[0]["seconds"] + val_pass_s)
     scale = FER_TRAIN_IMAGES / cfg.train_images
     return {
         "frozen_cached": _phase(cached[1]) | {"embed_seconds": embed_s},
@@ -324,6 +341,7 @@ def _training(name: str, checkpoint: Path, cfg: BenchConfig, tmp: Path) -> dict:
             "epochs": FROZEN_EPOCHS, "train_images": cfg.train_images,
             "with_cache_s": round(with_cache, 2), "without_cache_s": round(without_cache, 2),
             "speedup": round(without_cache / with_cache, 2),
+            "speedup_incl_validation": round(without_cache_val / with_cache, 2),
             "fer2013_with_cache_min": round(with_cache * scale / 60, 1),
             "fer2013_without_cache_min": round(without_cache * scale / 60, 1),
         },
@@ -338,25 +356,27 @@ def memory_probe(checkpoint: str, face_model: str, device: str, frame_path: str)
     from .overlay import draw_faces
     from .recognizer import Recognizer
 
-    recognizer = Recognizer(EmotionClassifier.from_checkpoint(checkpoint, device=device), FaceDetector(face_model or None))
+    detector = FaceDetector(face_model or None, allow_download=False)
+    recognizer = Recognizer(EmotionClassifier.from_checkpoint(checkpoint, device=device), detector)
     frame = np.load(frame_path)
     for _ in range(3):
-        draw_faces(frame.copy(), recognizer.analyze(frame))
+        draw_faces(frame, recognizer.analyze(frame))
     out = {"peak_rss_mb": round(_proc_status_mb("VmHWM"), 1), "rss_mb": round(_proc_status_mb("VmRSS"), 1)}
     if torch.cuda.is_available() and pick_device(device).type == "cuda":
         out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 
 
-def _memory(name: str, checkpoint: Path, frame: np.ndarray, cfg: BenchConfig, tmp: Path) -> dict:
+def _memory(checkpoint: Path, face_model: str | None, frame: np.ndarray, cfg: BenchConfig, tmp: Path) -> dict:
+    """``memory_probe`` in a fresh interpreter, so this process's own allocations do not count."""
     frame_path = tmp / "frame.npy"
     np.save(frame_path, frame)
     code = "import json, sys; from emotion.bench import memory_probe; print(json.dumps(memory_probe(*sys.argv[1:])))"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", code, str(checkpoint), cfg.face_model or "", cfg.device, str(frame_path)],
+    proc = subprocess.run([sys.executable, "-c", code, str(checkpoint), face_model or "", cfg.device, str(frame_path)],
                           capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
-        raise RuntimeError(f"memory probe for {name} failed: {proc.stderr[-2000:]}")
+        raise RuntimeError(f"memory probe for {checkpoint} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -370,18 +390,51 @@ def _face_model(cfg: BenchConfig) -> str | None:
     return str(shared) if shared.is_file() else None
 
 
+def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, frames: dict[int, np.ndarray],
+                 cfg: BenchConfig, tmp: Path, result: dict) -> None:
+    """Every measurement of one model, written into ``result``."""
+    from .recognizer import Recognizer
+
+    t0 = time.perf_counter()
+    clf = EmotionClassifier.from_checkpoint(checkpoint, device=cfg.device, amp=cfg.amp)
+    recognizer = Recognizer(clf, detector)
+    pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg) for n, frame in frames.items()}
+    pipe |= {"model": clf.name, "autocast": str(clf.dtype).replace("torch.", "") if clf.dtype else "off (fp32)"}
+    result["pipeline"][name] = pipe
+    one, four = pipe["1_face"], pipe["4_face"]
+    result["ratios"][name] = {
+        "total_over_forward_1_face": round(one["total_ms"]["median"] / one["forward_ms"]["median"], 2),
+        "total_over_forward_4_face": round(four["total_ms"]["median"] / four["forward_ms"]["median"], 2),
+        "four_vs_one_face": round(four["total_ms"]["median"] / one["total_ms"]["median"], 2),
+    }
+    result["forward"][name] = _forward_variants(clf, cfg)
+    if cfg.onnx:
+        result["onnx"][name] = _onnx_forward(name, checkpoint, clf, cfg, tmp)
+    log.info("%s: inference timings took %.0fs", name, time.perf_counter() - t0)
+    del clf, recognizer  # a ViT-B/32 is 350 MB: free it before training another copy
+    if cfg.training:
+        t0 = time.perf_counter()
+        result["training"][name] = _training(name, checkpoint, cfg, tmp)
+        log.info("%s: training throughput took %.0fs", name, time.perf_counter() - t0)
+    if cfg.memory:
+        mem = _memory(checkpoint, face_model, frames[1], cfg, tmp)
+        result["memory"] |= {f"{name}_app_rss_mb": mem["peak_rss_mb"], f"{name}_app_rss_now_mb": mem["rss_mb"]}
+        if "gpu_peak_mb" in mem:
+            result["memory"][f"{name}_app_gpu_peak_mb"] = mem["gpu_peak_mb"]
+
+
 def run_benchmark(cfg: BenchConfig) -> dict:
     """Run every measurement ``cfg`` asks for; returns a JSON-ready dict.
 
     Keys: ``machine``; ``pipeline.<model>.<n>_face`` (n = 1, 4) with ``faces_detected`` and
-    ``<stage>_ms.{median,p90}`` for the stages detect, crop, forward, smooth, overlay and total;
-    ``ratios.<model>``; ``forward.<model>.<variant>.<n>_face`` (fp32, bf16, fp16 on CUDA,
-    fp32_contiguous and fp32_compiled for the CNN); ``onnx.<model>``; ``training.<model>.<phase>``
-    with ``images_per_s`` (CNN: full; CLIP: frozen_cached, frozen_uncached, unfrozen, frozen_phase);
-    ``memory.<model>_app_rss_mb`` (peak RSS of a fresh app process); ``targets`` (list of checks).
+    ``<stage>_ms.{median,p90,min}`` for the stages detect, crop, forward, smooth, overlay and total;
+    ``ratios.<model>``; ``forward.<model>.<variant>.<n>_face`` (fp32, bf16, fp32_1_thread on CPU,
+    fp16 on CUDA, fp32_contiguous and fp32_compiled for the CNN); ``onnx.<model>``;
+    ``training.<model>.<phase>`` with ``images_per_s`` (CNN: full; CLIP: frozen_cached,
+    frozen_uncached, unfrozen, plus the frozen_phase projection); ``memory.<model>_app_rss_mb``
+    (peak RSS of a fresh app process); ``targets`` (one entry per target, with ``pass``).
     """
     from .faces import FaceDetector
-    from .recognizer import Recognizer
 
     device = pick_device(cfg.device)
     result: dict = {"machine": machine_info(device), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
@@ -389,38 +442,11 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     face_model = _face_model(cfg)
     detector = FaceDetector(face_model, allow_download=False)
     result["machine"]["face_detector"] = detector.source
-    fer_dir = Path(cfg.fer_dir) if cfg.fer_dir else SHARED_FER
-    frames = compose_frames(detector, fer_dir)
-    with tempfile.TemporaryDirectory(prefix="emotion-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        for name, checkpoint in _checkpoints(cfg, tmp).items():
+    frames = compose_frames(detector, Path(cfg.fer_dir) if cfg.fer_dir else SHARED_FER)
+    with tempfile.TemporaryDirectory(prefix="emotion-bench-") as tmp:
+        for name, checkpoint in _checkpoints(cfg, Path(tmp)).items():
             log.info("benchmarking %s (%s)", name, checkpoint)
-            clf = EmotionClassifier.from_checkpoint(checkpoint, device=cfg.device, amp=cfg.amp)
-            recognizer = Recognizer(clf, detector)
-            pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg) for n, frame in frames.items()}
-            pipe["model"] = clf.name
-            pipe["autocast"] = str(clf.dtype).replace("torch.", "") if clf.dtype else "off (fp32)"
-            result["pipeline"][name] = pipe
-            one, four = pipe["1_face"], pipe["4_face"]
-            result["ratios"][name] = {
-                "total_over_forward_1_face": round(one["total_ms"]["median"] / one["forward_ms"]["median"], 2),
-                "total_over_forward_4_face": round(four["total_ms"]["median"] / four["forward_ms"]["median"], 2),
-                "four_vs_one_face": round(four["total_ms"]["median"] / one["total_ms"]["median"], 2),
-            }
-            result["forward"][name] = _forward_variants(clf, cfg)
-            if cfg.onnx:
-                result["onnx"][name] = _onnx_forward(name, checkpoint, clf, cfg, tmp)
-            del clf, recognizer
-            if cfg.training:
-                result["training"][name] = _training(name, checkpoint, cfg, tmp)
-            if cfg.memory:
-                probe_cfg = copy.copy(cfg)
-                probe_cfg.face_model = face_model
-                mem = _memory(name, checkpoint, frames[1], probe_cfg, tmp)
-                result["memory"][f"{name}_app_rss_mb"] = mem["peak_rss_mb"]
-                result["memory"][f"{name}_app_rss_now_mb"] = mem["rss_mb"]
-                if "gpu_peak_mb" in mem:
-                    result["memory"][f"{name}_app_gpu_peak_mb"] = mem["gpu_peak_mb"]
+            _bench_model(name, checkpoint, detector, face_model, frames, cfg, Path(tmp), result)
     result["machine"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     result["targets"] = _targets(result)
     return result
@@ -457,6 +483,11 @@ def _table(headers: list[str], rows: list[list]) -> list[str]:
     return [lines[0], "-" * len(lines[0])] + lines[1:]
 
 
+def _faces(key: str) -> str:
+    n = int(key.split("_")[0])
+    return f"{n} face" + ("s" if n > 1 else "")
+
+
 def format_report(result: dict) -> str:
     """The benchmark as readable tables, targets marked PASS or MISS."""
     m = result["machine"]
@@ -469,18 +500,19 @@ def format_report(result: dict) -> str:
     for name, pipe in result["pipeline"].items():
         for n in ("1_face", "4_face"):
             p = pipe[n]
-            rows.append([f"{name} {n.replace('_', ' ')}s", p["faces_detected"]]
-                        + [f"{p[f'{s}_ms']['median']:.2f}/{p[f'{s}_ms']['p90']:.2f}" if f"{s}_ms" in p else "-" for s in stages])
+            rows.append([f"{name}, {_faces(n)}", p["faces_detected"]]
+                        + [f"{p[f'{s}_ms']['median']:.2f}/{p[f'{s}_ms']['p90']:.2f}" if f"{s}_ms" in p else "-" for s in stages]
+                        + [p["total_ms"]["min"]])
     if rows:
-        out += ["live pipeline, 640x480 frame, ms median/p90"] + _table(["frame", "found"] + stages, rows) + [""]
+        out += ["live pipeline, 640x480 frame, ms median/p90"] + _table(["frame", "found"] + stages + ["total min"], rows) + [""]
         out += _table(["model", "total/forward 1 face", "total/forward 4 faces", "4 faces / 1 face"],
                       [[k, r["total_over_forward_1_face"], r["total_over_forward_4_face"], r["four_vs_one_face"]]
                        for k, r in result["ratios"].items()]) + [""]
-    rows = [[name, variant] + [v[n]["median"] for n in ("1_face", "4_face")]
+    rows = [[name, variant] + [f"{v[n]['median']:.2f} ({v[n]['min']:.2f})" for n in ("1_face", "4_face")]
             for name, variants in result["forward"].items() for variant, v in variants.items()]
     if rows:
-        out += ["forward pass (preprocess + model, input on the device), ms median"] + _table(["model", "variant", "1 face", "4 faces"], rows) + [""]
-    rows = [[name, n.replace("_", " ") + "s", o[n]["torch_ms"]["median"], o[n]["onnxruntime_ms"]["median"], f"{o['max_abs_diff']:.1e}"]
+        out += ["forward pass (preprocess + model, input on the device), ms median (min)"] + _table(["model", "variant", "1 face", "4 faces"], rows) + [""]
+    rows = [[name, _faces(n), o[n]["torch_ms"]["median"], o[n]["onnxruntime_ms"]["median"], f"{o['max_abs_diff']:.1e}"]
             for name, o in result["onnx"].items() for n in ("1_face", "4_face")]
     if rows:
         out += ["predict_tensor: PyTorch vs ONNX Runtime, ms median"] + _table(["model", "faces", "pytorch", "onnxruntime", "max |diff|"], rows) + [""]
@@ -491,7 +523,8 @@ def format_report(result: dict) -> str:
         frozen = result["training"].get("clip", {}).get("frozen_phase")
         if frozen:
             out.append(f"CLIP frozen phase, epochs 1-{frozen['epochs']}: {frozen['with_cache_s']}s with the cache vs "
-                       f"{frozen['without_cache_s']}s without ({frozen['speedup']}x) for {frozen['train_images']} images; "
+                       f"{frozen['without_cache_s']}s without ({frozen['speedup']}x; {frozen['speedup_incl_validation']}x counting "
+                       f"validation) for {frozen['train_images']} images; "
                        f"on FER2013 about {frozen['fer2013_with_cache_min']} vs {frozen['fer2013_without_cache_min']} min")
         out.append("")
     if result["memory"]:

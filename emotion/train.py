@@ -277,6 +277,8 @@ def train(cfg: TrainConfig) -> dict:
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         handler = _attach_log_file(out)
+    else:
+        logging.getLogger("emotion").setLevel(logging.WARNING)  # rank 0 alone reports progress
     status_path, metrics_path = out / "status.json", out / "metrics.jsonl"
     status = {"state": "starting", "epoch": 0, "epochs": cfg.epochs, "step": 0, "steps_per_epoch": 0, "pid": os.getpid()}
 

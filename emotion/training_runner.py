@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_CLI = REPO / "train_cli.py"
 CONSOLE_LOG = "console.log"  # the child's stdout and stderr: its log lines, and any traceback or usage error
-ACTIVE_STATES = ("starting", "embedding", "training")
+# While the process runs; "evaluating": training ended and the report is being written, "exiting": the trainer
+# reported a failure and is on its way out, "stopping": Stop was pressed.
+ACTIVE_STATES = ("starting", "embedding", "training", "evaluating", "exiting", "stopping")
 
 
 @dataclass
@@ -72,6 +74,8 @@ def tail(path: Path, lines: int = 40, max_bytes: int = 64 * 1024) -> str:
             data = fh.read()
     except OSError:
         return ""
+    if size > max_bytes:
+        data = data.partition(b"\n")[2]  # the first line was cut by the seek
     # tqdm-style carriage returns would otherwise pile up on one line.
     text = data.decode("utf-8", errors="replace").replace("\r", "\n")
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
@@ -80,10 +84,9 @@ def tail(path: Path, lines: int = 40, max_bytes: int = 64 * 1024) -> str:
 class TrainingRun:
     """One training process and its run folder."""
 
-    def __init__(self, run_dir: Path, process: subprocess.Popen, command: list[str]):
+    def __init__(self, run_dir: Path, process: subprocess.Popen):
         self.run_dir = run_dir
         self.process = process
-        self.command = command
         self.started = time.time()
         self.stopped_by_user = False
 
@@ -119,14 +122,17 @@ class TrainingRun:
         return tail(self.run_dir / CONSOLE_LOG, lines)
 
     def state(self) -> str:
-        """'starting', 'embedding', 'training', 'done', 'failed' or 'stopped'.
+        """One of ACTIVE_STATES while the process runs, then 'done', 'failed' or 'stopped'.
 
         The exit code is the authority once the process is gone: a killed trainer cannot update its
         status.json, and a trainer that crashed before writing one has none.
         """
         code = self.process.poll()
         if code is None:
-            return self.status().get("state", "starting") if not self.stopped_by_user else "stopping"
+            if self.stopped_by_user:
+                return "stopping"
+            state = self.status().get("state", "starting")
+            return {"done": "evaluating", "failed": "exiting", "stopped": "exiting"}.get(state, state)
         if self.stopped_by_user:
             return "stopped"
         return "done" if code == 0 else "failed"
@@ -197,7 +203,7 @@ class TrainingRunner:
                     os.setpriority(os.PRIO_PROCESS, process.pid, os.getpriority(os.PRIO_PROCESS, process.pid) + self.nice)
                 except OSError as exc:  # the process may already be gone; a crash is reported by state()
                     log.debug("could not lower the trainer's priority: %s", exc)
-            self.current = TrainingRun(run_dir, process, command)
+            self.current = TrainingRun(run_dir, process)
             log.info("training run %s started (pid %d): %s", run_dir, process.pid, " ".join(command))
             return self.current
 

@@ -15,7 +15,7 @@ import gradio as gr
 
 from .predict import default_checkpoint
 from .training_runner import TrainingRunner
-from .ui_live import build_live_tab, build_upload_tab
+from .ui_live import MAX_SIDE, build_live_tab, build_upload_tab
 from .ui_models import ModelManager, build_model_panel
 from .ui_training import build_training_tab
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 
+# System fonts: the default theme fetches Google Fonts, a request to a third party (and a stall when offline).
+THEME = gr.themes.Soft(font=("ui-sans-serif", "system-ui", "sans-serif"), font_mono=("ui-monospace", "monospace"))
 CSS = """
 #live-readout { font-size: 1.1rem; }
 .face-label { min-width: 220px; }
@@ -44,7 +46,7 @@ class AppConfig:
     port: int = 7860  # Gradio's usual port
     share: bool = False  # no public gradio.live link unless asked
     max_file_size: str = "20mb"  # upload limit, checked by Gradio before a file reaches a handler
-    max_side: int = 1920  # photos and frames are downscaled to this longer side before analysis
+    max_side: int = MAX_SIDE  # photos and frames are downscaled to this longer side before analysis
     stream_every: float = 0.1  # seconds between webcam frames sent to the server (up to 10 FPS)
     stream_time_limit: int = 600  # a webcam stream stops after 10 minutes so one tab cannot hold a slot forever
     max_live_streams: int = 4  # webcam streams analyzed at once; more sessions wait for a free slot
@@ -79,7 +81,7 @@ class EmotionApp:
     def launch(self, **overrides) -> tuple:
         """Launch with the config's safe defaults (localhost, no share link, upload size limit); kwargs override."""
         kwargs = dict(server_name=self.config.host, server_port=self.config.port, share=self.config.share,
-                      max_file_size=self.config.max_file_size, theme=gr.themes.Soft(), css=CSS, footer_links=["api"])
+                      max_file_size=self.config.max_file_size, theme=THEME, css=CSS, footer_links=["api"])
         kwargs.update(overrides)
         log.info("starting the app on http://%s:%s", kwargs["server_name"], kwargs["server_port"])
         return self.demo.launch(**kwargs)

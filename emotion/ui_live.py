@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 MAX_FACE_LABELS = 6  # probability panels shown for a photo; the JSON always has every face
 SMALL_FACE_PX = 48  # faces smaller than a FER2013 crop are upscaled for the model and less reliable
+IMAGE_HEIGHT = 380  # px; webcam and result side by side with the bars still fit a laptop screen
 STREAM_GAP_S = 2.0  # a longer pause between frames means a new stream: smoothing and FPS start afresh
+FACE_HOLD_FRAMES = 5  # the bars stay through this many frames without a face (a blink of the detector), then clear
+MAX_SIDE = 1920  # photos and frames are downscaled to this longer side before analysis
 
 
 class PhotoError(ValueError):
@@ -44,6 +47,7 @@ class LiveSession:
     tracker: FaceTracker = field(default_factory=FaceTracker)
     last_frame_at: float | None = None  # perf_counter() of the previous frame
     fps: float | None = None  # smoothed frames per second actually analyzed for this session
+    misses: int = FACE_HOLD_FRAMES  # consecutive frames without a face (starts "long ago": nothing to hold)
 
     def tick(self, now: float) -> None:
         """Account for a frame arriving at ``now``."""
@@ -52,6 +56,7 @@ class LiveSession:
         if gap is None or gap > STREAM_GAP_S:
             self.tracker = FaceTracker()  # faces from an earlier stream must not bias this one
             self.fps = None
+            self.misses = FACE_HOLD_FRAMES
         elif gap > 0:
             self.fps = 1.0 / gap if self.fps is None else 0.8 * self.fps + 0.2 / gap
 
@@ -110,11 +115,13 @@ def _no_model_message(models: ModelManager) -> str:
     return f"No emotion model is loaded ({models.problem}). Pick one in the model panel above, or train one."
 
 
-def analyze_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSession | None, max_side: int = 1280) -> tuple:
+def analyze_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSession | None,
+                  max_side: int = MAX_SIDE) -> tuple:
     """One webcam frame -> (annotated frame, main face's probabilities, readout, faces JSON, session).
 
     Empty frames (the camera starting or stopping) leave the outputs as they are. Each session's
-    tracker smooths probabilities over frames and keeps the same face's label steady.
+    tracker smooths probabilities over frames and keeps the same face's label steady; the bars are
+    held through a few frames in which the detector misses the face, instead of flickering.
     """
     session = session or LiveSession()
     if frame is None or np.size(frame) == 0:
@@ -129,8 +136,9 @@ def analyze_frame(models: ModelManager, frame: np.ndarray | None, session: LiveS
     recognizer = models.recognizer
     if recognizer is None:
         return rgb, None, _no_model_message(models), [], session
+    timings: dict[str, float] = {}
     try:
-        faces = recognizer.analyze(rgb, tracker=session.tracker)
+        faces = recognizer.analyze(rgb, tracker=session.tracker, timings=timings)
         annotated = draw_faces(rgb, faces)
     except Exception:  # one bad frame must not end the user's stream
         log.exception("live frame analysis failed")
@@ -138,15 +146,21 @@ def analyze_frame(models: ModelManager, frame: np.ndarray | None, session: LiveS
     latency_ms = (time.perf_counter() - start) * 1000
     fps = f"{session.fps:.1f}" if session.fps is not None else "–"
     count = f"{len(faces)} face{'s' if len(faces) != 1 else ''}" if faces else "no face in view"
-    readout = f"**{fps} FPS** · {latency_ms:.0f} ms per frame · {count}"
-    return annotated, (label_value(faces[0]) if faces else None), readout, faces, session
+    stages = ", ".join(f"{stage} {ms:.0f}" for stage, ms in timings.items() if stage in ("detect", "forward"))
+    readout = f"**{fps} FPS** · {latency_ms:.0f} ms per frame ({stages} ms) · {count}"
+    session.misses = 0 if faces else session.misses + 1
+    if faces:
+        label = label_value(faces[0])
+    else:
+        label = gr.skip() if session.misses <= FACE_HOLD_FRAMES else None
+    return annotated, label, readout, faces, session
 
 
 def _hidden_labels(count: int = MAX_FACE_LABELS) -> list:
     return [gr.Label(value=None, visible=False) for _ in range(count)]
 
 
-def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, max_side: int = 1920) -> tuple:
+def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, max_side: int = MAX_SIDE) -> tuple:
     """A photo -> (annotated image, message, faces JSON, one gr.Label update per face panel).
 
     Faces are largest first; ``whole_image`` classifies the whole picture as one face (for face crops).
@@ -197,12 +211,13 @@ def build_live_tab(models: ModelManager, config: AppConfig) -> None:
     with gr.Tab("Live", id="live"):
         session = gr.State(None)
         with gr.Row():
-            with gr.Column():
-                camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", elem_id="live-camera",
-                                  webcam_options=gr.WebcamOptions(constraints={"video": {"width": 640, "height": 480}}))
-            with gr.Column():
-                annotated = gr.Image(label="Emotions", format="jpeg", interactive=False, elem_id="live-annotated")
-                readout = gr.Markdown("Start the webcam to see emotions live.", elem_id="live-readout")
+            camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", elem_id="live-camera",
+                              height=IMAGE_HEIGHT, scale=3,
+                              webcam_options=gr.WebcamOptions(constraints={"video": {"width": 640, "height": 480}}))
+            annotated = gr.Image(label="Emotions", format="jpeg", interactive=False, height=IMAGE_HEIGHT, scale=3,
+                                 elem_id="live-annotated")
+            with gr.Column(scale=2):
+                readout = gr.Markdown("Start the webcam (**Record**) to see emotions live.", elem_id="live-readout")
                 probs = gr.Label(num_top_classes=7, label="Main face", elem_id="live-label")
         with gr.Accordion("Faces as JSON", open=False):
             faces_json = gr.JSON(label="Faces", elem_id="live-json")
@@ -226,11 +241,12 @@ def build_upload_tab(models: ModelManager, config: AppConfig) -> None:
             with gr.Column():
                 # type="filepath" and preprocess=False below: the handler decodes the file itself, so a corrupt
                 # upload gets a friendly message instead of failing inside Gradio's image preprocessing.
-                photo = gr.Image(sources=["upload", "clipboard"], type="filepath", label="Photo", elem_id="upload-photo")
+                photo = gr.Image(sources=["upload", "clipboard"], type="filepath", label="Photo", height=IMAGE_HEIGHT,
+                             elem_id="upload-photo")
                 whole = gr.Checkbox(False, label="Classify the whole image", info="skip face detection (for photos that are one face crop)")
                 run = gr.Button("Analyze", variant="primary")
             with gr.Column():
-                annotated = gr.Image(label="Result", interactive=False, elem_id="upload-annotated")
+                annotated = gr.Image(label="Result", interactive=False, height=IMAGE_HEIGHT, elem_id="upload-annotated")
                 message = gr.Markdown(elem_id="upload-message")
         with gr.Row():
             labels = [gr.Label(num_top_classes=7, visible=False, elem_classes="face-label") for _ in range(MAX_FACE_LABELS)]

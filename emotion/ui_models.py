@@ -32,6 +32,7 @@ class ModelManager:
         self.repo_root = Path(repo_root)
         self.detector = FaceDetector(str(face_model) if face_model else None)
         self._lock = threading.Lock()
+        self.startup_path = Path(checkpoint).resolve()  # stays on offer after switching away (e.g. --checkpoint elsewhere)
         self.recognizer: Recognizer | None = None
         self.active_path: Path | None = None
         self.problem: str | None = None  # why no model is loaded, shown in the UI instead of results
@@ -50,12 +51,13 @@ class ModelManager:
         return classifier.name
 
     def checkpoints(self) -> list[Path]:
-        """Checkpoints the UI offers: ``assets/*.pt``, then ``runs/*/best.pt`` newest first, then the active one."""
+        """Checkpoints the UI offers: ``assets/*.pt``, ``runs/*/best.pt`` newest first, and the one the app started with."""
         found = sorted(self.assets_dir.glob("*.pt"))
         found += sorted(self.runs_dir.glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
         resolved = [p.resolve() for p in found]
-        if self.active_path is not None and self.active_path not in resolved:
-            resolved.append(self.active_path)
+        for extra in (self.startup_path, self.active_path):
+            if extra is not None and extra not in resolved and extra.is_file():
+                resolved.append(extra)
         return resolved
 
     def choices(self) -> list[tuple[str, str]]:
@@ -99,7 +101,7 @@ class ModelPanel:
     choice: gr.Dropdown
 
 
-def switch_model(models: ModelManager, path: str | None) -> tuple[str, dict]:
+def switch_model(models: ModelManager, path: str | None) -> tuple[str, gr.Dropdown]:
     """Dropdown handler: switch to ``path``; a failure is shown as a warning and the old model stays."""
     if path:
         try:
@@ -111,7 +113,7 @@ def switch_model(models: ModelManager, path: str | None) -> tuple[str, dict]:
     return models.describe(), refresh_choices(models)
 
 
-def refresh_choices(models: ModelManager) -> dict:
+def refresh_choices(models: ModelManager) -> gr.Dropdown:
     """A dropdown update listing the current checkpoints, with the active one selected."""
     active = str(models.active_path) if models.active_path else None
     return gr.Dropdown(choices=models.choices(), value=active)
@@ -119,12 +121,12 @@ def refresh_choices(models: ModelManager) -> dict:
 
 def build_model_panel(models: ModelManager) -> ModelPanel:
     """The model panel: what runs (model, device, face detector) and a checkpoint switcher."""
-    with gr.Row(equal_height=True):
+    with gr.Row():
         info = gr.Markdown(models.describe(), elem_id="model-info")
-        choice = gr.Dropdown(choices=models.choices(), value=str(models.active_path) if models.active_path else None,
-                             label="Emotion model", info="assets/*.pt and runs/*/best.pt", scale=0, min_width=320,
-                             elem_id="model-choice")
-        refresh = gr.Button("↻ Refresh list", scale=0, size="sm")
+        with gr.Column(scale=0, min_width=360):
+            choice = gr.Dropdown(choices=models.choices(), value=str(models.active_path) if models.active_path else None,
+                                 label="Emotion model", info="checkpoints in assets/ and runs/", elem_id="model-choice")
+            refresh = gr.Button("↻ Refresh list", size="sm")
     choice.input(lambda path: switch_model(models, path), inputs=choice, outputs=[info, choice], api_name="switch_model")
     refresh.click(lambda: (models.describe(), refresh_choices(models)), outputs=[info, choice], api_visibility="private")
     return ModelPanel(info, choice)

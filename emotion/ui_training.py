@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from PIL import Image
 
-from .checkpoint import CheckpointError
 from .data import has_split
 from .labels import CLASS_NAMES, display
 from .training_runner import ACTIVE_STATES, TrainingRun, TrainingRunner, TrainRequest
-from .ui_models import ModelManager, ModelPanel, refresh_choices
+from .ui_models import ModelManager, ModelPanel, refresh_choices, switch_model
 
 if TYPE_CHECKING:
     from .ui import AppConfig
@@ -40,12 +41,16 @@ def _under(root: Path, name: str, what: str) -> Path:
 
 
 def list_datasets(root: Path) -> list[str]:
-    """Folders under ``root`` (itself, children, grandchildren) that hold a training split, relative to it."""
-    root = Path(root)
+    """Folders under ``root`` (itself, children, grandchildren) that hold a training split, relative to it.
+
+    Symlinks leading out of ``root`` are left out: resolve_dataset would refuse them.
+    """
+    root = Path(root).resolve()
     if not root.is_dir():
         return []
-    candidates = [root, *sorted(p for p in root.glob("*") if p.is_dir()), *sorted(p for p in root.glob("*/*") if p.is_dir())]
-    return [str(p.relative_to(root)) for p in candidates if has_split(p, "train")]
+    candidates = [root, *sorted(root.glob("*")), *sorted(root.glob("*/*"))]
+    return [str(p.relative_to(root)) for p in candidates
+            if p.is_dir() and p.resolve().is_relative_to(root) and has_split(p, "train")]
 
 
 def resolve_dataset(root: Path, name: str | None) -> Path:
@@ -84,6 +89,7 @@ def start_training(runner: TrainingRunner, data_root: Path, dataset: str | None,
             raise ValueError("Epochs and batch size must be at least 1, and learning rates above 0.")
         run = runner.start(request)
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
+        log.info("training not started: %s", exc)
         gr.Warning(str(exc))
         return f"⚠️ {exc}", gr.Timer(active=False)
     return f"Started **{run.run_dir.name}** …", gr.Timer(active=True)
@@ -108,11 +114,16 @@ def progress_text(run: TrainingRun) -> str:
     state = run.state()
     status = run.status()
     if state == "failed":
-        return f"❌ **Training failed** ({run.run_dir.name}): {run.error()}"
+        error = run.error()
+        # The trainer speaks in command-line flags; say where the same setting is in this form.
+        hint = " In this form: fill in **CLIP weights file** (a file under the data root), or `random` to try the model out." \
+            if "CLIP" in error and "weights" in error else ""
+        return f"❌ **Training failed** ({run.run_dir.name}): {error}{hint}"
     if state == "stopped":
-        return f"⏹ **Stopped** ({run.run_dir.name}) after epoch {status.get('epoch', 0)}."
+        return f"⏹ **Stopped** ({run.run_dir.name}) in epoch {status.get('epoch', 0)}/{status.get('epochs', '?')}."
     if state == "done":
-        return f"✅ **Done** ({run.run_dir.name}): {status.get('epochs', '?')} epochs in {_duration(time.time() - run.started)}."
+        epochs = status.get("epochs", "?")
+        return f"✅ **Done** ({run.run_dir.name}): {epochs} epoch{'' if epochs == 1 else 's'} in {_duration(time.time() - run.started)}."
     epoch, epochs = status.get("epoch", 0), status.get("epochs", 0)
     step, steps = status.get("step", 0), status.get("steps_per_epoch", 0)
     text = f"⏳ **{state.capitalize()}** ({run.run_dir.name}) · {_duration(time.time() - run.started)}"
@@ -142,7 +153,7 @@ def curves_figure(rows: list[dict]) -> Figure:
     return fig
 
 
-def report_outputs(run: TrainingRun) -> tuple[str, pd.DataFrame | None, str | None]:
+def report_outputs(run: TrainingRun) -> tuple[str, pd.DataFrame | None, np.ndarray | None]:
     """(summary, per-class table, confusion-matrix image) from a finished run's report, or blanks."""
     report = run.report()
     if not report:
@@ -152,8 +163,13 @@ def report_outputs(run: TrainingRun) -> tuple[str, pd.DataFrame | None, str | No
     per_class = report.get("per_class", {})
     table = pd.DataFrame([[display(c), round(m["precision"], 3), round(m["recall"], 3), round(m["f1"], 3), int(m["support"])]
                           for c, m in per_class.items()], columns=METRIC_COLUMNS)
-    image = run.run_dir / "report" / "confusion_matrix.png"
-    return summary, table, str(image) if image.is_file() else None
+    # Pixels rather than a path: Gradio only serves files from its own allowed folders, which need not include runs/.
+    try:
+        with Image.open(run.run_dir / "report" / "confusion_matrix.png") as im:
+            image = np.asarray(im.convert("RGB"))
+    except OSError:
+        image = None
+    return summary, table, image
 
 
 def poll_training(runner: TrainingRunner, seen: tuple | None) -> tuple:
@@ -170,7 +186,7 @@ def poll_training(runner: TrainingRunner, seen: tuple | None) -> tuple:
     rows = run.metrics()
     key = (str(run.run_dir), len(rows), state)
     changed = key != seen
-    active = state in ACTIVE_STATES or state == "stopping"
+    active = state in ACTIVE_STATES
     figure = curves_figure(rows) if changed and rows else (None if changed else gr.skip())
     summary, table, image = report_outputs(run) if changed else (gr.skip(), gr.skip(), gr.skip())
     usable = not active and run.best_checkpoint.is_file()
@@ -178,18 +194,13 @@ def poll_training(runner: TrainingRunner, seen: tuple | None) -> tuple:
             gr.Timer(active=active), key)
 
 
-def use_trained_model(runner: TrainingRunner, models: ModelManager) -> tuple[str, dict]:
+def use_trained_model(runner: TrainingRunner, models: ModelManager) -> tuple[str, gr.Dropdown]:
     """'Use this model' button: make the latest run's best.pt the live model."""
     run = runner.current
     if run is None or not run.best_checkpoint.is_file():
         gr.Warning("This run has no best.pt yet.")
-    else:
-        try:
-            gr.Info(f"Now using {models.switch(run.best_checkpoint)}")
-        except CheckpointError as exc:
-            log.warning("could not use the trained model: %s", exc)
-            gr.Warning(str(exc))
-    return models.describe(), refresh_choices(models)
+        return models.describe(), refresh_choices(models)
+    return switch_model(models, str(run.best_checkpoint))
 
 
 def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: ModelPanel, config: AppConfig) -> None:
@@ -222,7 +233,7 @@ def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: Mode
         summary = gr.Markdown(elem_id="train-summary")
         with gr.Row():
             table = gr.Dataframe(headers=METRIC_COLUMNS, label="Per-class metrics (validation)", interactive=False)
-            confusion = gr.Image(label="Confusion matrix", interactive=False)
+            confusion = gr.Image(label="Confusion matrix", interactive=False, elem_id="train-confusion")
         use = gr.Button("Use this model for Live and Upload", visible=False, variant="primary", elem_id="train-use")
 
     timer = gr.Timer(POLL_S, active=False)

@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image
 
 FER_TEST = Path(__file__).resolve().parent.parent.parent / "shared" / "fer2013" / "test"
-CLIP_CLASSES = ("happy", "surprise", "neutral", "sad")  # expressions that read clearly in a screenshot
+# Clear, frontal expressions that read well in a screenshot (FER2013 labels are noisy; these are not).
+CLIP_FACES = {"happy": "PublicTest_11394394.jpg", "surprise": "PublicTest_11715606.jpg",
+              "angry": "PublicTest_12693575.jpg", "neutral": "PublicTest_10262886.jpg"}
 
 
 def face_scene(face: np.ndarray, size: tuple[int, int] = (640, 480), face_px: int = 200,
@@ -35,9 +37,9 @@ def face_scene(face: np.ndarray, size: tuple[int, int] = (640, 480), face_px: in
     return frame
 
 
-def load_faces(classes: Sequence[str] = CLIP_CLASSES, root: Path = FER_TEST) -> list[np.ndarray]:
-    """The first FER2013 test face of each class in ``classes``, as 48x48 grayscale arrays."""
-    return [np.asarray(Image.open(sorted((root / name).glob("*.jpg"))[0]).convert("L")) for name in classes]
+def load_faces(files: dict[str, str] = CLIP_FACES, root: Path = FER_TEST) -> list[np.ndarray]:
+    """FER2013 test faces ({class: file name}) as 48x48 grayscale arrays."""
+    return [np.asarray(Image.open(root / name / file).convert("L")) for name, file in files.items()]
 
 
 def write_y4m(path: Path, frames: Sequence[np.ndarray], fps: int) -> Path:
@@ -51,13 +53,17 @@ def write_y4m(path: Path, frames: Sequence[np.ndarray], fps: int) -> Path:
     return path
 
 
-def make_clip(path: Path, faces: Sequence[np.ndarray], seconds_per_face: float = 1.0, fps: int = 5) -> Path:
-    """A looping clip showing each face in turn, drifting slightly as a real head would."""
+def make_clip(path: Path, faces: Sequence[np.ndarray], seconds_per_face: float = 1.0, fps: int = 15) -> Path:
+    """A looping clip showing each face in turn, drifting slightly as a real head would.
+
+    Every frame differs (like a real camera's): Gradio caches result images by content, and the same
+    frame sent twice in a row makes it rewrite a file the browser may be fetching.
+    """
     frames = []
     per_face = max(1, round(seconds_per_face * fps))
     for face in faces:
         for i in range(per_face):
-            frames.append(face_scene(face, centre=(320 + 4 * i, 240 + 2 * i)))
+            frames.append(face_scene(face, centre=(320 + 2 * i, 240 + i)))
     return write_y4m(path, frames, fps)
 
 
