@@ -29,6 +29,7 @@ class ModelConfig:
     dropout: float = 0.3  # dropout after each hidden layer (adapter and CNN head)
     cnn_widths: tuple[int, ...] = (32, 64, 128, 256)  # CNN channels per stage (48, 24, 12, 6 px): 1.17M parameters
     cnn_convs: int = 2  # 3x3 conv layers per CNN stage
+    cnn_normalize: str = "image"  # "image": standardise each face (robust to contrast and lighting); "dataset": fixed mean/std
     num_classes: int = NUM_CLASSES  # output classes (FER2013 has 7)
 
     def to_dict(self) -> dict:
@@ -46,9 +47,10 @@ class ModelConfig:
 class Preprocess(nn.Module):
     """Faces (N, 1, 48, 48) in [0, 1] -> model input: channel repeat, resize and normalisation."""
 
-    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bicubic"):
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bicubic", per_image: bool = False):
         super().__init__()
         self.size = size
+        self.per_image = per_image
         self.interpolation = interpolation
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -63,6 +65,9 @@ class Preprocess(nn.Module):
             x = x.expand(-1, channels, -1, -1)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode=self.interpolation, align_corners=False)
+        if self.per_image:
+            # Each face to zero mean and unit variance: a photo's contrast or exposure then changes nothing.
+            x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / (x.std(dim=(1, 2, 3), keepdim=True) + 1e-3)
         return (x - self.mean) / self.std
 
 
@@ -139,6 +144,10 @@ def build_model(cfg: ModelConfig, clip_weights: str | None = None, cache_dir: st
     timing) or None to resolve ``cfg.pretrained`` through the cache or a download (see ``weights``).
     """
     if cfg.kind == "cnn":
+        if cfg.cnn_normalize not in ("image", "dataset"):
+            raise ValueError(f"cnn_normalize must be 'image' or 'dataset', got {cfg.cnn_normalize!r}")
+        if cfg.cnn_normalize == "image":
+            return EmotionCNN(cfg), Preprocess(48, (0.0,), (1.0,), "bilinear", per_image=True)
         # FER2013 pixel statistics (mean 0.51, std 0.25 over the training set) rounded.
         return EmotionCNN(cfg), Preprocess(48, (0.5,), (0.25,), "bilinear")
     if cfg.kind == "clip":

@@ -73,7 +73,7 @@ class TrainConfig:
         """The recipe for ``kind`` ("clip": the seed's; "cnn": the one that trained the shipped model), then ``overrides``."""
         base = {"model": ModelConfig(kind=kind)}
         if kind == "cnn":
-            base.update(epochs=36, lr=2e-3, model=ModelConfig(kind="cnn", dropout=0.2))
+            base.update(epochs=20, lr=2e-3, model=ModelConfig(kind="cnn", dropout=0.2))
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
