@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-model", type=Path, default=None, help="MediaPipe face detector .tflite (or env EMOTION_FACE_MODEL); default: cache, download, Haar fallback")
     p.add_argument("--data-root", type=Path, default=d.data_root, help="the Training tab only offers and reads dataset folders under this folder (default %(default)s)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads for inference (default %(default)s: steady on a busy machine); 0 = one per core")
     p.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link (anyone with it can use the app)")
     p.add_argument("--no-training", action="store_true", help="hide the Training tab (recommended when others can reach the app)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.face_model is not None and not a.face_model.is_file():
         parser.error(f"--face-model {a.face_model} does not exist")
     config = AppConfig(host=a.host, port=a.port, data_root=a.data_root, device=a.device, share=a.share,
-                       training=not a.no_training, face_model=a.face_model)
+                       training=not a.no_training, face_model=a.face_model, threads=a.threads)
     if a.checkpoint is not None:  # otherwise AppConfig's default: $EMOTION_CHECKPOINT or the shipped model
         config.checkpoint = a.checkpoint
 

@@ -54,6 +54,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unfreeze-epoch", type=int, default=t.unfreeze_epoch, help="first epoch (1-based) in which CLIP's last blocks train; 0 = from the start")
     p.add_argument("--unfreeze-blocks", type=int, default=t.unfreeze_blocks, help="CLIP transformer blocks unfrozen, plus the final norm and projection")
     p.add_argument("--no-embedding-cache", action="store_true", help="run the frozen encoder every step instead of caching its embeddings (keeps full augmentation)")
+    p.add_argument("--cache-flip", action="store_true", help="with the embedding cache, also cache mirrored images (flip augmentation, twice the caching time)")
     p.add_argument("--val-split", type=float, default=t.val_split, help="carve this fraction of train for validation instead of using the test split")
     p.add_argument("--seed", type=int, default=t.seed, help="random seed")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=t.amp, help="mixed precision: auto = fp16 on CUDA, bf16 on CPUs with native bf16")
@@ -126,7 +127,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig.for_model(
         a.model, data=a.data, out=out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, clip_lr=a.clip_lr,
         weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing,
-        unfreeze_epoch=a.unfreeze_epoch, unfreeze_blocks=a.unfreeze_blocks, embedding_cache=not a.no_embedding_cache,
+        unfreeze_epoch=a.unfreeze_epoch, unfreeze_blocks=a.unfreeze_blocks, embedding_cache=not a.no_embedding_cache, cache_flip=a.cache_flip,
         val_split=a.val_split, seed=a.seed, amp=a.amp, device=a.device, threads=a.threads, clip_weights=a.clip_weights,
         cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume)
     model_overrides = {"clip_model": a.clip_model, "pretrained": a.pretrained, "dropout": a.dropout,

@@ -64,6 +64,7 @@ class BenchConfig:
     training: bool = True  # measure training throughput with the real trainer
     onnx: bool = True  # export each model to ONNX and time ONNX Runtime against PyTorch
     compile: bool = False  # also time torch.compile on the CNN (compiling costs about a minute on a small CPU)
+    threads: int = 1  # torch threads for the pipeline, as the app uses (AppConfig.threads); forward variants time others
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -332,9 +333,9 @@ def _training(name: str, checkpoint: Path, cfg: BenchConfig, tmp: Path) -> dict:
     with_cache = embed_s + FROZEN_EPOCHS * cached[1]["seconds"]
     without_cache = FROZEN_EPOCHS * uncached[0]["seconds"]
     # Uncached epochs also run the encoder over validation, which "seconds" leaves out; the cache embeds it
-    # once (with train and its mirror image), so its share of embed_seconds estimates one such pass.
+    # once (with train), so its share of embed_seconds estimates one such pass.
     val = _val_images(cfg.train_images)
-    val_pass_s = embed_s * val / (2 * cfg.train_images + val)
+    val_pass_s = embed_s * val / (cfg.train_images + val)
     without_cache_val = FROZEN_EPOCHS * (uncached[0]["seconds"] + val_pass_s)
     scale = FER_TRAIN_IMAGES / cfg.train_images
     return {
@@ -402,7 +403,13 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
     t0 = time.perf_counter()
     clf = EmotionClassifier.from_checkpoint(checkpoint, device=cfg.device, amp=cfg.amp)
     recognizer = Recognizer(clf, detector)
-    pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg) for n, frame in frames.items()}
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads or default_threads)
+    try:
+        pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg) for n, frame in frames.items()}
+    finally:
+        torch.set_num_threads(default_threads)
+    pipe["threads"] = cfg.threads or default_threads
     pipe |= {"model": clf.name, "autocast": str(clf.dtype).replace("torch.", "") if clf.dtype else "off (fp32)"}
     result["pipeline"][name] = pipe
     one, four = pipe["1_face"], pipe["4_face"]

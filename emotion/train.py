@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .augment import AugmentConfig, augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import DataError, FaceDataset, has_split, load_split, split_train_val
-from .models import ClipEmotionModel, ModelConfig, build_model, count_parameters
+from .models import ClipEmotionModel, ModelConfig, build_model, count_parameters, sharpness
 from .runtime import amp_dtype, autocast_for, pick_device, read_jsonl, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class TrainConfig:
     unfreeze_epoch: int = 10  # first (1-based) epoch in which CLIP's last blocks train; 0 = never frozen
     unfreeze_blocks: int = 4  # CLIP transformer blocks unfrozen then, plus the final norm and projection
     embedding_cache: bool = True  # while CLIP is frozen, embed every image once and train the adapter on that
+    cache_flip: bool = False  # also cache mirrored images and pick a view at random (flip augmentation, 2x the caching cost)
     val_split: float = 0.0  # >0: carve this fraction of train for validation instead of using the test split
     val_name: str = "test"  # split used for validation when val_split is 0
     seed: int = 0  # seeds shuffling, augmentation, the val split and initialisation
@@ -73,7 +74,7 @@ class TrainConfig:
         """The recipe for ``kind`` ("clip": the seed's; "cnn": the one that trained the shipped model), then ``overrides``."""
         base = {"model": ModelConfig(kind=kind)}
         if kind == "cnn":
-            base.update(epochs=20, lr=2e-3, model=ModelConfig(kind="cnn", dropout=0.2))
+            base.update(epochs=18, lr=2e-3, model=ModelConfig(kind="cnn", dropout=0.2))
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -195,7 +196,7 @@ def _embed(model: ClipEmotionModel, preprocess: nn.Module, images: torch.Tensor,
 def _embedding_cache(model: ClipEmotionModel, preprocess: nn.Module, train: FaceDataset, val: FaceDataset,
                      cfg: TrainConfig, device: torch.device, dtype: torch.dtype | None, d: _Dist) -> dict:
     """Frozen-encoder embeddings of train (plain and flipped) and val, kept in out/ so a resume reuses them."""
-    key = {"model": cfg.model.to_dict(), "weights": cfg.clip_weights or cfg.model.pretrained, "train": len(train),
+    key = {"model": cfg.model.to_dict(), "weights": cfg.clip_weights or cfg.model.pretrained, "train": len(train), "flip": cfg.cache_flip,
            "val": len(val), "data": cfg.data, "val_split": cfg.val_split, "max_images": cfg.max_images, "seed": cfg.seed}
     path = Path(cfg.out) / "embeddings.pt"
     if path.exists():
@@ -204,15 +205,17 @@ def _embedding_cache(model: ClipEmotionModel, preprocess: nn.Module, train: Face
             log.info("reusing frozen CLIP embeddings from %s", path)
             return blob
     t0 = time.time()
-    log.info("embedding %d train images (and their mirror images) and %d val images with the frozen encoder", len(train), len(val))
+    views = 2 if cfg.cache_flip else 1
+    log.info("embedding %d train images (x%d views) and %d val images with the frozen encoder", len(train), views, len(val))
     model.eval()
     blob = {
         "key": json.dumps(key, sort_keys=True),
         "train": _embed(model, preprocess, train.images, device, dtype, d),
-        "train_flip": _embed(model, preprocess, train.images, device, dtype, d, flip=True),
         "val": _embed(model, preprocess, val.images, device, dtype, d),
     }
-    log.info("embedded %d images in %.1fs", 2 * len(train) + len(val), time.time() - t0)
+    if cfg.cache_flip:
+        blob["train_flip"] = _embed(model, preprocess, train.images, device, dtype, d, flip=True)
+    log.info("embedded %d images in %.1fs", views * len(train) + len(val), time.time() - t0)
     if d.main:
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(blob, tmp)
@@ -309,6 +312,11 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = load_train_val(cfg)
     log.info("data: %d train faces %s, %d val faces (%s)", len(train_ds), train_ds.class_counts(), len(val_ds), val_ds.source)
+    if cfg.model.kind == "cnn" and cfg.model.cnn_sharpness < 0:
+        # Inputs will be softened to the training faces' sharpness: the median, measured once here.
+        level = float(sharpness(train_ds.images[:4096].unsqueeze(1).float() / 255.0).median())
+        cfg.model = replace(cfg.model, cnn_sharpness=round(level, 4))
+        log.info("training faces' median sharpness %.4f: sharper inputs are blurred to it", level)
     model, preprocess = build_model(cfg.model, cfg.clip_weights, cfg.cache_dir)
     model.to(device)
     preprocess.to(device)
@@ -378,8 +386,11 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
             y = train_ds.labels[idx].to(device)
             with autocast_for(device, dtype):
                 if use_cache:
-                    flip = torch.rand(len(idx)) < cfg.augment.flip  # the only augmentation the cache keeps
-                    feats = torch.where(flip[:, None], cache["train_flip"][idx], cache["train"][idx]).to(device)
+                    feats = cache["train"][idx]
+                    if cfg.cache_flip:  # the only augmentation a cache can keep: a random choice of the two views
+                        flip = torch.rand(len(idx)) < cfg.augment.flip
+                        feats = torch.where(flip[:, None], cache["train_flip"][idx], feats)
+                    feats = feats.to(device)
                     logits = step_module(feats)
                 else:
                     x = preprocess(augment(_faces_to_input(train_ds.images[idx], device), cfg.augment))

@@ -288,3 +288,26 @@ def test_metrics_computation():
     assert m["confusion_matrix"][3] == [1, 0, 0, 2, 0, 0, 0] and m["per_class"]["fear"]["support"] == 1
     assert m["confusion_matrix_normalized"][3][3] == pytest.approx(0.6667, abs=1e-4)
     assert set(m) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "per_class", "confusion_matrix"}
+
+
+def test_sharpness_matching_softens_only_sharp_faces(real_faces):
+    from emotion.models import blur_matrix, match_sharpness, sharpness
+
+    sharp = torch.from_numpy(np.stack(real_faces["happy"])).unsqueeze(1).float() / 255
+    blurs = torch.stack([blur_matrix(48, s) for s in (0.0, 1.0, 2.0, 3.0, 4.0)])
+    soft = blurs[3] @ sharp @ blurs[3].T  # what the blurred FER2013 train split looks like
+    target = float(sharpness(soft).max())
+    matched = match_sharpness(sharp, target, blurs)
+    assert (sharpness(matched) <= target + 1e-6).all() and (sharpness(sharp) > target).all()
+    assert torch.allclose(match_sharpness(soft, target, blurs), soft)  # already soft enough: unchanged
+    _, pp = build_model(ModelConfig(kind="cnn", cnn_sharpness=target))
+    assert pp(sharp).shape == (4, 1, 48, 48)
+
+
+def test_training_records_the_data_sharpness(tiny_fer, tmp_path):
+    from emotion.train import train
+
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(tiny_fer), out=str(out), model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1), epochs=1, batch_size=16))
+    level = read_checkpoint(out / "best.pt")["model_config"]["cnn_sharpness"]
+    assert level > 0  # measured on the training faces, so inference softens sharper inputs to match
