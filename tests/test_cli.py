@@ -61,13 +61,15 @@ def test_train_evaluate_predict_folders(tiny_fer, tmp_path, capsys):
     assert abs(sum(face["probabilities"].values()) - 1) < 1e-4
 
 
-def test_csv_training_with_val_split(tmp_path):
+def test_csv_train_with_val_split_and_evaluate_private(tmp_path):
     csv_path = make_csv_dataset(tmp_path / "fer2013.csv", per_class=8)
     out = tmp_path / "run"
-    assert train_cli.main(["train", "--data", str(csv_path), "--out", str(out), "--model", "cnn", "--cnn-widths", "8,16",
-                           "--epochs", "2", "--batch-size", "16", "--val-split", "0.25"]) == 0
-    assert len(read_jsonl(out / "metrics.jsonl")) == 2
+    assert train_cli.main([*_train_args(csv_path, out, 2), "--val-split", "0.25"]) == 0
+    assert [r["phase"] for r in read_jsonl(out / "metrics.jsonl")] == ["frozen", "unfrozen"]
     assert json.loads((out / "report" / "metrics.json").read_text())["n"] == 14  # 2 of 8 per class carved out
+    report = tmp_path / "private"
+    assert train_cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(csv_path), "--split", "private", "--out", str(report)]) == 0
+    assert json.loads((report / "metrics.json").read_text())["n"] == 56
 
 
 def test_kill9_then_resume_matches_uninterrupted_run(tiny_fer, tmp_path):
