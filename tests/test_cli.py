@@ -74,12 +74,14 @@ def test_csv_train_with_val_split_and_evaluate_private(tmp_path):
 
 def test_kill9_then_resume_matches_uninterrupted_run(tiny_fer, tmp_path):
     epochs = 4
+    # One thread in every process: the same float summation order, so the runs can be compared closely.
+    one = ("--no-report", "--threads", "1")
     straight = tmp_path / "straight"
-    assert train_cli.main(_train_args(tiny_fer, straight, epochs, "--no-report")) == 0
+    assert train_cli.main(_train_args(tiny_fer, straight, epochs, *one)) == 0
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train_cli.py"), *_train_args(tiny_fer, out, epochs, "--no-report")],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_cli.py"), *_train_args(tiny_fer, out, epochs, *one)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "last.pt").exists():
@@ -89,13 +91,12 @@ def test_kill9_then_resume_matches_uninterrupted_run(tiny_fer, tmp_path):
     done = read_checkpoint(out / "last.pt")["training_state"]["epoch"]
     assert 1 <= done < epochs, "the run should have been killed part-way"
 
-    assert train_cli.main([*_train_args(tiny_fer, out, epochs, "--no-report"), "--resume"]) == 0
+    assert train_cli.main([*_train_args(tiny_fer, out, epochs, *one), "--resume"]) == 0
     assert "resumed from" in (out / "train.log").read_text()
     resumed, reference = read_jsonl(out / "metrics.jsonl"), read_jsonl(straight / "metrics.jsonl")
     assert [r["epoch"] for r in resumed] == list(range(1, epochs + 1))
     for a, b in zip(resumed, reference):
-        # Same batches, augmentation and optimizer state; only float summation order may differ between processes.
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3), "resumed run diverged from the uninterrupted one"
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4), "resumed run diverged from the uninterrupted one"
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
