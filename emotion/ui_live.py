@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .faces import as_rgb
 from .labels import display
 from .overlay import draw_faces
-from .recognizer import FaceTracker
+from .recognizer import FaceTracker, read_rgb
 
 if TYPE_CHECKING:
     from .ui import AppConfig
@@ -70,16 +70,6 @@ def fit_within(rgb: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
 
 
-def _open_as_rgb(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
-    with Image.open(path) as im:
-        size = im.size
-        im.draft(None, (max_side, max_side))  # JPEG decodes at 1/2..1/8 scale: a 8000 px photo loads in a fraction of the time
-        im = ImageOps.exif_transpose(im)  # phone photos are often stored sideways with an EXIF rotation
-        im.thumbnail((max_side, max_side))
-        transparent = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-        return as_rgb(np.asarray(im.convert("RGBA" if transparent else "RGB"))), size
-
-
 def load_photo(value: Any, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
     """An uploaded photo as HxWx3 uint8 RGB no larger than ``max_side``, and its original (width, height).
 
@@ -98,7 +88,9 @@ def load_photo(value: Any, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
         raise PhotoError("No photo was received; please upload a JPEG, PNG or WebP image.")
     path = Path(value)
     try:
-        return _open_as_rgb(path, max_side)
+        with Image.open(path) as im:
+            size = im.size
+        return read_rgb(path, max_side), size
     except Image.DecompressionBombError as exc:
         raise PhotoError("This image has too many pixels to analyze safely; please upload a smaller version.") from exc
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unknown formats and truncated or corrupt files
