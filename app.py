@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from emotion.ui import AppConfig, EmotionApp
+from emotion.app import AppConfig, EmotionApp
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=t.weight_decay, help="AdamW weight decay (not applied to biases and norms)")
     p.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs, help="linear warmup before the cosine schedule")
     p.add_argument("--label-smoothing", type=float, default=t.label_smoothing, help="cross-entropy label smoothing")
+    p.add_argument("--ema-decay", type=float, default=None, help=f"validate and ship a moving average of the weights with this decay; 0 = off (default: clip {t.ema_decay}, cnn {c.ema_decay})")
     p.add_argument("--dropout", type=float, default=None, help=f"dropout in the adapter (default {m.dropout}) or the CNN head (default {c.model.dropout})")
     p.add_argument("--cnn-widths", default=None, help=f"CNN channels per stage, comma-separated (default {','.join(map(str, m.cnn_widths))})")
     p.add_argument("--unfreeze-epoch", type=int, default=t.unfreeze_epoch, help="first epoch (1-based) in which CLIP's last blocks train; 0 = from the start")
@@ -126,7 +127,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = a.out or f"runs/{a.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = TrainConfig.for_model(
         a.model, data=a.data, out=out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, clip_lr=a.clip_lr,
-        weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing,
+        weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, ema_decay=a.ema_decay,
         unfreeze_epoch=a.unfreeze_epoch, unfreeze_blocks=a.unfreeze_blocks, embedding_cache=not a.no_embedding_cache, cache_flip=a.cache_flip,
         val_split=a.val_split, seed=a.seed, amp=a.amp, device=a.device, threads=a.threads, clip_weights=a.clip_weights,
         cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume)

@@ -7,7 +7,6 @@ evaluation and the app can never disagree about normalisation or input size.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -31,7 +30,6 @@ class ModelConfig:
     cnn_widths: tuple[int, ...] = (32, 64, 128, 256)  # CNN channels per stage (48, 24, 12, 6 px): 1.17M parameters
     cnn_convs: int = 2  # 3x3 conv layers per CNN stage
     cnn_normalize: str = "image"  # "image": standardise each face (robust to contrast and lighting); "dataset": fixed mean/std
-    cnn_sharpness: float = -1.0  # blur sharper faces down to this sharpness (see match_sharpness); -1 = measure the training data; 0 = off
     num_classes: int = NUM_CLASSES  # output classes (FER2013 has 7)
 
     def to_dict(self) -> dict:
@@ -46,65 +44,14 @@ class ModelConfig:
         return cls(**kwargs)
 
 
-# Gaussian blurs tried by match_sharpness, in pixels at 48x48 (0 = unchanged).
-_SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 5.0)
-
-
-def blur_matrix(size: int, sigma: float) -> torch.Tensor:
-    """(size, size) matrix B with B @ row = the row blurred by a Gaussian, reflecting at the borders.
-
-    Blurring an image X is then B @ X @ B.T: two small matrix products, much faster than a
-    one-channel convolution on a CPU, and plain MatMul in an ONNX export.
-    """
-    if sigma <= 0:
-        return torch.eye(size)
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    b = torch.zeros(size, size, dtype=torch.float64)
-    for i in range(size):
-        for off, w in zip(range(-radius, radius + 1), k):
-            j = i + off
-            j = -j if j < 0 else (2 * (size - 1) - j if j >= size else j)  # reflect, as F.pad(mode="reflect")
-            b[i, min(max(j, 0), size - 1)] += w
-    return b.float()
-
-
-def sharpness(x: torch.Tensor) -> torch.Tensor:
-    """Per-image sharpness (N,) of (N, 1, H, W) images: mean absolute Laplacian after standardising each image."""
-    z = (x - x.mean(dim=(-1, -2), keepdim=True)) / (x.std(dim=(-1, -2), keepdim=True) + 1e-3)
-    lap = 4 * z[..., 1:-1, 1:-1] - z[..., :-2, 1:-1] - z[..., 2:, 1:-1] - z[..., 1:-1, :-2] - z[..., 1:-1, 2:]
-    return lap.abs().flatten(1).mean(dim=1)
-
-
-def match_sharpness(x: torch.Tensor, target: float, blurs: torch.Tensor) -> torch.Tensor:
-    """Blur each image of (N, 1, H, W) with the smallest Gaussian in ``blurs`` (K, H, H) that brings its
-    sharpness to ``target`` or below (the strongest one when none does).
-
-    A model only knows the detail its training faces had. FER2013's train split here is blurred
-    (about a 2.7 px Gaussian) while camera crops and the test split are sharp, so sharp inputs are
-    softened to the training data's level; faces already that soft pass unchanged.
-    """
-    candidates = blurs @ x @ blurs.transpose(-1, -2)  # (N, K, H, W): every blur of every image at once
-    n, k = candidates.shape[:2]
-    scores = sharpness(candidates.reshape(n * k, 1, *candidates.shape[-2:])).view(n, k)
-    soft_enough = (scores <= target).float()
-    pick = torch.where(soft_enough.sum(dim=1) > 0, soft_enough.argmax(dim=1), torch.full_like(soft_enough[:, 0], k - 1).long())
-    return candidates[torch.arange(n, device=x.device), pick].unsqueeze(1)
-
-
 class Preprocess(nn.Module):
     """Faces (N, 1, 48, 48) in [0, 1] -> model input: channel repeat, resize and normalisation."""
 
     def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bicubic",
-                 per_image: bool = False, sharpness: float = 0.0):
+                 per_image: bool = False):
         super().__init__()
         self.size = size
         self.per_image = per_image
-        self.sharpness = sharpness
-        if sharpness > 0:
-            self.register_buffer("blurs", torch.stack([blur_matrix(size, s) for s in _SIGMAS]), persistent=False)
         self.interpolation = interpolation
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -119,8 +66,6 @@ class Preprocess(nn.Module):
             x = x.expand(-1, channels, -1, -1)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode=self.interpolation, align_corners=False)
-        if self.sharpness > 0:
-            x = match_sharpness(x, self.sharpness, self.blurs)
         if self.per_image:
             # Each face to zero mean and unit variance: a photo's contrast or exposure then changes nothing.
             x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / (x.std(dim=(1, 2, 3), keepdim=True) + 1e-3)
@@ -202,11 +147,10 @@ def build_model(cfg: ModelConfig, clip_weights: str | None = None, cache_dir: st
     if cfg.kind == "cnn":
         if cfg.cnn_normalize not in ("image", "dataset"):
             raise ValueError(f"cnn_normalize must be 'image' or 'dataset', got {cfg.cnn_normalize!r}")
-        target = max(cfg.cnn_sharpness, 0.0)  # still -1 only before training has measured its data
         if cfg.cnn_normalize == "image":
-            return EmotionCNN(cfg), Preprocess(48, (0.0,), (1.0,), "bilinear", per_image=True, sharpness=target)
+            return EmotionCNN(cfg), Preprocess(48, (0.0,), (1.0,), "bilinear", per_image=True)
         # FER2013 pixel statistics (mean 0.51, std 0.25 over the training set) rounded.
-        return EmotionCNN(cfg), Preprocess(48, (0.5,), (0.25,), "bilinear", sharpness=target)
+        return EmotionCNN(cfg), Preprocess(48, (0.5,), (0.25,), "bilinear")
     if cfg.kind == "clip":
         from .weights import load_clip_encoder
 

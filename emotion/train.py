@@ -11,13 +11,14 @@ and ``train.log``. Runs under ``torchrun`` use DDP (NCCL on GPUs, gloo on CPU); 
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .augment import AugmentConfig, augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import DataError, FaceDataset, has_split, load_split, split_train_val
-from .models import ClipEmotionModel, ModelConfig, build_model, count_parameters, sharpness
+from .models import ClipEmotionModel, ModelConfig, build_model, count_parameters
 from .runtime import amp_dtype, autocast_for, pick_device, read_jsonl, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warmup before the cosine decay
     min_lr_ratio: float = 0.01  # cosine floor, as a fraction of each group's learning rate
     label_smoothing: float = 0.1  # cross-entropy label smoothing
+    ema_decay: float = 0.0  # >0: validate and ship an exponential moving average of the weights (e.g. 0.999)
     unfreeze_epoch: int = 10  # first (1-based) epoch in which CLIP's last blocks train; 0 = never frozen
     unfreeze_blocks: int = 4  # CLIP transformer blocks unfrozen then, plus the final norm and projection
     embedding_cache: bool = True  # while CLIP is frozen, embed every image once and train the adapter on that
@@ -74,7 +76,7 @@ class TrainConfig:
         """The recipe for ``kind`` ("clip": the seed's; "cnn": the one that trained the shipped model), then ``overrides``."""
         base = {"model": ModelConfig(kind=kind)}
         if kind == "cnn":
-            base.update(epochs=18, lr=2e-3, model=ModelConfig(kind="cnn", dropout=0.2))
+            base.update(epochs=36, lr=2e-3, ema_decay=0.999, model=ModelConfig(kind="cnn", dropout=0.2, cnn_widths=(48, 96, 192, 384)))
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -122,6 +124,31 @@ def set_phase(model: nn.Module, cfg: TrainConfig, epoch: int) -> str:
         for p in model.unfreezable_parameters(cfg.unfreeze_blocks):
             p.requires_grad_(True)
     return "frozen" if frozen else "unfrozen"
+
+
+class WeightEMA:
+    """Exponential moving average of a model's weights and buffers (BatchNorm statistics included).
+
+    The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` so the average is not dominated by the
+    random initial weights in short runs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+        self._pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current weights into the average (call after each optimizer step)."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        floats = [(e, m) for e, m in self._pairs if e.dtype.is_floating_point]
+        torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1.0 - decay)
+        for e, m in self._pairs:
+            if not e.dtype.is_floating_point:
+                e.copy_(m)
 
 
 @dataclass
@@ -312,11 +339,6 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = load_train_val(cfg)
     log.info("data: %d train faces %s, %d val faces (%s)", len(train_ds), train_ds.class_counts(), len(val_ds), val_ds.source)
-    if cfg.model.kind == "cnn" and cfg.model.cnn_sharpness < 0:
-        # Inputs will be softened to the training faces' sharpness: the median, measured once here.
-        level = float(sharpness(train_ds.images[:4096].unsqueeze(1).float() / 255.0).median())
-        cfg.model = replace(cfg.model, cnn_sharpness=round(level, 4))
-        log.info("training faces' median sharpness %.4f: sharper inputs are blurred to it", level)
     model, preprocess = build_model(cfg.model, cfg.clip_weights, cfg.cache_dir)
     model.to(device)
     preprocess.to(device)
@@ -335,14 +357,19 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
+    # The average of the weights is what is validated and saved as "model"; last.pt keeps the raw weights to resume.
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start_epoch, best, blob = 1, {"val_acc": -1.0, "epoch": 0}, {}
     last_path = out / "last.pt"
     if cfg.resume and last_path.exists():
         blob = read_checkpoint(last_path)
         if blob["model_config"] != cfg.model.to_dict():
             raise DataError(f"--resume: {last_path} holds a different model ({blob['model_config']}); use another --out or the same model flags")
-        model.load_state_dict(blob["model"])
         state = blob["training_state"]
+        model.load_state_dict(state.get("raw_model", blob["model"]))
+        if ema is not None:
+            ema.module.load_state_dict(blob["model"])
+            ema.updates = state.get("ema_updates", 0)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
@@ -405,6 +432,8 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update(model)
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(idx)
@@ -415,7 +444,8 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
         bar.close()
         seconds = time.time() - t0
         loss_sum, correct, seen = _all_reduce([loss_sum, float(correct), float(seen)], d, device)
-        val_loss, val_acc = _validate(model, preprocess, val_ds, cfg, device, dtype, d, cache["val"] if use_cache else None)
+        shipped = ema.module if ema is not None else model
+        val_loss, val_acc = _validate(shipped, preprocess, val_ds, cfg, device, dtype, d, cache["val"] if use_cache else None)
         row = {
             "epoch": epoch, "phase": phase, "train_loss": loss_sum / seen, "train_acc": correct / seen,
             "val_loss": val_loss, "val_acc": val_acc,
@@ -429,12 +459,14 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
             best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch}
         if d.main:
             state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": best}
+            if ema is not None:
+                state.update(raw_model={k: v.detach().cpu() for k, v in model.state_dict().items()}, ema_updates=ema.updates)
             history.append(row)
             # The history travels in the checkpoint so curves can be drawn from the file alone.
             metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "best": best, "history": history}
-            save_checkpoint(last_path, model, cfg.model, train_config=cfg.to_dict(), metrics=metrics, training_state=state)
+            save_checkpoint(last_path, shipped, cfg.model, train_config=cfg.to_dict(), metrics=metrics, training_state=state)
             if is_best:
-                save_checkpoint(out / "best.pt", model, cfg.model, train_config=cfg.to_dict(), metrics=metrics)
+                save_checkpoint(out / "best.pt", shipped, cfg.model, train_config=cfg.to_dict(), metrics=metrics)
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
         log.info("epoch %d/%d %s: train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.0fs, %.1f img/s",

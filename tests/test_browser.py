@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import make_folder_dataset
 from emotion.labels import CLASS_NAMES, display
-from emotion.ui import AppConfig, EmotionApp
+from emotion.app import AppConfig, EmotionApp
 from make_clip import face_scene, load_faces, make_clip
 from test_app_client import free_port
 

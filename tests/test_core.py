@@ -290,24 +290,47 @@ def test_metrics_computation():
     assert set(m) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "per_class", "confusion_matrix"}
 
 
-def test_sharpness_matching_softens_only_sharp_faces(real_faces):
-    from emotion.models import blur_matrix, match_sharpness, sharpness
+def test_checkpoint_with_the_removed_sharpness_field_loads(tmp_path):
+    cfg = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)
+    model, _ = build_model(cfg)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model, cfg)
+    blob = torch.load(path, weights_only=True)
+    blob["model_config"]["cnn_sharpness"] = 0.0511  # written by releases that blurred inputs to the old training data
+    torch.save(blob, path)
+    loaded = load_checkpoint(path)
+    assert not hasattr(loaded.config, "cnn_sharpness")
+    assert loaded.preprocess(torch.rand(2, 1, 48, 48)).shape == (2, 1, 48, 48)
 
-    sharp = torch.from_numpy(np.stack(real_faces["happy"])).unsqueeze(1).float() / 255
-    blurs = torch.stack([blur_matrix(48, s) for s in (0.0, 1.0, 2.0, 3.0, 4.0)])
-    soft = blurs[3] @ sharp @ blurs[3].T  # what the blurred FER2013 train split looks like
-    target = float(sharpness(soft).max())
-    matched = match_sharpness(sharp, target, blurs)
-    assert (sharpness(matched) <= target + 1e-6).all() and (sharpness(sharp) > target).all()
-    assert torch.allclose(match_sharpness(soft, target, blurs), soft)  # already soft enough: unchanged
-    _, pp = build_model(ModelConfig(kind="cnn", cnn_sharpness=target))
-    assert pp(sharp).shape == (4, 1, 48, 48)
+
+def test_weight_ema_averages_weights_and_buffers():
+    from emotion.train import WeightEMA
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = WeightEMA(model, decay=0.5)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(4.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update(model)  # first update: decay min(0.5, 2/11)
+    w = 2 / 11
+    assert torch.allclose(ema.module[0].weight, start + (1 - w))
+    assert torch.allclose(ema.module[1].running_mean, torch.full((2,), 4.0 * (1 - w)))
+    assert int(ema.module[1].num_batches_tracked) == 7  # integer buffers are copied, not averaged
+    assert not any(p.requires_grad for p in ema.module.parameters())
 
 
-def test_training_records_the_data_sharpness(tiny_fer, tmp_path):
+def test_training_with_ema_saves_the_average_and_resumes(tiny_fer, tmp_path):
     from emotion.train import train
 
-    out = tmp_path / "run"
-    train(TrainConfig(data=str(tiny_fer), out=str(out), model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1), epochs=1, batch_size=16))
-    level = read_checkpoint(out / "best.pt")["model_config"]["cnn_sharpness"]
-    assert level > 0  # measured on the training faces, so inference softens sharper inputs to match
+    kw = dict(data=str(tiny_fer), model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1), batch_size=16, ema_decay=0.9)
+    train(TrainConfig(out=str(tmp_path / "a"), epochs=2, **kw))
+    train(TrainConfig(out=str(tmp_path / "b"), epochs=1, **kw))
+    train(TrainConfig(out=str(tmp_path / "b"), epochs=2, resume=True, **kw))
+    a, b = read_checkpoint(tmp_path / "a" / "last.pt"), read_checkpoint(tmp_path / "b" / "last.pt")
+    raw, avg = a["training_state"]["raw_model"], a["model"]
+    assert any(not torch.equal(raw[k], avg[k]) for k in raw if raw[k].is_floating_point())  # "model" is the average
+    assert a["training_state"]["ema_updates"] == b["training_state"]["ema_updates"] > 0
+    for k in avg:
+        assert torch.allclose(avg[k].float(), b["model"][k].float(), rtol=1e-3, atol=1e-5), k

@@ -16,10 +16,11 @@ from conftest import make_folder_dataset
 from emotion.checkpoint import CheckpointError
 from emotion.faces import Box
 from emotion.labels import CLASS_NAMES, display
-from emotion.training_runner import TrainingRunner, TrainRequest
-from emotion.ui_live import FACE_HOLD_FRAMES, MAX_FACE_LABELS, LiveSession, PhotoError, analyze_frame, analyze_photo, load_photo
-from emotion.ui_models import ModelManager
-from emotion.ui_training import (list_datasets, poll_training, resolve_clip_weights, resolve_dataset, start_training,
+from emotion.app.training_runner import TrainingRunner, TrainRequest
+from emotion.app.live import FACE_HOLD_FRAMES, LiveSession, analyze_frame
+from emotion.app.upload import MAX_FACE_LABELS, PhotoError, analyze_photo, load_photo
+from emotion.app.model_panel import ModelManager
+from emotion.app.training_tab import (list_datasets, poll_training, resolve_clip_weights, resolve_dataset, start_training,
                                  stop_training, use_trained_model)
 from make_clip import face_scene
 

@@ -1,4 +1,4 @@
-"""The Gradio 6 app: Live (webcam), Upload (photo) and Training tabs under a model panel.
+"""The app's page: Live (webcam), Upload (photo) and Training tabs under a model panel.
 
 ``build_demo(AppConfig(...))`` returns the Blocks; ``EmotionApp`` also owns the shared model and
 the training runner, launches with safe defaults and cleans up. Importing this module loads no
@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import atexit
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import gradio as gr
 import torch
 
-from .predict import default_checkpoint
+from .config import REPO, AppConfig
+from .live import build_live_tab
+from .model_panel import ModelManager, build_model_panel
 from .training_runner import TrainingRunner
-from .ui_live import MAX_SIDE, build_live_tab, build_upload_tab
-from .ui_models import ModelManager, build_model_panel
-from .ui_training import build_training_tab
+from .training_tab import build_training_tab
+from .upload import build_upload_tab
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parent.parent
 
 # System fonts: the default theme fetches Google Fonts, a request to a third party (and a stall when offline).
 THEME = gr.themes.Soft(font=("ui-sans-serif", "system-ui", "sans-serif"), font_mono=("ui-monospace", "monospace"))
@@ -30,29 +27,6 @@ CSS = """
 #live-readout { font-size: 1.1rem; }
 .face-label { min-width: 220px; }
 """
-
-
-@dataclass
-class AppConfig:
-    """How the app runs; ``app.py`` fills it from the command line."""
-
-    checkpoint: Path = field(default_factory=default_checkpoint)  # $EMOTION_CHECKPOINT or the shipped assets/emotion_cnn.pt
-    face_model: Path | None = None  # None: $EMOTION_FACE_MODEL, the cache, a download, else the Haar fallback
-    device: str = "auto"  # CUDA when available, else the CPU
-    data_root: Path = REPO.parent / "shared"  # the Training tab only reads datasets (and CLIP weights) under this folder
-    runs_dir: Path = REPO / "runs"  # training runs started from the UI go to runs/ui-<time>/
-    assets_dir: Path = REPO / "assets"  # shipped checkpoints offered in the model panel
-    training: bool = True  # show the Training tab (--no-training hides it, e.g. on a shared server)
-    host: str = "127.0.0.1"  # localhost only: nothing else on the network can reach the app unless asked
-    port: int = 7860  # Gradio's usual port
-    share: bool = False  # no public gradio.live link unless asked
-    max_file_size: str = "20mb"  # upload limit, checked by Gradio before a file reaches a handler
-    max_side: int = MAX_SIDE  # photos and frames are downscaled to this longer side before analysis
-    stream_every: float = 0.1  # seconds between webcam frames sent to the server (up to 10 FPS)
-    stream_time_limit: int = 600  # a webcam stream stops after 10 minutes so one tab cannot hold a slot forever
-    max_live_streams: int = 4  # webcam streams analyzed at once; more sessions wait for a free slot
-    training_nice: int = 10  # the trainer runs at lower CPU priority so live inference stays responsive
-    threads: int = 1  # torch CPU threads for inference: one thread keeps a frame at a few ms even while training or other streams share the cores; 0 = one per core
 
 
 class EmotionApp:

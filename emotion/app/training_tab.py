@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
@@ -16,13 +15,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .data import has_split
-from .labels import CLASS_NAMES, display
+from ..data import has_split
+from ..labels import CLASS_NAMES, display
+from .config import AppConfig
+from .model_panel import ModelManager, ModelPanel, refresh_choices, switch_model
 from .training_runner import ACTIVE_STATES, TrainingRun, TrainingRunner, TrainRequest
-from .ui_models import ModelManager, ModelPanel, refresh_choices, switch_model
-
-if TYPE_CHECKING:
-    from .ui import AppConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import read_jsonl
+from ..runtime import read_jsonl
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 TRAIN_CLI = REPO / "train_cli.py"
 CONSOLE_LOG = "console.log"  # the child's stdout and stderr: its log lines, and any traceback or usage error
 # While the process runs; "evaluating": training ended and the report is being written, "exiting": the trainer

@@ -1,0 +1,136 @@
+"""The Upload (photo) tab: its handler, callable directly, and its layout.
+
+Handlers never raise into Gradio: bad input becomes a message (and a toast for real problems), so
+no stack trace ever reaches the user. Errors are logged here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from ..faces import as_rgb
+from ..labels import display
+from ..overlay import draw_faces
+from ..recognizer import read_rgb
+from .config import IMAGE_HEIGHT, MAX_SIDE, AppConfig
+from .live import fit_within, label_value, no_model_message
+
+if TYPE_CHECKING:
+    from .model_panel import ModelManager
+
+log = logging.getLogger(__name__)
+
+MAX_FACE_LABELS = 6  # probability panels shown for a photo; the JSON always has every face
+SMALL_FACE_PX = 48  # faces smaller than a FER2013 crop are upscaled for the model and less reliable
+
+
+class PhotoError(ValueError):
+    """An upload that cannot be analyzed; the message is written for the user."""
+
+
+def load_photo(value: Any, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """An uploaded photo as HxWx3 uint8 RGB no larger than ``max_side``, and its original (width, height).
+
+    ``value`` is a file path, Gradio's file payload (a dict with ``path``) or an image array. Any mode
+    works (grayscale, RGBA composited on white, palette); raises PhotoError for anything unreadable.
+    """
+    if isinstance(value, dict):
+        value = value.get("path")
+    if isinstance(value, np.ndarray):
+        try:
+            rgb = as_rgb(value)
+        except ValueError as exc:
+            raise PhotoError(f"This image could not be used: {exc}") from exc
+        return fit_within(rgb, max_side), (rgb.shape[1], rgb.shape[0])
+    if not isinstance(value, (str, os.PathLike)):
+        raise PhotoError("No photo was received; please upload a JPEG, PNG or WebP image.")
+    path = Path(value)
+    try:
+        with Image.open(path) as im:
+            size = im.size
+        return read_rgb(path, max_side), size
+    except Image.DecompressionBombError as exc:
+        raise PhotoError("This image has too many pixels to analyze safely; please upload a smaller version.") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unknown formats and truncated or corrupt files
+        log.info("unreadable upload %s: %s", path.name, exc)
+        raise PhotoError(f"“{path.name}” could not be read as an image; please upload a JPEG, PNG or WebP photo.") from exc
+
+
+def _hidden_labels(count: int = MAX_FACE_LABELS) -> list:
+    return [gr.Label(value=None, visible=False) for _ in range(count)]
+
+
+def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, max_side: int = MAX_SIDE) -> tuple:
+    """A photo -> (annotated image, message, faces JSON, one gr.Label update per face panel).
+
+    Faces are largest first; ``whole_image`` classifies the whole picture as one face (for face crops).
+    """
+    if photo is None:
+        return None, "Upload a photo (JPEG, PNG or WebP) to see the emotion of each face.", [], *_hidden_labels()
+    try:
+        rgb, (width, height) = load_photo(photo, max_side)
+    except PhotoError as exc:
+        gr.Warning(str(exc))
+        return None, f"⚠️ {exc}", [], *_hidden_labels()
+    recognizer = models.recognizer
+    if recognizer is None:
+        return rgb, no_model_message(models), [], *_hidden_labels()
+    try:
+        faces = recognizer.analyze(rgb, whole_image=whole_image)
+        annotated = draw_faces(rgb, faces)
+    except Exception:
+        log.exception("photo analysis failed")
+        gr.Warning("Something went wrong analyzing this photo; the details are in the server log.")
+        return rgb, "⚠️ This photo could not be analyzed.", [], *_hidden_labels()
+    notes = []
+    if max(width, height) > max(rgb.shape[:2]):
+        notes.append(f"Analyzed at {rgb.shape[1]}×{rgb.shape[0]} (downscaled from {width}×{height}).")
+    if not faces:
+        message = ("No face found in this photo. Faces that are small, turned away or partly covered are hard to "
+                   "detect: try a closer, well-lit photo, or tick **Classify the whole image** if it already is a face crop.")
+        gr.Info("No face found in this photo.")
+        return annotated, " ".join([message, *notes]), [], *_hidden_labels()
+    summary = ", ".join(f"{display(f['label'])} ({f['score']:.0%})" for f in faces[:MAX_FACE_LABELS])
+    message = f"Found {len(faces)} face{'s' if len(faces) != 1 else ''}, largest first: {summary}."
+    if len(faces) > MAX_FACE_LABELS:
+        notes.append(f"Bars are shown for the {MAX_FACE_LABELS} largest faces; the JSON below lists all {len(faces)}.")
+    if len(faces) >= models.detector.max_faces and not whole_image:
+        notes.append(f"At most {models.detector.max_faces} faces are analyzed per photo (the largest ones).")
+    small = [str(i + 1) for i, f in enumerate(faces) if not whole_image and min(f["box"][2:]) < SMALL_FACE_PX]
+    if small:
+        notes.append(f"Face {', '.join(small)} {'is' if len(small) == 1 else 'are'} smaller than {SMALL_FACE_PX} px, "
+                     "so less reliable.")
+    labels = [gr.Label(value=label_value(f), label=f"Face {i + 1}: {display(f['label'])}", visible=True)
+              for i, f in enumerate(faces[:MAX_FACE_LABELS])]
+    labels += _hidden_labels(MAX_FACE_LABELS - len(labels))
+    return annotated, " ".join([message, *notes]), faces, *labels
+
+
+def build_upload_tab(models: ModelManager, config: AppConfig) -> None:
+    """The Upload tab: a photo of any size and mode in, annotated image, one probability panel per face and JSON."""
+    with gr.Tab("Upload a photo", id="upload"):
+        with gr.Row():
+            with gr.Column():
+                # type="filepath" and preprocess=False below: the handler decodes the file itself, so a corrupt
+                # upload gets a friendly message instead of failing inside Gradio's image preprocessing.
+                photo = gr.Image(sources=["upload", "clipboard"], type="filepath", label="Photo", height=IMAGE_HEIGHT,
+                             elem_id="upload-photo")
+                whole = gr.Checkbox(False, label="Classify the whole image", info="skip face detection (for photos that are one face crop)")
+                run = gr.Button("Analyze", variant="primary")
+            with gr.Column():
+                annotated = gr.Image(label="Result", interactive=False, height=IMAGE_HEIGHT, elem_id="upload-annotated")
+                message = gr.Markdown(elem_id="upload-message")
+        with gr.Row():
+            labels = [gr.Label(num_top_classes=7, visible=False, elem_classes="face-label") for _ in range(MAX_FACE_LABELS)]
+        with gr.Accordion("Faces as JSON", open=False):
+            faces_json = gr.JSON(label="Faces", elem_id="upload-json")
+
+        gr.on([photo.upload, run.click], lambda p, w: analyze_photo(models, p, w, config.max_side),
+              inputs=[photo, whole], outputs=[annotated, message, faces_json, *labels], preprocess=False,
+              api_name="analyze_photo", concurrency_limit=2)
