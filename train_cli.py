@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("emotion.cli")
+TTA_CHOICES = ("none", "flip", "shift")  # emotion.predict.TTA_VIEWS, named here so --help needs no torch import
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -72,7 +73,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="../shared/fer2013", help="dataset folder or fer2013.csv")
     p.add_argument("--split", default="test", help="split to evaluate: test, train, or (CSV) private")
     p.add_argument("--out", default=None, help="folder for metrics.json, confusion_matrix.png and curves.png (default: table only)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: average each face with its mirror image")
+    p.add_argument("--tta", choices=TTA_CHOICES, default=None,
+                   help="test-time augmentation: none, flip (face + mirror) or shift (10 shifted and mirrored views); default: the checkpoint's own setting")
     p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
@@ -84,7 +86,18 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--whole-image", action="store_true", help="skip face detection: classify each image as one face crop")
     p.add_argument("--face-model", default=None, help="MediaPipe face detector .tflite (or env EMOTION_FACE_MODEL); default: cache, download, Haar fallback")
-    p.add_argument("--tta", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--tta", choices=TTA_CHOICES, default=None,
+                   help="test-time augmentation: none, flip (face + mirror) or shift (10 shifted and mirrored views); default: the checkpoint's own setting")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _add_ship(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ship", help="release a trained checkpoint: no optimizer state, with its inference setting and evaluation", formatter_class=_Help)
+    p.add_argument("checkpoint", help="trained checkpoint, e.g. runs/cnn/best.pt")
+    p.add_argument("--out", default="assets/emotion_cnn.pt", help="released checkpoint file")
+    p.add_argument("--tta", choices=TTA_CHOICES, required=True, help="test-time augmentation the app, predict and the API will use")
+    p.add_argument("--data", default="../shared/fer2013", help="dataset whose --split is evaluated and recorded, with and without TTA")
+    p.add_argument("--split", default="test", help="split to evaluate")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
@@ -112,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train_cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_bench):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_ship, _add_export, _add_bench):
         add(sub)
     return parser
 
@@ -149,7 +162,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from emotion.predict import default_checkpoint
 
     m = evaluate_checkpoint(a.checkpoint or default_checkpoint(), a.data, a.split, a.out, tta=a.tta, device=a.device, batch_size=a.batch_size)
-    print(f"model: {m['model']}  data: {m['data']}  tta: {a.tta}")
+    print(f"model: {m['model']}  data: {m['data']}  tta: {m['tta']}")
     print(format_table(m))
     return 0
 
@@ -179,6 +192,20 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ship(a: argparse.Namespace) -> int:
+    from emotion.checkpoint import ship_checkpoint
+    from emotion.evaluate import evaluate_checkpoint
+
+    summary = {}
+    for mode in ("none", a.tta):
+        m = evaluate_checkpoint(a.checkpoint, a.data, a.split, tta=mode, device=a.device)
+        summary[mode] = {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n", "split")}
+        print(f"{a.split} accuracy with tta {mode}: {m['accuracy'] * 100:.2f}% (macro F1 {m['macro_f1']:.4f})")
+    ship_checkpoint(a.checkpoint, a.out, tta=a.tta, metrics=summary)
+    print(f"wrote {a.out} (tta {a.tta})")
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from emotion.export import export_onnx
     from emotion.predict import default_checkpoint
@@ -203,7 +230,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "ship": cmd_ship, "export": cmd_export, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_cfg: ModelConfig, *, train_config: dict | None = None,
-                    metrics: dict | None = None, training_state: dict | None = None) -> None:
-    """Write ``model`` and its description to ``path`` atomically."""
+                    metrics: dict | None = None, training_state: dict | None = None, inference: dict | None = None) -> None:
+    """Write ``model`` and its description to ``path`` atomically; ``inference`` holds settings such as the TTA mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob: dict[str, Any] = {
@@ -41,6 +41,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_cfg: ModelC
         "train_config": train_config or {},
         "metrics": metrics or {},
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "inference": inference or {},
     }
     if training_state is not None:
         blob["training_state"] = training_state
@@ -75,6 +76,7 @@ class LoadedModel:
     path: str
     metrics: dict
     train_config: dict
+    inference: dict = field(default_factory=dict)  # how the checkpoint's headline accuracy was measured, e.g. {"tta": "shift"}
 
     @property
     def name(self) -> str:
@@ -96,4 +98,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model.to(device).eval()
     preprocess.to(device)
     log.info("loaded %s from %s", cfg.kind, path)
-    return LoadedModel(model, preprocess, cfg, str(path), blob.get("metrics", {}), blob.get("train_config", {}))
+    return LoadedModel(model, preprocess, cfg, str(path), blob.get("metrics", {}), blob.get("train_config", {}), blob.get("inference", {}))
+
+
+def ship_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, tta: str, metrics: dict | None = None) -> None:
+    """Copy a trained checkpoint to ``dst`` for release: weights, configs and history, no optimizer state,
+    with the inference settings (``tta``) and, when given, the evaluation ``metrics`` its accuracy claims."""
+    blob = read_checkpoint(src)
+    cfg = ModelConfig.from_dict(blob["model_config"])
+    model, _ = build_model(cfg, clip_weights="random")
+    model.load_state_dict(blob["model"])
+    merged = {**blob.get("metrics", {}), **({"evaluation": metrics} if metrics else {})}
+    save_checkpoint(dst, model, cfg, train_config=blob.get("train_config"), metrics=merged, inference={"tta": tta})

@@ -137,8 +137,11 @@ def write_report(m: dict, out: str | os.PathLike, history: list[dict] | None = N
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
-                        tta: bool = False, device: str = "auto", batch_size: int = 256, data_cache: str | None = None) -> dict:
-    """Evaluate ``checkpoint`` on ``split`` of ``data``; writes the report to ``out`` when given."""
+                        tta: str | bool | None = None, device: str = "auto", batch_size: int = 256, data_cache: str | None = None) -> dict:
+    """Evaluate ``checkpoint`` on ``split`` of ``data``; writes the report to ``out`` when given.
+
+    ``tta`` None evaluates with the checkpoint's own inference setting, as the app and ``predict`` run it.
+    """
     classifier = EmotionClassifier.from_checkpoint(checkpoint, device=device, tta=tta)  # a bad checkpoint fails before data loads
     return evaluate_dataset(classifier, load_split(data, split, data_cache), split, out, batch_size)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import LoadedModel, load_checkpoint
 from .data import to_face48
@@ -20,6 +21,39 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "emotion_cnn.pt"  # the offline CNN trained on FER2013 and shipped with the project
 ENV_CHECKPOINT = "EMOTION_CHECKPOINT"
 
+# Test-time augmentation: the views of each face whose probabilities are averaged, as (dx, dy, mirror)
+# shifts in pixels of the 48x48 face. "shift" mirrors the training's random crops and flips.
+_SHIFTS = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2))
+TTA_VIEWS: dict[str, tuple[tuple[int, int, bool], ...]] = {
+    "none": ((0, 0, False),),
+    "flip": ((0, 0, False), (0, 0, True)),
+    "shift": tuple((dx, dy, mirror) for mirror in (False, True) for dx, dy in _SHIFTS),
+}
+
+
+def tta_views(faces: torch.Tensor, mode: str) -> torch.Tensor:
+    """The ``mode`` views of faces (N, 1, H, W), stacked view-major: (V * N, 1, H, W)."""
+    views = TTA_VIEWS[mode]
+    pad = max(max(abs(dx), abs(dy)) for dx, dy, _ in views)
+    h, w = faces.shape[-2:]
+    padded = F.pad(faces, (pad, pad, pad, pad), mode="replicate") if pad else faces
+    out = []
+    for dx, dy, mirror in views:
+        v = padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+        out.append(v.flip(-1) if mirror else v)
+    return torch.cat(out)
+
+
+def resolve_tta(tta: str | bool | None, loaded: LoadedModel) -> str:
+    """The TTA mode to use: ``tta`` itself, or (None) the checkpoint's own inference setting."""
+    if tta is None:
+        tta = loaded.inference.get("tta", "none")
+    elif isinstance(tta, bool):
+        tta = "flip" if tta else "none"
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"unknown test-time augmentation {tta!r}: use one of {', '.join(TTA_VIEWS)}")
+    return tta
+
 
 def default_checkpoint() -> Path:
     """``$EMOTION_CHECKPOINT`` if set, else the shipped offline CNN."""
@@ -29,18 +63,19 @@ def default_checkpoint() -> Path:
 class EmotionClassifier:
     """A loaded checkpoint that turns face crops into class probabilities, all faces in one forward pass."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, amp: str = "auto", tta: bool = False):
+    def __init__(self, loaded: LoadedModel, device: torch.device, amp: str = "auto", tta: str | bool | None = None):
         self.loaded = loaded
         self.device = device
         self.dtype = amp_dtype(device, amp)
-        self.tta = tta  # average with the mirror image: about +0.5-1% accuracy for twice the compute
+        self.tta = resolve_tta(tta, loaded)  # None: the setting the checkpoint's accuracy was measured with
         self.channels_last = loaded.config.kind == "cnn"
         if self.channels_last:
             loaded.model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto", amp: str = "auto", tta: bool = False) -> EmotionClassifier:
-        """Load ``path`` (default: ``default_checkpoint()``) for inference."""
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto", amp: str = "auto",
+                        tta: str | bool | None = None) -> EmotionClassifier:
+        """Load ``path`` (default: ``default_checkpoint()``) for inference; ``tta`` None uses the checkpoint's setting."""
         dev = pick_device(device)
         loaded = load_checkpoint(path or default_checkpoint(), dev)
         log.info("emotion model: %s on %s", loaded.name, dev)
@@ -56,19 +91,14 @@ class EmotionClassifier:
         """Probabilities (N, 7) for faces given as uint8 (N, 48, 48) or float (N, 1, 48, 48) in [0, 1]."""
         if faces.dtype == torch.uint8:
             faces = faces.unsqueeze(1).float().div_(255.0)
-        x = faces.to(self.device)
-        if self.tta:
-            x = torch.cat([x, x.flip(-1)])
+        n = len(faces)
+        x = tta_views(faces.to(self.device), self.tta)
         x = self.loaded.preprocess(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_for(self.device, self.dtype):
             logits = self.loaded.model(x)
-        probs = logits.float().softmax(-1)
-        if self.tta:
-            n = len(probs) // 2
-            probs = (probs[:n] + probs[n:]) / 2
-        return probs.cpu()
+        return logits.float().softmax(-1).view(-1, n, logits.shape[-1]).mean(0).cpu()
 
     def predict_faces(self, faces: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Probabilities (N, 7) for face crops of any size and colour (HxW or HxWxC uint8 arrays, RGB)."""

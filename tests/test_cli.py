@@ -42,7 +42,7 @@ def test_train_evaluate_predict_folders(tiny_fer, tmp_path, capsys):
         assert (out / "report" / f).stat().st_size > 0
 
     report = tmp_path / "report"
-    assert train_cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(tiny_fer), "--split", "test", "--out", str(report), "--tta"]) == 0
+    assert train_cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(tiny_fer), "--split", "test", "--out", str(report), "--tta", "flip"]) == 0
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "macro avg" in printed
     m = json.loads((report / "metrics.json").read_text())

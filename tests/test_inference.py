@@ -1,0 +1,64 @@
+"""Test-time augmentation and the released checkpoint's inference setting (``ship``)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from emotion.checkpoint import load_checkpoint, read_checkpoint
+from emotion.predict import TTA_VIEWS, EmotionClassifier, tta_views
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import train_cli  # noqa: E402
+
+
+def test_tta_views_are_shifts_and_mirrors_of_the_face():
+    faces = torch.rand(3, 1, 48, 48)
+    views = tta_views(faces, "shift").view(len(TTA_VIEWS["shift"]), 3, 1, 48, 48)
+    assert torch.equal(views[0], faces)  # the face itself comes first
+    for v, (dx, dy, mirror) in zip(views, TTA_VIEWS["shift"]):
+        expect = faces.flip(-1) if mirror else faces
+        if (dx, dy, mirror) == (2, 0, False):  # content moves left by 2 px; the border repeats the edge column
+            assert torch.equal(v[..., :, :-2], faces[..., :, 2:]) and torch.equal(v[..., -1], faces[..., -1])
+        elif (dx, dy) == (0, 0):
+            assert torch.equal(v, expect)
+    assert torch.equal(tta_views(faces, "none"), faces)
+    assert tta_views(faces, "flip").shape == (6, 1, 48, 48)
+
+
+def test_cli_tta_choices_match_the_library():
+    assert set(train_cli.TTA_CHOICES) == set(TTA_VIEWS)
+
+
+def test_tta_averages_view_probabilities(tiny_cnn_checkpoint):
+    plain = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", tta="none")
+    shift = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", tta="shift")
+    faces = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
+    x = faces.unsqueeze(1).float() / 255
+    per_view = torch.stack([plain.predict_tensor(v) for v in tta_views(x, "shift").split(4)])
+    assert torch.allclose(shift.predict_tensor(faces), per_view.mean(0), atol=1e-5)
+    assert torch.allclose(shift.predict_tensor(faces).sum(1), torch.ones(4), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", tta="ten-crop")
+
+
+def test_ship_records_the_tta_that_predict_and_evaluate_then_use(tiny_fer, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli.main(["train", "--model", "cnn", "--data", str(tiny_fer), "--out", str(run), "--epochs", "1",
+                           "--batch-size", "16", "--cnn-widths", "8,16", "--no-report"]) == 0
+    assert EmotionClassifier.from_checkpoint(run / "best.pt", device="cpu").tta == "none"  # a fresh run: no TTA
+    shipped = tmp_path / "assets" / "model.pt"
+    assert train_cli.main(["ship", str(run / "best.pt"), "--out", str(shipped), "--tta", "shift", "--data", str(tiny_fer)]) == 0
+    assert "with tta shift" in capsys.readouterr().out
+    blob = read_checkpoint(shipped)
+    assert blob["inference"] == {"tta": "shift"} and "training_state" not in blob
+    assert set(blob["metrics"]["evaluation"]) == {"none", "shift"} and blob["metrics"]["history"]
+    assert load_checkpoint(shipped).inference["tta"] == "shift"
+    assert EmotionClassifier.from_checkpoint(shipped, device="cpu").tta == "shift"
+    assert EmotionClassifier.from_checkpoint(shipped, device="cpu", tta="none").tta == "none"
+    out = tmp_path / "report"
+    assert train_cli.main(["evaluate", "--checkpoint", str(shipped), "--data", str(tiny_fer), "--out", str(out)]) == 0
+    assert "tta: shift" in capsys.readouterr().out and json.loads((out / "metrics.json").read_text())["tta"] == "shift"
