@@ -39,7 +39,7 @@ class FaceDataset:
     images: torch.Tensor  # (N, 48, 48) uint8
     labels: torch.Tensor  # (N,) int64, indices into CLASS_NAMES
     source: str  # path the split was read from
-    skipped: int = 0  # unreadable files left out
+    skipped: int = 0  # unreadable files or bad CSV rows left out
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -156,6 +156,21 @@ def _save_atomic(obj: dict, path: Path) -> None:
         log.warning("could not write data cache %s (%s)", path, exc)
 
 
+def _parse_csv_row(row: dict) -> tuple[np.ndarray, int]:
+    """A CSV row as (48x48 face, class index); ValueError for out-of-range pixels or an unknown emotion code."""
+    code = int(str(row.get("emotion", "")).strip())
+    # A negative code would silently index FER_CSV_CODES from the end (-1 became 'neutral').
+    if not 0 <= code < len(FER_CSV_CODES):
+        raise ValueError(f"unknown emotion code {code} (expected 0-{len(FER_CSV_CODES) - 1})")
+    values = np.array(str(row.get("pixels", "")).split(), dtype=np.int64)  # wide ints, so 300 is caught, not an OverflowError
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise ValueError(f"pixel value {int(values.max() if values.max() > 255 else values.min())} is outside 0-255")
+    side = int(round(values.size ** 0.5))
+    if side * side != values.size or side == 0:
+        raise ValueError(f"{values.size} pixels is not a square image")
+    return to_face48(values.astype(np.uint8).reshape(side, side)), CLASS_NAMES.index(FER_CSV_CODES[code])
+
+
 def _load_csv_split(csv_path: Path, split: str) -> FaceDataset:
     usage = CSV_USAGE.get(split, split)
     with open(csv_path, newline="") as fh:
@@ -170,20 +185,15 @@ def _load_csv_split(csv_path: Path, split: str) -> FaceDataset:
             if "Usage" in row and row["Usage"].strip() != usage:
                 continue
             try:
-                pixels = np.array(row["pixels"].split(), dtype=np.uint8)
-                side = int(round(len(pixels) ** 0.5))
-                if side * side != len(pixels) or side == 0:
-                    raise ValueError(f"{len(pixels)} pixels is not a square image")
-                face = to_face48(pixels.reshape(side, side))
-                label = CLASS_NAMES.index(FER_CSV_CODES[int(row["emotion"])])
-            except (ValueError, IndexError) as exc:
+                face, label = _parse_csv_row(row)
+            except (ValueError, OverflowError, AttributeError) as exc:
                 skipped += 1
                 log.warning("skipping bad CSV row %d of %s (%s)", reader.line_num, csv_path, exc)
                 continue
             faces.append(face)
             labels.append(label)
     if skipped:
-        log.warning("skipped %d unreadable row(s) in %s", skipped, csv_path)
+        log.warning("skipped %d unreadable row(s) in %s (bad pixels or unknown emotion codes)", skipped, csv_path)
     if not faces:
         raise DataError(f"{csv_path} has no readable rows with Usage '{usage}' (split '{split}'); Usage values are Training, PublicTest, PrivateTest")
     return FaceDataset(torch.from_numpy(np.stack(faces)), torch.tensor(labels), f"{csv_path}:{usage}", skipped)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
+from typing import BinaryIO
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,18 +132,74 @@ class Recognizer:
         return [face_result((b.x, b.y, b.w, b.h), p) for b, p in zip(boxes, probs)]
 
 
-def read_rgb(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
+MAX_DECODE_PIXELS = 40_000_000  # about 7300x5500; bigger images are decoded at reduced scale (JPEG) or refused
+# Modes whose pixels are wider than 8 bits: PIL's convert("RGB") clips them, turning a 16-bit photo white.
+_WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+class ImageTooLargeError(ValueError):
+    """An image with so many pixels that decoding it would take too much memory; refused before decoding."""
+
+
+def _draft_request(size: tuple[int, int], max_side: int | None, max_pixels: int) -> tuple[int, int] | None:
+    """The size to ask ``Image.draft`` for: small enough for ``max_side`` and ``max_pixels``, None when no reduction is needed."""
+    width, height = size
+    scale = 1
+    while (width // scale) * (height // scale) > max_pixels and scale < 8:  # JPEG can decode at 1/2, 1/4 or 1/8 scale
+        scale *= 2
+    request = (max(1, width // scale), max(1, height // scale))
+    if max_side:
+        request = (min(request[0], max_side), min(request[1], max_side))
+    return None if request == (width, height) else request
+
+
+def _wide_to_uint8(im: Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grayscale image as uint8, scaled by its bit depth (floats by their range)."""
+    arr = np.asarray(im)
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(arr.max()) if arr.size else 1.0
+        # Float images are [0, 1] or [0, 255] by convention; anything else is stretched to its own range.
+        if top <= 1.0 and arr.min() >= 0.0:
+            arr = arr * 255.0
+        elif top > 255.0 or arr.min() < 0.0:
+            low = float(arr.min())
+            arr = (arr - low) * (255.0 / max(top - low, 1e-12))
+        return np.clip(arr, 0, 255).round().astype(np.uint8)
+    top = int(arr.max()) if arr.size else 0
+    # 16-bit files hold 0..65535; a 32-bit "I" image from an 8-bit source stays within 0..255.
+    bits = 8 if top <= 255 and im.mode == "I" else 16 if top <= 65535 else 32
+    return (arr.astype(np.uint64) >> (bits - 8)).astype(np.uint8) if bits > 8 else arr.astype(np.uint8)
+
+
+def read_rgb(source: str | os.PathLike | BinaryIO, max_side: int | None = None,
+             max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB, turned upright by its EXIF orientation; raises on unreadable files.
 
     With ``max_side`` the image is shrunk to fit it, and JPEGs are decoded at reduced scale, so an
-    8000 px photo loads in a fraction of the time.
+    8000 px photo loads in a fraction of the time. Any bit depth is scaled to 8 bits (16-bit PNG/TIFF,
+    float TIFF). An image with more than ``max_pixels`` pixels is decoded at reduced scale when the
+    format allows (JPEG), else refused with ImageTooLargeError before any pixel is decoded, so a tiny
+    file claiming 13000x13000 pixels cannot take gigabytes of memory.
     """
-    with Image.open(path) as im:
-        if max_side:
-            im.draft(None, (max_side, max_side))
+    try:
+        with warnings.catch_warnings():  # PIL's decompression-bomb warning: the size is checked right below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"the image has too many pixels to decode safely ({exc})") from exc
+    with im:
+        request = _draft_request(im.size, max_side, max_pixels)
+        if request is not None:
+            im.draft(None, request)  # JPEG only: decodes at 1/2 to 1/8 scale; other formats are unchanged
+        if im.width * im.height > max_pixels:
+            raise ImageTooLargeError(f"the image is {im.width}x{im.height} pixels; at most {max_pixels / 1e6:.0f} megapixels "
+                                     "can be decoded safely, so please use a smaller version")
         im = ImageOps.exif_transpose(im)  # phone photos are often stored sideways with an EXIF rotation
         if max_side:
             im.thumbnail((max_side, max_side))
+        if im.mode in _WIDE_MODES:
+            return as_rgb(_wide_to_uint8(im))
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             return as_rgb(np.asarray(im.convert("RGBA")))
         return as_rgb(np.asarray(im.convert("RGB")))
