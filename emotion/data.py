@@ -9,6 +9,7 @@ import csv
 import hashlib
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # Split names accepted for the CSV's Usage column; the image-folder layout uses the folder names.
 CSV_USAGE = {"train": "Training", "test": "PublicTest", "val": "PublicTest", "private": "PrivateTest"}
 CACHE_VERSION = 1  # bump when the decoded format changes
+MAX_DECODE_PIXELS = 40_000_000  # about 7300x5500; bigger images are decoded at reduced scale (JPEG) or refused
+# Modes whose pixels are wider than 8 bits: PIL's convert("RGB") clips them, turning a 16-bit photo white.
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 class DataError(ValueError):
@@ -73,10 +77,34 @@ def to_face48(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8)
 
 
+def wide_to_uint8(im: Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grayscale image as uint8, scaled by its bit depth (floats by their range)."""
+    arr = np.asarray(im)
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(arr.max()) if arr.size else 1.0
+        # Float images are [0, 1] or [0, 255] by convention; anything else is stretched to its own range.
+        if top <= 1.0 and arr.min() >= 0.0:
+            arr = arr * 255.0
+        elif top > 255.0 or arr.min() < 0.0:
+            low = float(arr.min())
+            arr = (arr - low) * (255.0 / max(top - low, 1e-12))
+        return np.clip(arr, 0, 255).round().astype(np.uint8)
+    top = int(arr.max()) if arr.size else 0
+    # 16-bit files hold 0..65535; a 32-bit "I" image from an 8-bit source stays within 0..255.
+    bits = 8 if top <= 255 and im.mode == "I" else 16 if top <= 65535 else 32
+    return (arr.astype(np.uint64) >> (bits - 8)).astype(np.uint8) if bits > 8 else arr.astype(np.uint8)
+
+
 def _read_face(path: Path) -> np.ndarray | None:
     try:
-        with Image.open(path) as im:
-            return to_face48(im)
+        with warnings.catch_warnings():  # PIL's decompression-bomb warning: the size is checked right below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > MAX_DECODE_PIXELS:  # refused before decoding: no file may take gigabytes
+                raise ValueError(f"{im.width}x{im.height} pixels is more than {MAX_DECODE_PIXELS / 1e6:.0f} megapixels")
+            return to_face48(Image.fromarray(wide_to_uint8(im)) if im.mode in WIDE_MODES else im)
     except Exception as exc:  # any decoder error means a bad file, never a crashed run
         log.warning("skipping unreadable image %s (%s)", path, exc)
         return None

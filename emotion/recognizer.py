@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from .data import to_face48
+from .data import MAX_DECODE_PIXELS, WIDE_MODES, to_face48, wide_to_uint8
 from .faces import Box, FaceDetector, as_rgb, crop_faces
 from .predict import EmotionClassifier, face_result
 
@@ -132,11 +132,6 @@ class Recognizer:
         return [face_result((b.x, b.y, b.w, b.h), p) for b, p in zip(boxes, probs)]
 
 
-MAX_DECODE_PIXELS = 40_000_000  # about 7300x5500; bigger images are decoded at reduced scale (JPEG) or refused
-# Modes whose pixels are wider than 8 bits: PIL's convert("RGB") clips them, turning a 16-bit photo white.
-_WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
-
-
 class ImageTooLargeError(ValueError):
     """An image with so many pixels that decoding it would take too much memory; refused before decoding."""
 
@@ -151,25 +146,6 @@ def _draft_request(size: tuple[int, int], max_side: int | None, max_pixels: int)
     if max_side:
         request = (min(request[0], max_side), min(request[1], max_side))
     return None if request == (width, height) else request
-
-
-def _wide_to_uint8(im: Image.Image) -> np.ndarray:
-    """A 16-bit, 32-bit integer or float grayscale image as uint8, scaled by its bit depth (floats by their range)."""
-    arr = np.asarray(im)
-    if arr.dtype.kind == "f":
-        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        top = float(arr.max()) if arr.size else 1.0
-        # Float images are [0, 1] or [0, 255] by convention; anything else is stretched to its own range.
-        if top <= 1.0 and arr.min() >= 0.0:
-            arr = arr * 255.0
-        elif top > 255.0 or arr.min() < 0.0:
-            low = float(arr.min())
-            arr = (arr - low) * (255.0 / max(top - low, 1e-12))
-        return np.clip(arr, 0, 255).round().astype(np.uint8)
-    top = int(arr.max()) if arr.size else 0
-    # 16-bit files hold 0..65535; a 32-bit "I" image from an 8-bit source stays within 0..255.
-    bits = 8 if top <= 255 and im.mode == "I" else 16 if top <= 65535 else 32
-    return (arr.astype(np.uint64) >> (bits - 8)).astype(np.uint8) if bits > 8 else arr.astype(np.uint8)
 
 
 def read_rgb(source: str | os.PathLike | BinaryIO, max_side: int | None = None,
@@ -198,8 +174,8 @@ def read_rgb(source: str | os.PathLike | BinaryIO, max_side: int | None = None,
         im = ImageOps.exif_transpose(im)  # phone photos are often stored sideways with an EXIF rotation
         if max_side:
             im.thumbnail((max_side, max_side))
-        if im.mode in _WIDE_MODES:
-            return as_rgb(_wide_to_uint8(im))
+        if im.mode in WIDE_MODES:
+            return as_rgb(wide_to_uint8(im))
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             return as_rgb(np.asarray(im.convert("RGBA")))
         return as_rgb(np.asarray(im.convert("RGB")))

@@ -216,6 +216,20 @@ def test_16_bit_and_float_images_are_scaled_not_saturated(tmp_path: Path) -> Non
         assert np.abs(rgb[:, :, 0].astype(int) - ramp8).max() <= 1, f"{name} was not scaled to 8 bits"
 
 
+def test_training_folders_scale_16_bit_faces_and_skip_huge_files(tmp_path: Path) -> None:
+    from conftest import make_folder_dataset
+
+    root = make_folder_dataset(tmp_path / "fer", per_class=1, splits=("train",))
+    face8 = np.asarray(Image.open(next((root / "train" / "happy").glob("*.png"))))
+    Image.fromarray(face8.astype(np.uint16) * 257).save(root / "train" / "happy" / "face16.png")
+    huge_png(root / "train" / "sad" / "huge.png")
+    ds = load_split(root, "train", tmp_path / "cache")
+    assert len(ds) == 8 and ds.skipped == 1
+    happy = ds.images[ds.labels == 3]
+    assert any(np.array_equal(img.numpy(), face8) for img in happy) and all(
+        np.abs(img.numpy().astype(int) - face8).max() <= 1 for img in happy)
+
+
 def test_a_16_bit_face_gets_the_same_label_as_its_8_bit_original(tmp_path: Path, real_faces, tiny_cnn_checkpoint: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     face = real_faces["happy"][0]
