@@ -163,14 +163,14 @@ def read_rgb(source: str | os.PathLike | BinaryIO, max_side: int | None = None,
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(source)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"the image has too many pixels to decode safely ({exc})") from exc
+        raise ImageTooLargeError(str(exc)) from exc
     with im:
         request = _draft_request(im.size, max_side, max_pixels)
         if request is not None:
             im.draft(None, request)  # JPEG only: decodes at 1/2 to 1/8 scale; other formats are unchanged
         if im.width * im.height > max_pixels:
-            raise ImageTooLargeError(f"the image is {im.width}x{im.height} pixels; at most {max_pixels / 1e6:.0f} megapixels "
-                                     "can be decoded safely, so please use a smaller version")
+            raise ImageTooLargeError(f"{im.width}x{im.height} pixels, more than the {max_pixels / 1e6:.0f} megapixels "
+                                     "that are decoded")
         im = ImageOps.exif_transpose(im)  # phone photos are often stored sideways with an EXIF rotation
         if max_side:
             im.thumbnail((max_side, max_side))

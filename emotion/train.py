@@ -441,7 +441,7 @@ def _finite_everywhere(value: torch.Tensor, d: _Dist, device: torch.device) -> b
 def _diverged(what: str, epoch: int, out: Path) -> TrainingDiverged:
     kept = f"the last good checkpoint {out / 'last.pt'} is kept" if (out / "last.pt").is_file() else "no checkpoint had been written yet"
     return TrainingDiverged(f"{what} became NaN or infinite in epoch {epoch}: training stopped, {kept}; "
-                            "lower --lr (or --clip-lr) and start again (--resume continues from the last good epoch)")
+                            "lower --lr (or --clip-lr) and start again with --overwrite")
 
 
 def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_path: Path, publish) -> dict:

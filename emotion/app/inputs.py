@@ -123,8 +123,9 @@ def result_file(rgb: np.ndarray | None, fmt: str = "webp") -> str | None:
     """
     if rgb is None or not isinstance(rgb, np.ndarray):
         return rgb
-    folder = Path(get_upload_folder()) / RESULTS_DIR / uuid.uuid4().hex
+    folder = Path(get_upload_folder()) / RESULTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"result.{'jpg' if fmt == 'jpeg' else fmt}"
+    # One flat folder: the sweep deletes files, so per-request folders would pile up empty (10 a second when live).
+    path = folder / f"{uuid.uuid4().hex}.{'jpg' if fmt == 'jpeg' else fmt}"
     Image.fromarray(rgb).save(path, format=fmt.upper(), **({"quality": 85} if fmt in ("jpeg", "webp") else {}))
     return str(path)
