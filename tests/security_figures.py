@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -78,8 +77,9 @@ def main() -> None:
     Image.fromarray(canvas).save(photo, quality=90)
     figures: dict[str, object] = {"contended": os.getloadavg()[0] > 1.0, "load_average_1min": round(os.getloadavg()[0], 2)}
 
-    code = ("import resource, sys, train_cli; train_cli.main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report this process's peak.
+    code = ("import re, sys, train_cli; train_cli.main(sys.argv[1:]); status = open('/proc/self/status').read(); "
+            "print(int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) / 1024)")
     out = subprocess.run([sys.executable, "-c", code, "predict", str(huge), "--json"], cwd=ROOT, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     figures["cli_predict_13000px_png_peak_mb"] = round(float(out.stdout.strip().splitlines()[-1]), 1)
