@@ -52,7 +52,7 @@ class EmotionApp:
         with gr.Blocks(title="Emotion recognition",
                        delete_cache=(self.config.cache_sweep_s, self.config.cache_max_age_s)) as demo:
             gr.Markdown("# Facial emotion recognition\nSeven emotions (FER2013 classes), live from your webcam or from a photo. "
-                        "Frames and photos are analyzed on this server and not stored.")
+                        "Frames and photos are analyzed on this server and not stored: they and the results are deleted within a minute.")
             panel = build_model_panel(self.models)
             with gr.Tabs():
                 build_live_tab(self.models, self.config)
