@@ -64,6 +64,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = one per core (1 is steadier on a busy machine)")
     p.add_argument("--max-images", type=int, default=t.max_images, help="train on at most this many images (0 = all)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out folder that already holds a run, deleting its checkpoints and metrics (without it, or --resume, such a folder is refused)")
     p.add_argument("--no-report", action="store_true", help="skip the final evaluation report of best.pt")
 
 
@@ -143,10 +144,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, ema_decay=a.ema_decay,
         unfreeze_epoch=a.unfreeze_epoch, unfreeze_blocks=a.unfreeze_blocks, embedding_cache=not a.no_embedding_cache, cache_flip=a.cache_flip,
         val_split=a.val_split, seed=a.seed, amp=a.amp, device=a.device, threads=a.threads, clip_weights=a.clip_weights,
-        cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume)
-    model_overrides = {"clip_model": a.clip_model, "pretrained": a.pretrained, "dropout": a.dropout,
-                       "cnn_widths": tuple(int(w) for w in a.cnn_widths.split(",")) if a.cnn_widths else None}
+        cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume, overwrite=a.overwrite)
+    try:
+        widths = tuple(int(w) for w in a.cnn_widths.split(",")) if a.cnn_widths else None
+    except ValueError:
+        raise ValueError(f"--cnn-widths must be whole numbers separated by commas, e.g. 32,64,128,256; got {a.cnn_widths!r}") from None
+    model_overrides = {"clip_model": a.clip_model, "pretrained": a.pretrained, "dropout": a.dropout, "cnn_widths": widths}
     cfg.model = replace(cfg.model, **{k: v for k, v in model_overrides.items() if v is not None})
+    cfg.check()  # bad settings stop here, before a run folder is created
     result = train(cfg)
     if not a.no_report and int(os.environ.get("RANK", "0")) == 0:
         _, val = load_train_val(cfg)
@@ -238,16 +243,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)
-    from emotion.checkpoint import CheckpointError
+    from emotion.checkpoint import CheckpointError, CheckpointWriteError
     from emotion.data import DataError
+    from emotion.train import TrainingDiverged
     from emotion.weights import WeightsError
 
     try:
         return COMMANDS[args.command](args)
     except (DataError, WeightsError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc, 2)  # bad input: settings, data, checkpoint, an existing run folder
+    except (TrainingDiverged, CheckpointWriteError) as exc:
+        return _fail(exc, 1)  # the run itself failed; the last good checkpoint is kept
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    """Report ``exc`` as one line (no traceback) and return ``code``."""
+    message = " ".join(str(exc).split())
+    log.error("%s", message)
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

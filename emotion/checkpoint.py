@@ -6,6 +6,7 @@ never runs code from the file.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,7 +26,16 @@ VERSION = 1
 
 
 class CheckpointError(ValueError):
-    """A file is missing, unreadable or not an emotion checkpoint; the message says which and why."""
+    """A file is missing, unreadable or not an emotion checkpoint; the message (one line) says which and why."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, read-only folder); the previous file at its path is kept."""
+
+
+# Sanity bounds for a checkpoint's model config: a hostile file must not make the loader build a huge model.
+MAX_WIDTH = 8192  # channels of a CNN stage or units of an adapter layer
+MAX_DEPTH = 16  # CNN conv layers per stage, CNN stages or adapter layers
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_cfg: ModelConfig, *, train_config: dict | None = None,
@@ -46,24 +56,83 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_cfg: ModelC
     if training_state is not None:
         blob["training_state"] = training_state
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError from its zip writer
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # never leave a partial file behind; the previous checkpoint at ``path`` stays
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+        raise CheckpointWriteError(f"could not write checkpoint {path} ({reason}); free disk space or make "
+                                   f"{path.parent} writable, then continue with --resume") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as a short single line, without torch's advice to load unsafely."""
+    text = " ".join(str(exc).split())
+    if "weights_only" in text or "Unpickl" in type(exc).__name__:
+        return f"{type(exc).__name__}: it holds objects other than tensors and plain values, which are never loaded"
+    return f"{type(exc).__name__}: {text[:200]}"
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict, validated; raises CheckpointError with a readable reason."""
+    """The raw checkpoint dict, validated; raises CheckpointError with a readable one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: train one with `python train_cli.py train` or pick a file that exists")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable emotion checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise CheckpointError(f"{path} is not a readable emotion checkpoint ({_one_line(exc)})") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an emotion checkpoint (no '{FORMAT}' marker); checkpoints come from `train_cli.py train`")
-    if list(blob.get("class_names", [])) != list(CLASS_NAMES):
-        raise CheckpointError(f"{path} predicts classes {blob.get('class_names')}, expected {list(CLASS_NAMES)}")
+    names = blob.get("class_names")
+    if not isinstance(names, (list, tuple)) or list(names) != list(CLASS_NAMES):
+        raise CheckpointError(f"{path} predicts classes {str(names)[:200]}, expected {list(CLASS_NAMES)}")
+    weights = blob.get("model")
+    if not isinstance(weights, dict) or not weights or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                              for k, v in weights.items()):
+        raise CheckpointError(f"{path} has no model weights (its 'model' entry is missing or not a dict of tensors); "
+                              "it is damaged or was not written by `train_cli.py train`")
+    model_config(blob, path)  # raises for a missing or malformed config
+    for key in ("metrics", "train_config"):
+        if not isinstance(blob.get(key, {}), dict):
+            raise CheckpointError(f"{path} has a malformed '{key}' entry (expected a dict)")
     return blob
+
+
+def model_config(blob: dict, path: str | os.PathLike) -> ModelConfig:
+    """The checkpoint's ModelConfig, checked for types and sane sizes; CheckpointError when missing or malformed."""
+    raw = blob.get("model_config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} has no model config (its 'model_config' entry is missing or not a dict)")
+    try:
+        cfg = ModelConfig.from_dict(raw)
+        check_model_config(cfg)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} has a malformed model config: {' '.join(str(exc).split())[:300]}") from exc
+    return cfg
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Raise ValueError when ``cfg`` is not a model this package can build at a sane size."""
+    def sizes(name: str, values, low: int = 1) -> None:
+        if not isinstance(values, tuple) or not 1 <= len(values) <= MAX_DEPTH or not all(
+                isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_WIDTH for v in values):
+            raise ValueError(f"{name} must be 1-{MAX_DEPTH} whole numbers in {low}-{MAX_WIDTH}, got {values!r}")
+
+    if cfg.kind not in ("cnn", "clip"):
+        raise ValueError(f"kind must be 'cnn' or 'clip', got {cfg.kind!r}")
+    for name in ("clip_model", "pretrained", "cnn_normalize"):
+        if not isinstance(getattr(cfg, name), str):
+            raise ValueError(f"{name} must be a string, got {getattr(cfg, name)!r}")
+    sizes("cnn_widths", cfg.cnn_widths)
+    sizes("adapter_dims", cfg.adapter_dims)
+    sizes("cnn_convs", (cfg.cnn_convs,))
+    if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
+    if cfg.num_classes != len(CLASS_NAMES):
+        raise ValueError(f"num_classes must be {len(CLASS_NAMES)}, got {cfg.num_classes!r}")
 
 
 @dataclass
@@ -88,13 +157,19 @@ class LoadedModel:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model a checkpoint describes, load its weights and put it in eval mode on ``device``."""
     blob = read_checkpoint(path)
-    cfg = ModelConfig.from_dict(blob["model_config"])
+    cfg = model_config(blob, path)
     # The checkpoint holds every weight, CLIP's included, so the encoder is built empty and filled from it.
-    model, preprocess = build_model(cfg, clip_weights="random")
+    try:
+        model, preprocess = build_model(cfg, clip_weights="random")
+    except (ValueError, RuntimeError, KeyError) as exc:  # e.g. an open_clip architecture name that does not exist
+        raise CheckpointError(f"{path}: cannot build the model its config describes ({_one_line(exc)})") from exc
     try:
         model.load_state_dict(blob["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the model its config describes ({str(exc)[:300]})") from exc
+        raise CheckpointError(f"{path}: weights do not match the model its config describes ({_one_line(exc)[:300]})") from exc
+    # A diverged run's NaN weights would make every prediction NaN (and `predict --json` print invalid JSON).
+    if not all(torch.isfinite(t).all() for t in blob["model"].values() if t.is_floating_point()):
+        raise CheckpointError(f"{path} holds NaN or infinite weights (a training run that diverged); use another checkpoint")
     model.to(device).eval()
     preprocess.to(device)
     log.info("loaded %s from %s", cfg.kind, path)

@@ -9,6 +9,7 @@ import csv
 import hashlib
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # Split names accepted for the CSV's Usage column; the image-folder layout uses the folder names.
 CSV_USAGE = {"train": "Training", "test": "PublicTest", "val": "PublicTest", "private": "PrivateTest"}
 CACHE_VERSION = 1  # bump when the decoded format changes
+MAX_DECODE_PIXELS = 40_000_000  # about 7300x5500; bigger images are decoded at reduced scale (JPEG) or refused
+# Modes whose pixels are wider than 8 bits: PIL's convert("RGB") clips them, turning a 16-bit photo white.
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 class DataError(ValueError):
@@ -39,7 +43,7 @@ class FaceDataset:
     images: torch.Tensor  # (N, 48, 48) uint8
     labels: torch.Tensor  # (N,) int64, indices into CLASS_NAMES
     source: str  # path the split was read from
-    skipped: int = 0  # unreadable files left out
+    skipped: int = 0  # unreadable files or bad CSV rows left out
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -73,10 +77,34 @@ def to_face48(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8)
 
 
+def wide_to_uint8(im: Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grayscale image as uint8, scaled by its bit depth (floats by their range)."""
+    arr = np.asarray(im)
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(arr.max()) if arr.size else 1.0
+        # Float images are [0, 1] or [0, 255] by convention; anything else is stretched to its own range.
+        if top <= 1.0 and arr.min() >= 0.0:
+            arr = arr * 255.0
+        elif top > 255.0 or arr.min() < 0.0:
+            low = float(arr.min())
+            arr = (arr - low) * (255.0 / max(top - low, 1e-12))
+        return np.clip(arr, 0, 255).round().astype(np.uint8)
+    top = int(arr.max()) if arr.size else 0
+    # 16-bit files hold 0..65535; a 32-bit "I" image from an 8-bit source stays within 0..255.
+    bits = 8 if top <= 255 and im.mode == "I" else 16 if top <= 65535 else 32
+    return (arr.astype(np.uint64) >> (bits - 8)).astype(np.uint8) if bits > 8 else arr.astype(np.uint8)
+
+
 def _read_face(path: Path) -> np.ndarray | None:
     try:
-        with Image.open(path) as im:
-            return to_face48(im)
+        with warnings.catch_warnings():  # PIL's decompression-bomb warning: the size is checked right below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > MAX_DECODE_PIXELS:  # refused before decoding: no file may take gigabytes
+                raise ValueError(f"{im.width}x{im.height} pixels is more than {MAX_DECODE_PIXELS / 1e6:.0f} megapixels")
+            return to_face48(Image.fromarray(wide_to_uint8(im)) if im.mode in WIDE_MODES else im)
     except Exception as exc:  # any decoder error means a bad file, never a crashed run
         log.warning("skipping unreadable image %s (%s)", path, exc)
         return None
@@ -156,6 +184,21 @@ def _save_atomic(obj: dict, path: Path) -> None:
         log.warning("could not write data cache %s (%s)", path, exc)
 
 
+def _parse_csv_row(row: dict) -> tuple[np.ndarray, int]:
+    """A CSV row as (48x48 face, class index); ValueError for out-of-range pixels or an unknown emotion code."""
+    code = int(str(row.get("emotion", "")).strip())
+    # A negative code would silently index FER_CSV_CODES from the end (-1 became 'neutral').
+    if not 0 <= code < len(FER_CSV_CODES):
+        raise ValueError(f"unknown emotion code {code} (expected 0-{len(FER_CSV_CODES) - 1})")
+    values = np.array(str(row.get("pixels", "")).split(), dtype=np.int64)  # wide ints, so 300 is caught, not an OverflowError
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise ValueError(f"pixel value {int(values.max() if values.max() > 255 else values.min())} is outside 0-255")
+    side = int(round(values.size ** 0.5))
+    if side * side != values.size or side == 0:
+        raise ValueError(f"{values.size} pixels is not a square image")
+    return to_face48(values.astype(np.uint8).reshape(side, side)), CLASS_NAMES.index(FER_CSV_CODES[code])
+
+
 def _load_csv_split(csv_path: Path, split: str) -> FaceDataset:
     usage = CSV_USAGE.get(split, split)
     with open(csv_path, newline="") as fh:
@@ -170,20 +213,15 @@ def _load_csv_split(csv_path: Path, split: str) -> FaceDataset:
             if "Usage" in row and row["Usage"].strip() != usage:
                 continue
             try:
-                pixels = np.array(row["pixels"].split(), dtype=np.uint8)
-                side = int(round(len(pixels) ** 0.5))
-                if side * side != len(pixels) or side == 0:
-                    raise ValueError(f"{len(pixels)} pixels is not a square image")
-                face = to_face48(pixels.reshape(side, side))
-                label = CLASS_NAMES.index(FER_CSV_CODES[int(row["emotion"])])
-            except (ValueError, IndexError) as exc:
+                face, label = _parse_csv_row(row)
+            except (ValueError, OverflowError, AttributeError) as exc:
                 skipped += 1
                 log.warning("skipping bad CSV row %d of %s (%s)", reader.line_num, csv_path, exc)
                 continue
             faces.append(face)
             labels.append(label)
     if skipped:
-        log.warning("skipped %d unreadable row(s) in %s", skipped, csv_path)
+        log.warning("skipped %d unreadable row(s) in %s (bad pixels or unknown emotion codes)", skipped, csv_path)
     if not faces:
         raise DataError(f"{csv_path} has no readable rows with Usage '{usage}' (split '{split}'); Usage values are Training, PublicTest, PrivateTest")
     return FaceDataset(torch.from_numpy(np.stack(faces)), torch.tensor(labels), f"{csv_path}:{usage}", skipped)

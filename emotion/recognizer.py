@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
+from typing import BinaryIO
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .data import to_face48
+from .data import MAX_DECODE_PIXELS, WIDE_MODES, to_face48, wide_to_uint8
 from .faces import Box, FaceDetector, as_rgb, crop_faces
 from .predict import EmotionClassifier, face_result
 
@@ -130,18 +132,50 @@ class Recognizer:
         return [face_result((b.x, b.y, b.w, b.h), p) for b, p in zip(boxes, probs)]
 
 
-def read_rgb(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
+class ImageTooLargeError(ValueError):
+    """An image with so many pixels that decoding it would take too much memory; refused before decoding."""
+
+
+def _draft_request(size: tuple[int, int], max_side: int | None, max_pixels: int) -> tuple[int, int] | None:
+    """The size to ask ``Image.draft`` for: small enough for ``max_side`` and ``max_pixels``, None when no reduction is needed."""
+    width, height = size
+    scale = 1
+    while (width // scale) * (height // scale) > max_pixels and scale < 8:  # JPEG can decode at 1/2, 1/4 or 1/8 scale
+        scale *= 2
+    request = (max(1, width // scale), max(1, height // scale))
+    if max_side:
+        request = (min(request[0], max_side), min(request[1], max_side))
+    return None if request == (width, height) else request
+
+
+def read_rgb(source: str | os.PathLike | BinaryIO, max_side: int | None = None,
+             max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB, turned upright by its EXIF orientation; raises on unreadable files.
 
     With ``max_side`` the image is shrunk to fit it, and JPEGs are decoded at reduced scale, so an
-    8000 px photo loads in a fraction of the time.
+    8000 px photo loads in a fraction of the time. Any bit depth is scaled to 8 bits (16-bit PNG/TIFF,
+    float TIFF). An image with more than ``max_pixels`` pixels is decoded at reduced scale when the
+    format allows (JPEG), else refused with ImageTooLargeError before any pixel is decoded, so a tiny
+    file claiming 13000x13000 pixels cannot take gigabytes of memory.
     """
-    with Image.open(path) as im:
-        if max_side:
-            im.draft(None, (max_side, max_side))
+    try:
+        with warnings.catch_warnings():  # PIL's decompression-bomb warning: the size is checked right below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    with im:
+        request = _draft_request(im.size, max_side, max_pixels)
+        if request is not None:
+            im.draft(None, request)  # JPEG only: decodes at 1/2 to 1/8 scale; other formats are unchanged
+        if im.width * im.height > max_pixels:
+            raise ImageTooLargeError(f"{im.width}x{im.height} pixels, more than the {max_pixels / 1e6:.0f} megapixels "
+                                     "that are decoded")
         im = ImageOps.exif_transpose(im)  # phone photos are often stored sideways with an EXIF rotation
         if max_side:
             im.thumbnail((max_side, max_side))
+        if im.mode in WIDE_MODES:
+            return as_rgb(wide_to_uint8(im))
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             return as_rgb(np.asarray(im.convert("RGBA")))
         return as_rgb(np.asarray(im.convert("RGB")))

@@ -56,8 +56,13 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     """Write JSON to ``path`` via a temp file and rename, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a full disk must not leave a partial temp file behind
+        raise
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 from .augment import AugmentConfig, augment
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_model_config, read_checkpoint, save_checkpoint
 from .data import DataError, FaceDataset, has_split, load_split, split_train_val
 from .models import ClipEmotionModel, ModelConfig, build_model, count_parameters
 from .runtime import amp_dtype, autocast_for, pick_device, read_jsonl, write_json_atomic
@@ -68,6 +68,7 @@ class TrainConfig:
     data_cache: str | None = None  # where decoded datasets are cached (default ~/.cache/emotion)
     max_images: int = 0  # >0: train on at most this many images (quick trials and benchmarks)
     resume: bool = False  # continue from out/last.pt
+    overwrite: bool = False  # start over in an out folder that already holds a run (its checkpoints and metrics are removed)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation
     log_every: float = 2.0  # seconds between status.json updates
 
@@ -80,11 +81,83 @@ class TrainConfig:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
+    def check(self) -> None:
+        """Refuse NaN, infinite, negative or absurd settings (ConfigError naming the setting and its range).
+
+        The CLI and the app's Training tab both call this before anything is started or written.
+        """
+        def number(name: str, label: str, low: float, high: float, *, low_open: bool = False, whole: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (value > low if low_open else value >= low) and value <= high
+            if whole:
+                ok = ok and float(value).is_integer()
+            if not ok:
+                kind = "a whole number" if whole else "a number"
+                raise ConfigError(f"{label} must be {kind} {'above' if low_open else 'at least'} {low:g} "
+                                  f"and at most {high:g}, got {value!r}")
+
+        number("epochs", "epochs (--epochs)", 1, 10_000, whole=True)
+        number("batch_size", "batch size (--batch-size)", 1, 65_536, whole=True)
+        number("lr", "learning rate (--lr)", 0, 1.0, low_open=True)
+        number("clip_lr", "CLIP learning rate (--clip-lr)", 0, 1.0, low_open=True)
+        number("weight_decay", "weight decay (--weight-decay)", 0, 1.0)
+        number("warmup_epochs", "warmup epochs (--warmup-epochs)", 0, self.epochs if isinstance(self.epochs, int) else 0)
+        number("min_lr_ratio", "minimum learning-rate ratio", 0, 1.0)
+        number("label_smoothing", "label smoothing (--label-smoothing)", 0, 0.99)
+        number("ema_decay", "EMA decay (--ema-decay)", 0, 0.99999)
+        number("unfreeze_epoch", "unfreeze epoch (--unfreeze-epoch)", 0, 10_000, whole=True)
+        number("unfreeze_blocks", "unfrozen CLIP blocks (--unfreeze-blocks)", 0, 1_000, whole=True)
+        number("val_split", "validation split (--val-split)", 0, 0.9)
+        number("threads", "threads (--threads)", 0, 1_024, whole=True)
+        number("max_images", "max images (--max-images)", 0, 1e9, whole=True)
+        number("log_every", "status interval", 0, 3600, low_open=True)
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: use one")
+        try:
+            check_model_config(self.model)
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc}") from exc
+
     def to_dict(self) -> dict:
         """JSON form stored in checkpoints."""
         d = asdict(self)
         d["model"] = self.model.to_dict()
         return d
+
+
+class ConfigError(ValueError):
+    """A training setting is out of range (NaN, infinite, negative or absurd); the message names it."""
+
+
+class RunExistsError(ValueError):
+    """The run folder already holds a run, and neither resume nor overwrite was asked for."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # a folder holding any of these holds a run's work
+RESTART_FILES = (*RUN_FILES, "embeddings.pt", "status.json")  # removed by --overwrite so nothing stale survives
+
+
+def claim_run_folder(cfg: TrainConfig, main: bool = True) -> None:
+    """Refuse (RunExistsError) to train into a folder holding a run unless ``resume`` or ``overwrite`` says so.
+
+    With ``overwrite`` the old run's checkpoints, metrics and status are removed first (by the main process).
+    """
+    out = Path(cfg.out)
+    found = [name for name in RUN_FILES if (out / name).is_file() and (out / name).stat().st_size > 0]
+    if not found or cfg.resume:
+        return
+    if not cfg.overwrite:
+        raise RunExistsError(f"{out} already holds a training run ({', '.join(found)}): pass --resume to continue it, "
+                             "--overwrite to start over in it, or choose another --out")
+    if main:
+        log.warning("--overwrite: removing the previous run's %s from %s", ", ".join(found), out)
+        for name in RESTART_FILES:
+            (out / name).unlink(missing_ok=True)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -301,7 +374,9 @@ def train(cfg: TrainConfig) -> dict:
 
     Raises DataError, WeightsError or CheckpointError with a readable message for bad inputs.
     """
+    cfg.check()
     d, device = _init_distributed(cfg)
+    claim_run_folder(cfg, d.main)  # before anything is written: a refused folder is left exactly as it was
     out = Path(cfg.out)
     handler = None
     if d.main:
@@ -315,7 +390,7 @@ def train(cfg: TrainConfig) -> dict:
     def publish(**changes) -> None:
         status.update(changes, time=time.time())
         if d.main:
-            write_json_atomic(status_path, status)
+            _write_status(status_path, status)
 
     try:
         publish()
@@ -333,12 +408,50 @@ def train(cfg: TrainConfig) -> dict:
             dist.destroy_process_group()
 
 
+def _write_status(path: Path, status: dict) -> None:
+    """Write status.json; a failure (full disk, read-only folder) is logged and training goes on.
+
+    When the atomic write fails, the file is rewritten in place: that needs no new directory entry,
+    so a final "failed" state still reaches an app watching a run whose folder became read-only.
+    """
+    try:
+        write_json_atomic(path, status)
+        return
+    except OSError as exc:
+        first_error = exc
+    try:
+        if path.is_file():
+            path.write_text(json.dumps(status, indent=2))
+            return
+    except OSError:
+        pass
+    log.warning("could not update %s (%s); training goes on", path, first_error)
+
+
+def _finite_everywhere(value: torch.Tensor, d: _Dist, device: torch.device) -> bool:
+    """Whether ``value`` is finite on every process (one tiny all-reduce under DDP, so all ranks stop together)."""
+    ok = bool(torch.isfinite(value).all())
+    if d.world > 1:
+        flag = torch.tensor([1.0 if ok else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = bool(flag.item())
+    return ok
+
+
+def _diverged(what: str, epoch: int, out: Path) -> TrainingDiverged:
+    kept = f"the last good checkpoint {out / 'last.pt'} is kept" if (out / "last.pt").is_file() else "no checkpoint had been written yet"
+    return TrainingDiverged(f"{what} became NaN or infinite in epoch {epoch}: training stopped, {kept}; "
+                            "lower --lr (or --clip-lr) and start again with --overwrite")
+
+
 def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_path: Path, publish) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = load_train_val(cfg)
     log.info("data: %d train faces %s, %d val faces (%s)", len(train_ds), train_ds.class_counts(), len(val_ds), val_ds.source)
+    if train_ds.skipped or val_ds.skipped:
+        log.warning("left out %d unreadable train and %d unreadable val images or CSV rows", train_ds.skipped, val_ds.skipped)
     model, preprocess = build_model(cfg.model, cfg.clip_weights, cfg.cache_dir)
     model.to(device)
     preprocess.to(device)
@@ -365,7 +478,9 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
         blob = read_checkpoint(last_path)
         if blob["model_config"] != cfg.model.to_dict():
             raise DataError(f"--resume: {last_path} holds a different model ({blob['model_config']}); use another --out or the same model flags")
-        state = blob["training_state"]
+        state = blob.get("training_state")
+        if not isinstance(state, dict) or not {"epoch", "optimizer", "scaler", "best"} <= set(state):
+            raise CheckpointError(f"--resume: {last_path} has no complete training state; use --overwrite to start over")
         model.load_state_dict(state.get("raw_model", blob["model"]))
         if ema is not None:
             ema.module.load_state_dict(blob["model"])
@@ -428,6 +543,9 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
                             x = model.embed(x)
                     logits = step_module(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            # Checked before the step, so no NaN reaches the weights, the average or a checkpoint.
+            if not _finite_everywhere(loss.detach(), d, device):
+                raise _diverged(f"the training loss (step {i + 1})", epoch, out)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -446,6 +564,8 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
         loss_sum, correct, seen = _all_reduce([loss_sum, float(correct), float(seen)], d, device)
         shipped = ema.module if ema is not None else model
         val_loss, val_acc = _validate(shipped, preprocess, val_ds, cfg, device, dtype, d, cache["val"] if use_cache else None)
+        if not math.isfinite(val_loss):
+            raise _diverged("the validation loss", epoch, out)
         row = {
             "epoch": epoch, "phase": phase, "train_loss": loss_sum / seen, "train_acc": correct / seen,
             "val_loss": val_loss, "val_acc": val_acc,

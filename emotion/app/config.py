@@ -27,6 +27,8 @@ class AppConfig:
     share: bool = False  # no public gradio.live link unless asked
     max_file_size: str = "20mb"  # upload limit, checked by Gradio before a file reaches a handler
     max_side: int = MAX_SIDE  # photos and frames are downscaled to this longer side before analysis
+    cache_sweep_s: int = 10  # how often Gradio's temp folder is swept of this app's uploads and results
+    cache_max_age_s: int = 30  # uploads and results older than this are deleted, so none outlives 40 s after its response
     stream_every: float = 0.1  # seconds between webcam frames sent to the server (up to 10 FPS)
     stream_time_limit: int = 600  # a webcam stream stops after 10 minutes so one tab cannot hold a slot forever
     max_live_streams: int = 4  # webcam streams analyzed at once; more sessions wait for a free slot

@@ -20,6 +20,7 @@ from ..overlay import draw_faces
 from ..recognizer import FaceTracker
 
 from .config import IMAGE_HEIGHT, MAX_SIDE, AppConfig
+from .inputs import PhotoError, client_image, result_file
 
 if TYPE_CHECKING:
     from .model_panel import ModelManager
@@ -110,6 +111,21 @@ def analyze_frame(models: ModelManager, frame: np.ndarray | None, session: LiveS
     return annotated, label, readout, faces, session
 
 
+def analyze_client_frame(models: ModelManager, payload: object, session: LiveSession | None,
+                         max_side: int = MAX_SIDE) -> tuple:
+    """The Live tab's event handler: ``analyze_frame`` for a request's unprocessed payload.
+
+    Only a frame the client uploaded or sent inline is decoded (never another file on the server); a bad
+    one gets a message instead of an error. The annotated frame goes back in a file of its own.
+    """
+    try:
+        decoded = client_image(payload, max_side)
+    except PhotoError as exc:
+        return None, None, f"⚠️ {exc}", [], session or LiveSession()
+    annotated, *rest = analyze_frame(models, None if decoded is None else decoded[0], session, max_side)
+    return (result_file(annotated, "jpeg") if isinstance(annotated, np.ndarray) else annotated), *rest
+
+
 def build_live_tab(models: ModelManager, config: AppConfig) -> None:
     """The Live tab: webcam in, annotated frames, the main face's probabilities and an FPS readout."""
     with gr.Tab("Live", id="live"):
@@ -127,14 +143,14 @@ def build_live_tab(models: ModelManager, config: AppConfig) -> None:
             faces_json = gr.JSON(label="Faces", elem_id="live-json")
 
         def on_frame(frame, state):
-            return analyze_frame(models, frame, state, config.max_side)
+            return analyze_client_frame(models, frame, state, config.max_side)
 
         outputs = [annotated, probs, readout, faces_json, session]
         camera.stream(on_frame, inputs=[camera, session], outputs=outputs, stream_every=config.stream_every,
                       time_limit=config.stream_time_limit, concurrency_limit=config.max_live_streams,
-                      show_progress="hidden", api_visibility="undocumented")
+                      show_progress="hidden", api_visibility="undocumented", preprocess=False)
         # gradio_client cannot call streaming events, so the same per-frame function also has a plain endpoint.
         frame_api = gr.Button(visible=False)
-        frame_api.click(on_frame, inputs=[camera, session], outputs=outputs, api_name="analyze_frame")
+        frame_api.click(on_frame, inputs=[camera, session], outputs=outputs, api_name="analyze_frame", preprocess=False)
 
 

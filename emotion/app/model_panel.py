@@ -25,7 +25,7 @@ class ModelManager:
     """
 
     def __init__(self, checkpoint: Path, face_model: Path | None, device: str, assets_dir: Path, runs_dir: Path,
-                 repo_root: Path):
+                 repo_root: Path, fallback: Path | None = None):
         self.device = device
         self.assets_dir = Path(assets_dir)
         self.runs_dir = Path(runs_dir)
@@ -36,18 +36,32 @@ class ModelManager:
         self.recognizer: Recognizer | None = None
         self.active_path: Path | None = None
         self.problem: str | None = None  # why no model is loaded, shown in the UI instead of results
+        self.notice: str | None = None  # why the app runs another model than it was given, shown in the panel
         try:
             self._load(Path(checkpoint))
         except CheckpointError as exc:
-            # The app still starts: a model can be trained in the Training tab or picked in the model panel.
+            # The app still starts: on ``fallback`` (the shipped model) when it loads, saying why; otherwise
+            # without a model, which can then be trained in the Training tab or picked in the model panel.
             self.problem = str(exc)
-            log.error("no emotion model loaded: %s", exc)
+            log.error("cannot load the emotion model %s: %s", checkpoint, exc)
+            if fallback is not None and Path(fallback).resolve() != Path(checkpoint).resolve():
+                self._load_fallback(Path(fallback), str(exc))
+
+    def _load_fallback(self, fallback: Path, reason: str) -> None:
+        try:
+            name = self._load(fallback)
+        except CheckpointError as exc:
+            log.error("the fallback model %s does not load either: %s", fallback, exc)
+            return
+        self.notice = f"The requested checkpoint could not be loaded, so the shipped model runs instead: {reason}"
+        log.warning("using %s instead", name)
 
     def _load(self, path: Path) -> str:
         classifier = EmotionClassifier.from_checkpoint(path, device=self.device)
         self.recognizer = Recognizer(classifier, self.detector)
         self.active_path = path.resolve()
         self.problem = None
+        self.notice = None
         return classifier.name
 
     def checkpoints(self) -> list[Path]:
@@ -90,7 +104,8 @@ class ModelManager:
         faces = self.detector.source
         if self.detector.backend == "haar":
             faces = f"⚠️ {faces}"
-        return f"**Model:** {model} &nbsp;·&nbsp; **Device:** `{device}`  \n**Face detector:** {faces}"
+        text = f"**Model:** {model} &nbsp;·&nbsp; **Device:** `{device}`  \n**Face detector:** {faces}"
+        return f"{text}  \n⚠️ {self.notice}" if self.notice else text
 
 
 @dataclass

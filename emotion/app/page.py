@@ -12,6 +12,7 @@ import logging
 import gradio as gr
 import torch
 
+from ..predict import DEFAULT_CHECKPOINT
 from .config import REPO, AppConfig
 from .live import build_live_tab
 from .model_panel import ModelManager, build_model_panel
@@ -38,7 +39,7 @@ class EmotionApp:
             # Two threads on a busy 2-core machine wait on each other: measured 191 ms vs 4 ms per CNN forward.
             torch.set_num_threads(config.threads)
         self.models = ModelManager(config.checkpoint, config.face_model, config.device, config.assets_dir,
-                                   config.runs_dir, REPO)
+                                   config.runs_dir, REPO, fallback=DEFAULT_CHECKPOINT)
         self.runner = TrainingRunner(config.runs_dir, nice=config.training_nice) if config.training else None
         if self.runner is not None:
             # The trainer lives in its own process group, so it would outlive the app without this.
@@ -46,9 +47,12 @@ class EmotionApp:
         self.demo = self._build()
 
     def _build(self) -> gr.Blocks:
-        with gr.Blocks(title="Emotion recognition") as demo:
+        # delete_cache: uploads, webcam frames and result images are deleted from Gradio's temp folder once older
+        # than cache_max_age_s, checked every cache_sweep_s, so "not stored" holds (and at shutdown, all of them).
+        with gr.Blocks(title="Emotion recognition",
+                       delete_cache=(self.config.cache_sweep_s, self.config.cache_max_age_s)) as demo:
             gr.Markdown("# Facial emotion recognition\nSeven emotions (FER2013 classes), live from your webcam or from a photo. "
-                        "Frames and photos are analyzed on this server and not stored.")
+                        "Frames and photos are analyzed on this server and not stored: they and the results are deleted within a minute.")
             panel = build_model_panel(self.models)
             with gr.Tabs():
                 build_live_tab(self.models, self.config)

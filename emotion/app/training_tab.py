@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..data import has_split
 from ..labels import CLASS_NAMES, display
+from ..train import TrainConfig
 from .config import AppConfig
 from .model_panel import ModelManager, ModelPanel, refresh_choices, switch_model
 from .training_runner import ACTIVE_STATES, TrainingRun, TrainingRunner, TrainRequest
@@ -76,20 +77,40 @@ def resolve_clip_weights(root: Path, value: str | None) -> str | None:
 def start_training(runner: TrainingRunner, data_root: Path, dataset: str | None, model: str, epochs: float,
                    batch_size: float, lr: float, clip_lr: float, unfreeze_epoch: float, clip_weights: str | None,
                    max_images: float) -> tuple[str, gr.Timer]:
-    """Start button: validate the form and launch a run; returns (status message, timer update)."""
+    """Start button: validate the form and launch a run; returns (status message, timer update).
+
+    The numbers go through the same check as ``train_cli.py train`` (``TrainConfig.check``), so NaN,
+    infinite, negative or absurd values are refused here with the trainer's own message.
+    """
     try:
-        request = TrainRequest(data=resolve_dataset(data_root, dataset), model=model, epochs=int(epochs),
-                               batch_size=int(batch_size), lr=float(lr), clip_lr=float(clip_lr),
-                               unfreeze_epoch=int(unfreeze_epoch), clip_weights=resolve_clip_weights(data_root, clip_weights),
-                               max_images=int(max_images or 0))
-        if request.epochs < 1 or request.batch_size < 1 or request.lr <= 0 or request.clip_lr <= 0:
-            raise ValueError("Epochs and batch size must be at least 1, and learning rates above 0.")
+        if model not in {value for _, value in MODEL_CHOICES}:
+            raise ValueError(f"Unknown model {model!r}: choose one of the listed models.")
+        numbers = {"epochs": _whole(epochs, "Epochs"), "batch_size": _whole(batch_size, "Batch size"), "lr": _number(lr, "Learning rate"),
+                   "clip_lr": _number(clip_lr, "CLIP learning rate"), "unfreeze_epoch": _whole(unfreeze_epoch, "Unfreeze epoch"),
+                   "max_images": _whole(max_images or 0, "Max training images")}
+        TrainConfig.for_model(model, **numbers).check()
+        request = TrainRequest(data=resolve_dataset(data_root, dataset), model=model,
+                               clip_weights=resolve_clip_weights(data_root, clip_weights), **numbers)
         run = runner.start(request)
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
         log.info("training not started: %s", exc)
         gr.Warning(str(exc))
         return f"⚠️ {exc}", gr.Timer(active=False)
     return f"Started **{run.run_dir.name}** …", gr.Timer(active=True)
+
+
+def _number(value: object, label: str) -> float:
+    """A form number as float; ValueError naming the field for empty or non-numeric input (NaN and inf pass to the check)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} must be a number, got {value!r}.") from None
+
+
+def _whole(value: object, label: str) -> int | float:
+    """A form number that must be whole: an int when it is one, else the float itself so the check names it."""
+    number = _number(value, label)
+    return int(number) if number.is_integer() else number
 
 
 def stop_training(runner: TrainingRunner) -> str:

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image
 
 from ..faces import as_rgb
 from ..labels import display
 from ..overlay import draw_faces
-from ..recognizer import read_rgb
 from .config import IMAGE_HEIGHT, MAX_SIDE, AppConfig
+from .inputs import PhotoError, client_image, read_image_file, result_file
 from .live import fit_within, label_value, no_model_message
 
 if TYPE_CHECKING:
@@ -28,17 +26,15 @@ log = logging.getLogger(__name__)
 
 MAX_FACE_LABELS = 6  # probability panels shown for a photo; the JSON always has every face
 SMALL_FACE_PX = 48  # faces smaller than a FER2013 crop are upscaled for the model and less reliable
-
-
-class PhotoError(ValueError):
-    """An upload that cannot be analyzed; the message is written for the user."""
+RESULT_FORMAT = "webp"  # the annotated photo sent back (as gr.Image's default format would)
 
 
 def load_photo(value: Any, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """An uploaded photo as HxWx3 uint8 RGB no larger than ``max_side``, and its original (width, height).
+    """A photo as HxWx3 uint8 RGB no larger than ``max_side``, and its original (width, height).
 
-    ``value`` is a file path, Gradio's file payload (a dict with ``path``) or an image array. Any mode
-    works (grayscale, RGBA composited on white, palette); raises PhotoError for anything unreadable.
+    ``value`` is a local file path, a dict with ``path`` or an image array, from Python callers; requests
+    from clients go through ``analyze_upload``, which accepts only files that were uploaded. Any mode
+    works (grayscale, 16-bit, RGBA composited on white, palette); raises PhotoError for anything unreadable.
     """
     if isinstance(value, dict):
         value = value.get("path")
@@ -50,31 +46,25 @@ def load_photo(value: Any, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
         return fit_within(rgb, max_side), (rgb.shape[1], rgb.shape[0])
     if not isinstance(value, (str, os.PathLike)):
         raise PhotoError("No photo was received; please upload a JPEG, PNG or WebP image.")
-    path = Path(value)
-    try:
-        with Image.open(path) as im:
-            size = im.size
-        return read_rgb(path, max_side), size
-    except Image.DecompressionBombError as exc:
-        raise PhotoError("This image has too many pixels to analyze safely; please upload a smaller version.") from exc
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unknown formats and truncated or corrupt files
-        log.info("unreadable upload %s: %s", path.name, exc)
-        raise PhotoError(f"“{path.name}” could not be read as an image; please upload a JPEG, PNG or WebP photo.") from exc
+    return read_image_file(value, max_side)
 
 
 def _hidden_labels(count: int = MAX_FACE_LABELS) -> list:
     return [gr.Label(value=None, visible=False) for _ in range(count)]
 
 
-def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, max_side: int = MAX_SIDE) -> tuple:
+def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, max_side: int = MAX_SIDE, *,
+                  from_client: bool = False) -> tuple:
     """A photo -> (annotated image, message, faces JSON, one gr.Label update per face panel).
 
     Faces are largest first; ``whole_image`` classifies the whole picture as one face (for face crops).
+    ``from_client``: ``photo`` is a request's unprocessed payload, so only an uploaded file (or inline
+    image data) is opened, never another path on the server (see ``inputs.client_image``).
     """
     if photo is None:
         return None, "Upload a photo (JPEG, PNG or WebP) to see the emotion of each face.", [], *_hidden_labels()
     try:
-        rgb, (width, height) = load_photo(photo, max_side)
+        rgb, (width, height) = client_image(photo, max_side) if from_client else load_photo(photo, max_side)
     except PhotoError as exc:
         gr.Warning(str(exc))
         return None, f"⚠️ {exc}", [], *_hidden_labels()
@@ -112,13 +102,23 @@ def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, m
     return annotated, " ".join([message, *notes]), faces, *labels
 
 
+def analyze_upload(models: ModelManager, payload: Any, whole_image: bool = False, max_side: int = MAX_SIDE) -> tuple:
+    """The Upload tab's event handler: ``analyze_photo`` for a client's request, with the result in a file of its own.
+
+    ``payload`` is Gradio's unprocessed input: only a file the client uploaded (or inline image data)
+    is opened; anything else, such as a path to another file on the server, is refused with a message.
+    """
+    annotated, *rest = analyze_photo(models, payload, whole_image, max_side, from_client=True)
+    return result_file(annotated, RESULT_FORMAT), *rest
+
+
 def build_upload_tab(models: ModelManager, config: AppConfig) -> None:
     """The Upload tab: a photo of any size and mode in, annotated image, one probability panel per face and JSON."""
     with gr.Tab("Upload a photo", id="upload"):
         with gr.Row():
             with gr.Column():
-                # type="filepath" and preprocess=False below: the handler decodes the file itself, so a corrupt
-                # upload gets a friendly message instead of failing inside Gradio's image preprocessing.
+                # type="filepath" and preprocess=False below: the handler checks that the file was uploaded and decodes
+                # it itself, so a corrupt upload gets a friendly message instead of failing inside Gradio's preprocessing.
                 photo = gr.Image(sources=["upload", "clipboard"], type="filepath", label="Photo", height=IMAGE_HEIGHT,
                              elem_id="upload-photo")
                 whole = gr.Checkbox(False, label="Classify the whole image", info="skip face detection (for photos that are one face crop)")
@@ -131,6 +131,6 @@ def build_upload_tab(models: ModelManager, config: AppConfig) -> None:
         with gr.Accordion("Faces as JSON", open=False):
             faces_json = gr.JSON(label="Faces", elem_id="upload-json")
 
-        gr.on([photo.upload, run.click], lambda p, w: analyze_photo(models, p, w, config.max_side),
+        gr.on([photo.upload, run.click], lambda p, w: analyze_upload(models, p, w, config.max_side),
               inputs=[photo, whole], outputs=[annotated, message, faces_json, *labels], preprocess=False,
               api_name="analyze_photo", concurrency_limit=2)
