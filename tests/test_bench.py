@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from emotion.bench import BenchConfig, format_report, run_benchmark
+from emotion.bench import BenchConfig, run_benchmark
+from emotion.bench_report import format_report
 
 
 def _get(result: dict, dotted: str):
