@@ -261,9 +261,10 @@ class FaceDetector:
         factor = math.ceil(max(gray.shape) / HAAR_MAX_SIDE)
         if factor > 1:
             gray = cv2.resize(gray, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
-        found = self._haar.detectMultiScale(gray, scaleFactor=HAAR_SCALE_STEP, minNeighbors=4, minSize=(HAAR_MIN_PX, HAAR_MIN_PX))
+        found, votes = self._haar.detectMultiScale2(gray, scaleFactor=HAAR_SCALE_STEP, minNeighbors=4,
+                                                    minSize=(HAAR_MIN_PX, HAAR_MIN_PX))
         out = []
-        for x, y, w, h in np.asarray(found, dtype=np.float64).reshape(-1, 4) * factor:
+        for x, y, w, h in _drop_nested(np.asarray(found, dtype=np.float64).reshape(-1, 4), np.ravel(votes)) * factor:
             side = w * _HAAR_TO_BLAZE_SCALE
             cx, cy = x + w / 2, y + h / 2 + _HAAR_TO_BLAZE_SHIFT * h
             out.append((cx - side / 2, cy - side / 2, side, side, 1.0))
@@ -273,6 +274,21 @@ class FaceDetector:
         """Release MediaPipe's native resources (also done automatically at exit)."""
         if self._mp is not None:
             self._mp.close()
+
+
+def _drop_nested(boxes: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """Haar's (x, y, w, h) rows without boxes that overlap a better-supported one by over half the smaller's area.
+
+    The cascade sometimes reports one face twice, nested: the face and a larger box around it, or its inner
+    part. The one that more detection windows voted for (``votes``, its neighbour count) is the face.
+    """
+    kept: list[np.ndarray] = []
+    for i in np.argsort(-np.asarray(votes), kind="stable"):
+        x, y, w, h = boxes[i]
+        if not any(max(0.0, min(x + w, kx + kw) - max(x, kx)) * max(0.0, min(y + h, ky + kh) - max(y, ky))
+                   > 0.5 * min(w * h, kw * kh) for kx, ky, kw, kh in kept):
+            kept.append(boxes[i])
+    return np.array(kept).reshape(-1, 4)
 
 
 def _fer_square(box: Box, margin: float) -> tuple[int, int, int]:
