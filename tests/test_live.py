@@ -2,6 +2,7 @@
 inference threads, the stream cadence, and a UI training run that yields to live inference."""
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -25,12 +26,20 @@ from make_clip import face_scene
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP = gr.skip()
+_FRAME_NUMBERS = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
 def models(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelManager:
     base = tmp_path_factory.mktemp("live")
     return ModelManager(tiny_cnn_checkpoint, face_model_path, "cpu", base / "assets", base / "runs", ROOT)
+
+
+def _fresh(frame: np.ndarray) -> np.ndarray:
+    """A copy of ``frame`` one pixel different: the next camera frame (the same frame twice is skipped)."""
+    out = frame.copy()
+    out[0, 0] = next(_FRAME_NUMBERS) % 256
+    return out
 
 
 def _face(x: int, label: str, score: float = 0.6) -> dict:
@@ -72,12 +81,12 @@ def test_stream_frame_sends_panels_for_several_faces_only_when_they_change(model
         canvas[140:340, 10 + 210 * i: 210 + 210 * i] = cv2.resize(real_faces[name][0], (200, 200))[:, :, None]
         boxes.append(Box(10 + 210 * i, 140, 200, 200, 0.9))
     monkeypatch.setattr(models.detector, "detect", lambda rgb: boxes)  # detection is covered in test_faces.py
-    annotated, label, readout, faces, panels, chart, session = stream_frame(models, canvas, None)
+    annotated, label, readout, faces, panels, chart, session = stream_frame(models, _fresh(canvas), None)
     assert len(faces) == 3 and "3 faces" in readout and panels.count('class="face-panel"') == 3
     monkeypatch.setattr(models.detector, "detect", lambda rgb: boxes[:1])
-    panels = stream_frame(models, canvas, session)[4]
+    panels = stream_frame(models, _fresh(canvas), session)[4]
     assert panels == ""  # back to one face: the panels clear, once
-    assert stream_frame(models, canvas, session)[4] == SKIP
+    assert stream_frame(models, _fresh(canvas), session)[4] == SKIP
 
 
 # --- timeline ---------------------------------------------------------------------------------------------
@@ -115,23 +124,36 @@ def test_timeline_keeps_30_seconds_breaks_lines_at_gaps_and_resets() -> None:
     assert all(np.diff(times).max() <= GAP_S for times, _ in segments)
     timeline.reset()
     assert not timeline.times and timeline.due(0.0)
+    timeline.render(0.0)
+    assert not timeline.due(10.0)  # an empty chart is drawn once, not again and again
+    timeline.add(10.0, probs)
+    assert timeline.due(10.0)
 
 
 def test_stream_frame_redraws_the_timeline_a_few_times_per_second_and_resets_on_restart(models: ModelManager,
                                                                                         real_faces) -> None:
     scene = face_scene(real_faces["happy"][0])
-    *_, chart, session = stream_frame(models, scene, None)
+    *_, chart, session = stream_frame(models, _fresh(scene), None)
     assert isinstance(chart, np.ndarray) and chart.shape == (SIZE[1], SIZE[0], 3)
-    assert stream_frame(models, scene, session)[5] == SKIP  # drawn a moment ago: not due yet
+    assert stream_frame(models, _fresh(scene), session)[5] == SKIP  # drawn a moment ago: not due yet
     assert len(session.timeline.times) == 2
     session.timeline.drawn_at -= session.timeline.every_s
-    assert isinstance(stream_frame(models, scene, session)[5], np.ndarray)
-    assert stream_frame(models, scene, session, show_timeline=False)[5] == SKIP
+    assert isinstance(stream_frame(models, _fresh(scene), session)[5], np.ndarray)
+    assert stream_frame(models, _fresh(scene), session, show_timeline=False)[5] == SKIP
     session.last_frame_at -= 10.0  # the stream stopped for a while: a new stream starts afresh
-    stream_frame(models, scene, session)
+    stream_frame(models, _fresh(scene), session)
     assert len(session.timeline.times) == 1
     empty = stream_frame(models, None, session)
     assert empty[4] == SKIP and empty[5] == SKIP and isinstance(empty[6], LiveSession)
+
+
+def test_the_same_frame_sent_twice_is_analyzed_once(models: ModelManager, real_faces) -> None:
+    scene = face_scene(real_faces["sad"][0])
+    session = stream_frame(models, scene, None)[-1]
+    *outputs, same = stream_frame(models, scene.copy(), session)
+    assert outputs == [SKIP] * 6 and same is session and len(session.timeline.times) == 1
+    moved = np.roll(scene, 2, axis=1)
+    assert isinstance(stream_frame(models, moved, session)[0], np.ndarray)
 
 
 # --- speed settings ---------------------------------------------------------------------------------------

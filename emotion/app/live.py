@@ -44,6 +44,7 @@ class LiveSession:
     misses: int = FACE_HOLD_FRAMES  # consecutive frames without a face (starts "long ago": nothing to hold)
     timeline: Timeline = field(default_factory=Timeline)  # the main face's smoothed probabilities, last 30 s
     panels: str = ""  # the face panels' HTML last sent, so an unchanged one is not sent again
+    last_input: np.ndarray | None = None  # the previous webcam frame as received, to spot the same frame sent twice
 
     def tick(self, now: float) -> None:
         """Account for a frame arriving at ``now``."""
@@ -156,9 +157,14 @@ def stream_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSe
     timeline chart, session).
 
     Each extra is sent only when it changed (panels) or is due (the chart, a few times per second), so
-    the stream keeps its frame rate with them on.
+    the stream keeps its frame rate with them on. The browser may capture the same camera frame twice
+    (it asks faster than a camera makes frames); a repeat is not analyzed again and changes nothing.
     """
+    if session is not None and frame is not None and session.last_input is not None \
+            and np.array_equal(frame, session.last_input):
+        return (*[gr.skip()] * 6, session)
     annotated, label, readout, faces, session = analyze_frame(models, frame, session, max_side)
+    session.last_input = frame
     if not isinstance(faces, list):  # an empty frame: nothing changes
         return annotated, label, readout, faces, gr.skip(), gr.skip(), session
     now = time.perf_counter()

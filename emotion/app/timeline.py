@@ -38,12 +38,14 @@ class Timeline:
         self.times: deque[float] = deque()
         self.probs: deque[np.ndarray] = deque()
         self.drawn_at: float | None = None
+        self.drawn_empty = False  # the last chart drawn had no lines: another empty one would be the same picture
 
     def reset(self) -> None:
         """Forget everything, e.g. when the stream restarts."""
         self.times.clear()
         self.probs.clear()
         self.drawn_at = None
+        self.drawn_empty = False
 
     def add(self, now: float, probs: np.ndarray) -> None:
         """Record the main face's probabilities (in ``CLASS_NAMES`` order) at time ``now``."""
@@ -57,7 +59,10 @@ class Timeline:
             self.probs.popleft()
 
     def due(self, now: float) -> bool:
-        """Whether ``every_s`` has passed since the last ``render``."""
+        """Whether ``every_s`` has passed since the last ``render`` and the chart would show something new."""
+        self._forget(now)
+        if self.drawn_empty and not self.times:
+            return False
         return self.drawn_at is None or now - self.drawn_at >= self.every_s
 
     def _segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -72,6 +77,7 @@ class Timeline:
         """The chart (``SIZE``, RGB uint8): one line per emotion in its colour, time axis in seconds ago."""
         self.drawn_at = now
         self._forget(now)
+        self.drawn_empty = not self.times
         width, height = SIZE
         left, top, right, bottom = _PLOT
         out = np.full((height, width, 3), _BACKGROUND, np.uint8)
