@@ -14,7 +14,7 @@ import pytest
 
 from conftest import make_folder_dataset
 from emotion.app import AppConfig
-from emotion.app.live import MAX_FACE_PANELS, PANEL_TOP, LiveSession, face_panels, stream_frame
+from emotion.app.live import MAX_FACE_PANELS, PANEL_TOP, TEXT_EVERY_S, LiveSession, face_panels, stream_frame
 from emotion.app.model_panel import ModelManager
 from emotion.app.timeline import GAP_S, SIZE, Timeline
 from emotion.app.training_runner import TrainingRunner, TrainRequest
@@ -145,6 +145,17 @@ def test_stream_frame_redraws_the_timeline_a_few_times_per_second_and_resets_on_
     assert len(session.timeline.times) == 1
     empty = stream_frame(models, None, session)
     assert empty[4] == SKIP and empty[5] == SKIP and isinstance(empty[6], LiveSession)
+
+
+def test_readout_and_json_are_sent_a_few_times_per_second(models: ModelManager, real_faces) -> None:
+    scene = face_scene(real_faces["happy"][0])
+    _, label, readout, faces, _, _, session = stream_frame(models, _fresh(scene), None)
+    assert "1 face" in readout and len(faces) == 1
+    annotated, label, readout, faces = stream_frame(models, _fresh(scene), session)[:4]
+    assert isinstance(annotated, np.ndarray) and set(label) == {display(c) for c in CLASS_NAMES}  # every frame
+    assert readout == SKIP and faces == SKIP  # text: not again so soon
+    session.text_at -= TEXT_EVERY_S
+    assert "1 face" in stream_frame(models, _fresh(scene), session)[2]
 
 
 def test_the_same_frame_sent_twice_is_analyzed_once(models: ModelManager, real_faces) -> None:

@@ -32,6 +32,9 @@ STREAM_GAP_S = 2.0  # a longer pause between frames means a new stream: smoothin
 FACE_HOLD_FRAMES = 5  # the bars stay through this many frames without a face (a blink of the detector), then clear
 MAX_FACE_PANELS = 4  # with 2 to this many faces each gets a compact panel; more faces: the largest this many
 PANEL_TOP = 3  # probabilities listed per face panel
+# The readout and the faces JSON are text read a few times per second at most: sending them with every frame
+# would only make the browser re-render them at camera speed, time the stream's frames need.
+TEXT_EVERY_S = 0.25
 
 
 @dataclass
@@ -45,6 +48,7 @@ class LiveSession:
     timeline: Timeline = field(default_factory=Timeline)  # the main face's smoothed probabilities, last 30 s
     panels: str = ""  # the face panels' HTML last sent, so an unchanged one is not sent again
     last_input: np.ndarray | None = None  # the previous webcam frame as received, to spot the same frame sent twice
+    text_at: float | None = None  # perf_counter() when the readout and faces JSON were last sent
 
     def tick(self, now: float) -> None:
         """Account for a frame arriving at ``now``."""
@@ -55,6 +59,7 @@ class LiveSession:
             self.fps = None
             self.misses = FACE_HOLD_FRAMES
             self.timeline.reset()
+            self.text_at = None
         elif gap > 0:
             self.fps = 1.0 / gap if self.fps is None else 0.8 * self.fps + 0.2 / gap
 
@@ -156,8 +161,8 @@ def stream_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSe
     """``analyze_frame`` plus the stream's extras: (annotated, probabilities, readout, faces JSON, face panels,
     timeline chart, session).
 
-    Each extra is sent only when it changed (panels) or is due (the chart, a few times per second), so
-    the stream keeps its frame rate with them on. The browser may capture the same camera frame twice
+    Each extra is sent only when it changed (panels) or is due (the chart, readout and JSON: a few times
+    per second), so the stream keeps its frame rate with them on. The browser may capture the same camera frame twice
     (it asks faster than a camera makes frames); a repeat is not analyzed again and changes nothing.
     """
     if session is not None and frame is not None and session.last_input is not None \
@@ -176,6 +181,10 @@ def stream_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSe
         panels = gr.skip()
     else:
         session.panels = panels
+    if session.text_at is not None and now - session.text_at < TEXT_EVERY_S:
+        readout, faces = gr.skip(), gr.skip()
+    else:
+        session.text_at = now
     return annotated, label, readout, faces, panels, chart, session
 
 
