@@ -29,7 +29,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .labels import CLASS_NAMES
 from .models import ModelConfig, build_model
 from .predict import EmotionClassifier, default_checkpoint
-from .runtime import autocast_for, cpu_has_native_bf16, pick_device, read_jsonl
+from .runtime import autocast_for, cpu_cores, cpu_has_native_bf16, pick_device, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class BenchConfig:
     training: bool = True  # measure training throughput with the real trainer
     onnx: bool = True  # export each model to ONNX and time ONNX Runtime against PyTorch
     compile: bool = False  # also time torch.compile on the CNN (compiling costs about a minute on a small CPU)
-    threads: int = 1  # torch threads for the pipeline, as the app uses (AppConfig.threads); forward variants time others
+    threads: int = 0  # torch threads for the pipeline; 0 = every core, as the app uses (AppConfig.threads); it is also timed on 1 thread
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -398,14 +398,17 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
     clf = EmotionClassifier.from_checkpoint(checkpoint, device=cfg.device, amp=cfg.amp)
     recognizer = Recognizer(clf, detector)
     default_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads or default_threads)
-    try:
-        pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg) for n, frame in frames.items()}
-    finally:
-        torch.set_num_threads(default_threads)
-    pipe["threads"] = cfg.threads or default_threads
-    pipe |= {"model": clf.name, "autocast": str(clf.dtype).replace("torch.", "") if clf.dtype else "off (fp32)"}
-    result["pipeline"][name] = pipe
+    # The app's setting (every core by default), then 1 thread: what is left to it while other work holds the cores.
+    for key, threads in (("pipeline", cfg.threads or cpu_cores()), ("pipeline_1_thread", 1)):
+        torch.set_num_threads(threads)
+        try:
+            pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg) for n, frame in frames.items()}
+        finally:
+            torch.set_num_threads(default_threads)
+        pipe |= {"threads": threads, "model": clf.name,
+                 "autocast": str(clf.dtype).replace("torch.", "") if clf.dtype else "off (fp32)"}
+        result[key][name] = pipe
+    pipe = result["pipeline"][name]
     one, four = pipe["1_face"], pipe["4_face"]
     result["ratios"][name] = {
         "total_over_forward_1_face": round(one["total_ms"]["median"] / one["forward_ms"]["median"], 2),
@@ -428,12 +431,29 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
             result["memory"][f"{name}_app_gpu_peak_mb"] = mem["gpu_peak_mb"]
 
 
+def _detectors(detector, frames: dict[int, np.ndarray], cfg: BenchConfig) -> dict:
+    """Each face detector alone on the 640x480 frames: BlazeFace (when its model was found) and the Haar fallback."""
+    from .faces import FaceDetector
+
+    detectors = {"haar": FaceDetector(backend="haar")}
+    if detector.backend == "mediapipe":
+        detectors["blazeface"] = detector
+    out = {}
+    for name, det in detectors.items():
+        out[name] = {"ms": _time_ms(lambda det=det: det.detect(frames[1]), cfg),
+                     "ms_4_face": _time_ms(lambda det=det: det.detect(frames[4]), cfg),
+                     "faces_found": {f"{n}_face": len(det.detect(frame)) for n, frame in frames.items()}}
+    return out
+
+
 def run_benchmark(cfg: BenchConfig) -> dict:
     """Run every measurement ``cfg`` asks for; returns a JSON-ready dict.
 
-    Keys: ``machine``; ``pipeline.<model>.<n>_face`` (n = 1, 4) with ``faces_detected`` and
-    ``<stage>_ms.{median,p90,min}`` for the stages detect, crop, forward, smooth, overlay and total;
-    ``ratios.<model>``; ``forward.<model>.<variant>.<n>_face`` (fp32, bf16, fp32_1_thread on CPU,
+    Keys: ``machine``; ``detector.<blazeface|haar>`` with ``ms.{median,p90,min}`` on the 1-face frame,
+    ``ms_4_face`` and ``faces_found`` (blazeface only when its model is found);
+    ``pipeline.<model>.<n>_face`` (n = 1, 4) with ``faces_detected`` and ``<stage>_ms.{median,p90,min}``
+    for the stages detect, crop, forward, smooth, overlay and total, at the default thread setting
+    (``pipeline.<model>.threads``), and the same at 1 thread in ``pipeline_1_thread``; ``ratios.<model>``; ``forward.<model>.<variant>.<n>_face`` (fp32, bf16, fp32_1_thread on CPU,
     fp16 on CUDA, fp32_contiguous and fp32_compiled for the CNN); ``onnx.<model>``;
     ``training.<model>.<phase>`` with ``images_per_s`` (CNN: full; CLIP: frozen_cached,
     frozen_uncached, unfrozen, plus the frozen_phase projection); ``memory.<model>_app_rss_mb``
@@ -443,11 +463,13 @@ def run_benchmark(cfg: BenchConfig) -> dict:
 
     device = pick_device(cfg.device)
     result: dict = {"machine": machine_info(device), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-                    "pipeline": {}, "ratios": {}, "forward": {}, "onnx": {}, "training": {}, "memory": {}}
+                    "detector": {}, "pipeline": {}, "pipeline_1_thread": {}, "ratios": {}, "forward": {}, "onnx": {},
+                    "training": {}, "memory": {}}
     face_model = _face_model(cfg)
     detector = FaceDetector(face_model, allow_download=False)
     result["machine"]["face_detector"] = detector.source
     frames = compose_frames(detector, Path(cfg.fer_dir) if cfg.fer_dir else SHARED_FER)
+    result["detector"] = _detectors(detector, frames, cfg)
     with tempfile.TemporaryDirectory(prefix="emotion-bench-") as tmp:
         for name, checkpoint in _checkpoints(cfg, Path(tmp)).items():
             log.info("benchmarking %s (%s)", name, checkpoint)

@@ -182,19 +182,25 @@ class FaceDetector:
     """Finds faces in RGB frames; create it once and share it (``detect`` is thread-safe).
 
     ``model_path`` names a BlazeFace model (see ``resolve_face_model`` for the search order);
+    ``backend="haar"`` skips it and runs the Haar cascade (e.g. to benchmark the fallback);
     ``min_confidence`` applies to BlazeFace only (Haar boxes have no score); faces smaller than
     ``min_face_px`` are dropped and only the ``max_faces`` largest are kept.
     """
 
     def __init__(self, model_path: str | None = None, min_confidence: float = 0.5, allow_download: bool = True,
-                 max_faces: int = MAX_FACES, min_face_px: int = MIN_FACE_PX):
+                 max_faces: int = MAX_FACES, min_face_px: int = MIN_FACE_PX, backend: str = "auto"):
         self.min_confidence = min_confidence
         self.max_faces = max_faces
         self.min_face_px = min_face_px
         self._lock = threading.Lock()  # neither MediaPipe's task nor OpenCV's cascade is documented thread-safe
         self._mp = None
         self._haar = None
-        path, description, explicit = _resolve(model_path, allow_download)
+        if backend == "auto":
+            path, description, explicit = _resolve(model_path, allow_download)
+        elif backend == "haar":
+            path, description, explicit = None, "OpenCV Haar cascade (asked for)", False
+        else:
+            raise ValueError(f"face detector backend must be 'auto' or 'haar', got {backend!r}")
         if path is not None:
             try:
                 self._mp = self._create_mediapipe(path, min_confidence)
