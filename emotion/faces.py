@@ -47,7 +47,8 @@ HAAR_CASCADE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xm
 DETECT_MAX_SIDE = 1280  # larger frames are downscaled for detection: BlazeFace sees 128x128 anyway
 # The Haar cascade's cost grows with the pixels it scans: at 640x480 it took ~70 ms, on a third of that
 # (213x160) ~4 ms, and webcam faces (100 px and up) are still 30+ px there, well above its 20 px window.
-HAAR_MAX_SIDE = 240  # the Haar cascade scans a grayscale copy downscaled by an integer factor to this longer side
+# It then finds faces from about a tenth of the image's longer side, still smaller than BlazeFace short-range can.
+HAAR_SCAN_SIDE = 240  # the Haar cascade scans a grayscale copy shrunk by the integer factor nearest to reaching this longer side
 HAAR_MIN_PX = 20  # smallest face, in pixels of that copy (a 640x480 frame: 60 px faces)
 HAAR_SCALE_STEP = 1.15  # window growth per pyramid level: 1.1 found no more faces on webcam-sized faces for 40% more time
 MIN_FACE_PX = 20  # smaller faces carry too little detail for a 48x48 classifier
@@ -264,7 +265,7 @@ class FaceDetector:
     def _detect_haar(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
         # No histogram equalisation: on frames with large flat areas it found a third fewer faces.
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        factor = math.ceil(max(gray.shape) / HAAR_MAX_SIDE)
+        factor = max(1, round(max(gray.shape) / HAAR_SCAN_SIDE))
         if factor > 1:
             gray = cv2.resize(gray, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
         found, votes = self._haar.detectMultiScale2(gray, scaleFactor=HAAR_SCALE_STEP, minNeighbors=4,
