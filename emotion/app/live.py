@@ -162,8 +162,8 @@ def stream_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSe
     timeline chart, session).
 
     Each extra is sent only when it changed (panels) or is due (the chart, readout and JSON: a few times
-    per second), so the stream keeps its frame rate with them on. The browser may capture the same camera frame twice
-    (it asks faster than a camera makes frames); a repeat is not analyzed again and changes nothing.
+    per second), so the stream keeps its frame rate with them on. The browser may capture the same camera
+    frame twice (it asks faster than a camera makes frames); a repeat is not analyzed again.
     """
     if session is not None and frame is not None and session.last_input is not None \
             and np.array_equal(frame, session.last_input):
