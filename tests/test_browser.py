@@ -194,7 +194,7 @@ def test_live_tab_streams_labels_bars_and_fps(page) -> None:
     assert any(name in text for text in labels for name in DISPLAY_NAMES)  # bars name an emotion
     assert page.locator("#live-label .bar").count() or page.locator("#live-label dl, #live-label .confidence-set").count()
     page.wait_for_selector("#live-timeline img")  # the timeline chart is on by default
-    page.screenshot(path=str(SHOTS / "live.png"))
+    page.screenshot(path=str(SHOTS / "live.png"), full_page=True)  # the timeline sits below the fold
 
 
 def test_live_tab_speed_with_and_without_the_timeline(page) -> None:

@@ -21,7 +21,7 @@ from ..overlay import CLASS_COLOURS, draw_faces
 from ..recognizer import FaceTracker
 
 from .config import IMAGE_HEIGHT, MAX_SIDE, AppConfig
-from .timeline import Timeline
+from .timeline import SIZE as TIMELINE_SIZE, Timeline
 
 if TYPE_CHECKING:
     from .model_panel import ModelManager
@@ -204,8 +204,9 @@ def build_live_tab(models: ModelManager, config: AppConfig) -> None:
                 probs = gr.Label(num_top_classes=7, label="Main face", elem_id="live-label")
         panels = gr.HTML("", elem_id="live-faces")
         show_timeline = gr.Checkbox(True, label="Timeline: the main face's emotions over the last 30 s", elem_id="live-timeline-on")
+        # A fixed height: a new chart then replaces the old one without a relayout of the page.
         timeline = gr.Image(label="Timeline", format="png", interactive=False, show_label=False, elem_id="live-timeline",
-                            buttons=[])
+                            buttons=[], height=TIMELINE_SIZE[1], container=False)
         with gr.Accordion("Faces as JSON", open=False):
             faces_json = gr.JSON(label="Faces", elem_id="live-json")
 
