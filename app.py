@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-model", type=Path, default=None, help="MediaPipe face detector .tflite (or env EMOTION_FACE_MODEL); default: cache, download, Haar fallback")
     p.add_argument("--data-root", type=Path, default=d.data_root, help="the Training tab only offers and reads dataset folders under this folder (default %(default)s)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads for inference (default %(default)s: steady on a busy machine); 0 = one per core")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads for inference (default %(default)s: this machine's cores); a training run started from the app uses half of them at lower priority")
     p.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link (anyone with it can use the app)")
     p.add_argument("--no-training", action="store_true", help="hide the Training tab (recommended when others can reach the app)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -221,7 +221,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from emotion.bench import BenchConfig, format_report, run_benchmark
+    from emotion.bench import BenchConfig, run_benchmark
+    from emotion.bench_report import format_report
 
     cfg = BenchConfig.quick() if a.quick else BenchConfig()
     for key, value in (("frames", a.frames), ("train_images", a.train_images), ("cnn_checkpoint", a.checkpoint),

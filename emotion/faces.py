@@ -45,6 +45,12 @@ MAX_DOWNLOAD_BYTES = 10 * 2**20  # the model is 230 KB; anything far bigger is n
 HAAR_CASCADE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
 
 DETECT_MAX_SIDE = 1280  # larger frames are downscaled for detection: BlazeFace sees 128x128 anyway
+# The Haar cascade's cost grows with the pixels it scans: at 640x480 it took ~70 ms, on a third of that
+# (213x160) ~4 ms, and webcam faces (100 px and up) are still 30+ px there, well above its 20 px window.
+# It then finds faces from about a tenth of the image's longer side, still smaller than BlazeFace short-range can.
+HAAR_SCAN_SIDE = 240  # the Haar cascade scans a grayscale copy shrunk by the integer factor nearest to reaching this longer side
+HAAR_MIN_PX = 20  # smallest face, in pixels of that copy (a 640x480 frame: 60 px faces)
+HAAR_SCALE_STEP = 1.15  # window growth per pyramid level: 1.1 found no more faces on webcam-sized faces for 40% more time
 MIN_FACE_PX = 20  # smaller faces carry too little detail for a 48x48 classifier
 MAX_FACES = 20  # bounds latency on crowd photos; the largest faces are kept
 
@@ -177,19 +183,25 @@ class FaceDetector:
     """Finds faces in RGB frames; create it once and share it (``detect`` is thread-safe).
 
     ``model_path`` names a BlazeFace model (see ``resolve_face_model`` for the search order);
+    ``backend="haar"`` skips it and runs the Haar cascade (e.g. to benchmark the fallback);
     ``min_confidence`` applies to BlazeFace only (Haar boxes have no score); faces smaller than
     ``min_face_px`` are dropped and only the ``max_faces`` largest are kept.
     """
 
     def __init__(self, model_path: str | None = None, min_confidence: float = 0.5, allow_download: bool = True,
-                 max_faces: int = MAX_FACES, min_face_px: int = MIN_FACE_PX):
+                 max_faces: int = MAX_FACES, min_face_px: int = MIN_FACE_PX, backend: str = "auto"):
         self.min_confidence = min_confidence
         self.max_faces = max_faces
         self.min_face_px = min_face_px
         self._lock = threading.Lock()  # neither MediaPipe's task nor OpenCV's cascade is documented thread-safe
         self._mp = None
         self._haar = None
-        path, description, explicit = _resolve(model_path, allow_download)
+        if backend == "auto":
+            path, description, explicit = _resolve(model_path, allow_download)
+        elif backend == "haar":
+            path, description, explicit = None, "OpenCV Haar cascade (asked for)", False
+        else:
+            raise ValueError(f"face detector backend must be 'auto' or 'haar', got {backend!r}")
         if path is not None:
             try:
                 self._mp = self._create_mediapipe(path, min_confidence)
@@ -253,9 +265,13 @@ class FaceDetector:
     def _detect_haar(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
         # No histogram equalisation: on frames with large flat areas it found a third fewer faces.
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        found = self._haar.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+        factor = max(1, round(max(gray.shape) / HAAR_SCAN_SIDE))
+        if factor > 1:
+            gray = cv2.resize(gray, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
+        found, votes = self._haar.detectMultiScale2(gray, scaleFactor=HAAR_SCALE_STEP, minNeighbors=4,
+                                                    minSize=(HAAR_MIN_PX, HAAR_MIN_PX))
         out = []
-        for x, y, w, h in found:
+        for x, y, w, h in _drop_nested(np.asarray(found, dtype=np.float64).reshape(-1, 4), np.ravel(votes)) * factor:
             side = w * _HAAR_TO_BLAZE_SCALE
             cx, cy = x + w / 2, y + h / 2 + _HAAR_TO_BLAZE_SHIFT * h
             out.append((cx - side / 2, cy - side / 2, side, side, 1.0))
@@ -265,6 +281,21 @@ class FaceDetector:
         """Release MediaPipe's native resources (also done automatically at exit)."""
         if self._mp is not None:
             self._mp.close()
+
+
+def _drop_nested(boxes: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """Haar's (x, y, w, h) rows without boxes that overlap a better-supported one by over half the smaller's area.
+
+    The cascade sometimes reports one face twice, nested: the face and a larger box around it, or its inner
+    part. The one that more detection windows voted for (``votes``, its neighbour count) is the face.
+    """
+    kept: list[np.ndarray] = []
+    for i in np.argsort(-np.asarray(votes), kind="stable"):
+        x, y, w, h = boxes[i]
+        if not any(max(0.0, min(x + w, kx + kw) - max(x, kx)) * max(0.0, min(y + h, ky + kh) - max(y, ky))
+                   > 0.5 * min(w * h, kw * kh) for kx, ky, kw, kh in kept):
+            kept.append(boxes[i])
+    return np.array(kept).reshape(-1, 4)
 
 
 def _fer_square(box: Box, margin: float) -> tuple[int, int, int]:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from emotion.bench import BenchConfig, format_report, run_benchmark
+from emotion.bench import BenchConfig, run_benchmark
+from emotion.bench_report import format_report
+from emotion.runtime import cpu_cores
 
 
 def _get(result: dict, dotted: str):
@@ -31,10 +33,15 @@ def test_quick_benchmark_reports_every_key(quick_result: dict) -> None:
     r = quick_result
     positive = ["memory.clip_app_rss_mb", "training.cnn.full.images_per_s"]
     positive += [f"training.clip.{phase}.images_per_s" for phase in ("frozen_cached", "frozen_uncached", "unfrozen")]
+    for detector in ("blazeface", "haar"):
+        positive += [f"detector.{detector}.ms.median", f"detector.{detector}.ms.p90", f"detector.{detector}.ms_4_face.median"]
+        assert _get(r, f"detector.{detector}.faces_found.1_face") == 1
     for model in ("cnn", "clip"):
+        assert _get(r, f"pipeline.{model}.threads") == cpu_cores() and _get(r, f"pipeline_1_thread.{model}.threads") == 1
         for n in (1, 4):
             base = f"pipeline.{model}.{n}_face"
-            positive += [f"{base}.total_ms.median", f"{base}.total_ms.p90", f"{base}.forward_ms.median"]
+            positive += [f"{base}.total_ms.median", f"{base}.total_ms.p90", f"{base}.forward_ms.median",
+                         f"pipeline_1_thread.{model}.{n}_face.total_ms.median"]
             for stage in ("detect", "crop", "smooth", "overlay"):
                 assert _get(r, f"{base}.{stage}_ms.median") >= 0
             assert _get(r, f"{base}.faces_detected") == n, f"the {n}-face frame should show {n} detected faces"
@@ -47,14 +54,14 @@ def test_quick_benchmark_reports_every_key(quick_result: dict) -> None:
         assert isinstance(value, (int, float)) and value > 0, f"{key} = {value!r}, expected a positive number"
     for key in ("cpu", "cores", "torch", "native_bf16"):
         _get(r, f"machine.{key}")
-    assert {t["key"] for t in r["targets"]} >= {"cnn_1_face_total_ms", "clip_1_face_total_ms", "four_vs_one_face",
+    assert {t["key"] for t in r["targets"]} >= {"cnn_1_face_total_ms", "haar_detect_ms", "clip_1_face_total_ms", "four_vs_one_face",
                                                "total_over_forward", "frozen_cache_speedup"}
     json.dumps(r)  # the --json output must serialise
 
 
 def test_format_report_renders(quick_result: dict) -> None:
     text = format_report(quick_result)
-    for heading in ("live pipeline", "forward pass", "ONNX Runtime", "training throughput", "app memory", "targets"):
+    for heading in ("face detectors", "live pipeline", "forward pass", "ONNX Runtime", "training throughput", "app memory", "targets"):
         assert heading in text
     assert "PASS" in text or "MISS" in text
-    assert "frozen_uncached" in text and "clip, 4 faces" in text
+    assert "frozen_uncached" in text and "clip, 4 faces" in text and "cnn, 1 thread, 1 face" in text

@@ -24,6 +24,7 @@ from emotion import faces as faces_mod
 from emotion.faces import (FACE_MODEL_FILENAME, Box, FaceDetector, as_rgb, crop_faces, download_face_model,
                            resolve_face_model, square_boxes)
 from emotion.labels import CLASS_NAMES
+from make_clip import CLIP_FACES, FER_TEST, clip_frames, load_faces
 
 FACE_PX = 200
 TRIANGLE = [(20, 20), (420, 20), (220, 260)]  # three faces, 200 px apart at least, inside 640x480
@@ -208,6 +209,19 @@ def test_haar_fallback_finds_faces(haar_detector: FaceDetector, real_faces: dict
         sq = square_boxes(boxes[:1], rgb.shape)
         assert not sq or iou(sq[0], placed) > 0.4  # Haar boxes are converted to the same framing
     assert found >= 2
+
+
+def test_haar_fallback_finds_every_face_of_the_browser_clip(haar_detector: FaceDetector, real_faces: dict) -> None:
+    # The fake webcam's clip (tests/make_clip.py): a face per frame, 200 px, drifting, frames numbered at the bottom.
+    frames = clip_frames(load_faces(CLIP_FACES, FER_TEST))
+    per_face = len(frames) // len(CLIP_FACES)
+    for number, rgb in enumerate(frames):
+        boxes = haar_detector.detect(rgb)
+        assert len(boxes) == 1, f"frame {number}: {len(boxes)} faces found"
+        i = number % per_face  # where make_clip put the face: drifting right and down from the centre
+        cx, cy = 320 + i * 30 // per_face, 240 + i * 15 // per_face
+        (sq,) = square_boxes(boxes, rgb.shape)
+        assert iou(sq, Box(cx - FACE_PX // 2, cy - FACE_PX // 2, FACE_PX, FACE_PX)) > 0.5, (number, sq)
 
 
 def test_no_faces_in_blank_or_noise(mp_detector: FaceDetector) -> None:

@@ -13,6 +13,7 @@ import gradio as gr
 import torch
 
 from ..predict import DEFAULT_CHECKPOINT
+from ..runtime import cpu_cores
 from .config import REPO, AppConfig
 from .live import build_live_tab
 from .model_panel import ModelManager, build_model_panel
@@ -35,12 +36,12 @@ class EmotionApp:
 
     def __init__(self, config: AppConfig):
         self.config = config
-        if config.threads > 0:
-            # Two threads on a busy 2-core machine wait on each other: measured 191 ms vs 4 ms per CNN forward.
-            torch.set_num_threads(config.threads)
+        # Every core by default; a UI training run yields instead (lower priority, fewer threads: TrainingRunner).
+        torch.set_num_threads(config.threads or cpu_cores())
         self.models = ModelManager(config.checkpoint, config.face_model, config.device, config.assets_dir,
                                    config.runs_dir, REPO, fallback=DEFAULT_CHECKPOINT)
-        self.runner = TrainingRunner(config.runs_dir, nice=config.training_nice) if config.training else None
+        self.runner = TrainingRunner(config.runs_dir, nice=config.training_nice,
+                                     threads=config.training_threads) if config.training else None
         if self.runner is not None:
             # The trainer lives in its own process group, so it would outlive the app without this.
             atexit.register(self.runner.stop)

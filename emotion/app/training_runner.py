@@ -1,7 +1,8 @@
 """Run ``train_cli.py train`` as a child process for the app, and read its progress from the run folder.
 
-The trainer runs in its own process group (so Stop also ends anything it started) at a lower CPU
-priority (so the live view stays responsive while it trains). Everything the app shows about a run
+The trainer runs in its own process group (so Stop also ends anything it started), and it yields to
+live inference: it runs at a lower CPU priority and with half the cores' threads (``--threads``), so
+the Live tab keeps its speed while it trains. Everything the app shows about a run
 comes from files the trainer writes: ``status.json``, ``metrics.jsonl``, ``report/`` and the
 captured console output, so a run looks the same whether it finished, crashed or was stopped.
 """
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime import read_jsonl
+from ..runtime import cpu_cores, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,13 @@ class TrainingRun:
 class TrainingRunner:
     """Starts at most one training run at a time for the whole app, and remembers the latest one."""
 
-    def __init__(self, runs_dir: Path, script: Path = TRAIN_CLI, nice: int = 10):
+    def __init__(self, runs_dir: Path, script: Path = TRAIN_CLI, nice: int = 10, threads: int = 0):
         self.runs_dir = Path(runs_dir)
         self.script = Path(script)
         self.nice = nice  # added to the trainer's CPU niceness so inference for live users comes first
+        # The trainer's torch threads (0: half the cores, at least 1). Intra-op threads wait for each other at
+        # every operation, so a trainer thread on every core would stall live inference however low its priority.
+        self.threads = threads or max(1, cpu_cores() // 2)
         self._lock = threading.Lock()
         self.current: TrainingRun | None = None
 
@@ -193,7 +197,7 @@ class TrainingRunner:
             if self.current is not None and self.current.running:
                 raise RuntimeError(f"a training run is already in progress ({self.current.run_dir.name}); stop it first")
             run_dir = self._new_run_dir()
-            command = [sys.executable, str(self.script), *request.to_args(run_dir)]
+            command = [sys.executable, str(self.script), *request.to_args(run_dir), "--threads", str(self.threads)]
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # log lines reach console.log as they happen
             with open(run_dir / CONSOLE_LOG, "wb") as console:
                 process = subprocess.Popen(command, cwd=self.script.parent, stdout=console, stderr=subprocess.STDOUT,
