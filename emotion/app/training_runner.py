@@ -122,6 +122,10 @@ class TrainingRun:
         """The end of the trainer's console output."""
         return tail(self.run_dir / CONSOLE_LOG, lines)
 
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.time() - self.started
+
     def state(self) -> str:
         """One of ACTIVE_STATES while the process runs, then 'done', 'failed' or 'stopped'.
 
@@ -167,6 +171,61 @@ class TrainingRun:
         log.info("training run %s stopped", self.run_dir)
 
 
+class PastRun(TrainingRun):
+    """A run folder this app did not start (a command-line run, or one from an earlier session), read from
+    its files alone: it can be watched, even while its trainer still runs, but not stopped from here."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.process = None
+        self.stopped_by_user = False
+        rows = self.metrics()
+        # Wall time from the first epoch's start to the last epoch's end, as the trainer recorded them.
+        self.started = rows[0]["time"] - rows[0].get("seconds", 0) if rows and "time" in rows[0] else time.time()
+
+    @property
+    def pid(self) -> int | None:
+        """The trainer's process id as its status.json gives it."""
+        pid = self.status().get("pid")
+        return pid if isinstance(pid, int) else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the status says the run is active and its trainer process still exists."""
+        if self.status().get("state") not in ACTIVE_STATES or self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the trainer's log (``train.log`` for command-line runs)."""
+        console = self.run_dir / CONSOLE_LOG
+        return tail(console if console.is_file() else self.run_dir / "train.log", lines)
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, from its first epoch's start to its last epoch's end (or now, while it runs)."""
+        rows = self.metrics()
+        end = time.time() if self.running or not rows else rows[-1].get("time", time.time())
+        return max(0.0, end - self.started)
+
+    def state(self) -> str:
+        """The status file's state while its trainer runs; afterwards 'done', 'failed' or 'stopped' (an interrupted run)."""
+        state = self.status().get("state", "stopped")
+        if self.running:
+            return state
+        return state if state in ("done", "failed") else "stopped"
+
+    def error(self) -> str | None:
+        """Why a failed run failed, as its status.json says."""
+        return self.status().get("error", "no error recorded") if self.state() == "failed" else None
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Nothing: a run this app did not start is not this app's to stop."""
+
+
 class TrainingRunner:
     """Starts at most one training run at a time for the whole app, and remembers the latest one."""
 
@@ -194,7 +253,7 @@ class TrainingRunner:
     def start(self, request: TrainRequest) -> TrainingRun:
         """Launch a training run; raises RuntimeError while another one is still running."""
         with self._lock:
-            if self.current is not None and self.current.running:
+            if self.current is not None and self.current.running and not isinstance(self.current, PastRun):
                 raise RuntimeError(f"a training run is already in progress ({self.current.run_dir.name}); stop it first")
             run_dir = self._new_run_dir()
             command = [sys.executable, str(self.script), *request.to_args(run_dir), "--threads", str(self.threads)]
@@ -209,6 +268,24 @@ class TrainingRunner:
                     log.debug("could not lower the trainer's priority: %s", exc)
             self.current = TrainingRun(run_dir, process)
             log.info("training run %s started (pid %d): %s", run_dir, process.pid, " ".join(command))
+            return self.current
+
+    def past_runs(self) -> list[str]:
+        """Names of run folders in ``runs_dir`` that have metrics or a status, newest first."""
+        if not self.runs_dir.is_dir():
+            return []
+        runs = [d for d in self.runs_dir.iterdir()
+                if d.is_dir() and not d.is_symlink() and ((d / "metrics.jsonl").is_file() or (d / "status.json").is_file())]
+        return [d.name for d in sorted(runs, key=lambda d: d.stat().st_mtime, reverse=True)]
+
+    def open_run(self, name: str) -> TrainingRun:
+        """Show the run folder ``name`` (one of ``past_runs()``) as the current run; refused while a run of this app trains."""
+        with self._lock:
+            if self.current is not None and self.current.running and not isinstance(self.current, PastRun):
+                raise RuntimeError(f"a training run is in progress ({self.current.run_dir.name}); its progress is shown until it ends")
+            if name not in self.past_runs():  # only names listed here, so no path from a request is ever opened
+                raise ValueError(f"no run named {name!r} in {self.runs_dir}")
+            self.current = PastRun(self.runs_dir / name)
             return self.current
 
     def stop(self) -> None:

@@ -6,7 +6,6 @@ server never reads files elsewhere on its behalf.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -20,7 +19,7 @@ from ..labels import CLASS_NAMES, display
 from ..train import TrainConfig
 from .config import AppConfig
 from .model_panel import ModelManager, ModelPanel, refresh_choices, switch_model
-from .training_runner import ACTIVE_STATES, TrainingRun, TrainingRunner, TrainRequest
+from .training_runner import ACTIVE_STATES, PastRun, TrainingRun, TrainingRunner, TrainRequest
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +117,20 @@ def stop_training(runner: TrainingRunner) -> str:
     run = runner.current
     if run is None or not run.running:
         return "No training run is in progress."
+    if isinstance(run, PastRun):
+        return f"**{run.run_dir.name}** was not started from this tab; stop it where it runs (Ctrl+C in its terminal)."
     run.stop()
     return f"Stopped **{run.run_dir.name}**."
+
+
+def show_run(runner: TrainingRunner, name: str | None) -> tuple[str, gr.Timer]:
+    """'Show run' button: follow an earlier or command-line run folder (curves, log, report) like a run started here."""
+    try:
+        run = runner.open_run(name or "")
+    except (ValueError, RuntimeError) as exc:
+        gr.Warning(str(exc))
+        return f"⚠️ {exc}", gr.Timer(active=False)
+    return f"Showing **{run.run_dir.name}** …", gr.Timer(active=True)
 
 
 def _duration(seconds: float) -> str:
@@ -141,10 +152,10 @@ def progress_text(run: TrainingRun) -> str:
         return f"⏹ **Stopped** ({run.run_dir.name}) in epoch {status.get('epoch', 0)}/{status.get('epochs', '?')}."
     if state == "done":
         epochs = status.get("epochs", "?")
-        return f"✅ **Done** ({run.run_dir.name}): {epochs} epoch{'' if epochs == 1 else 's'} in {_duration(time.time() - run.started)}."
+        return f"✅ **Done** ({run.run_dir.name}): {epochs} epoch{'' if epochs == 1 else 's'} in {_duration(run.elapsed())}."
     epoch, epochs = status.get("epoch", 0), status.get("epochs", 0)
     step, steps = status.get("step", 0), status.get("steps_per_epoch", 0)
-    text = f"⏳ **{state.capitalize()}** ({run.run_dir.name}) · {_duration(time.time() - run.started)}"
+    text = f"⏳ **{state.capitalize()}** ({run.run_dir.name}) · {_duration(run.elapsed())}"
     if epochs and steps:
         done = ((max(epoch, 1) - 1) * steps + step) / (epochs * steps)
         text += f" · epoch {epoch}/{epochs}, step {step}/{steps} · {done:.0%}"
@@ -244,6 +255,10 @@ def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: Mode
         with gr.Row():
             start = gr.Button("Start training", variant="primary", elem_id="train-start")
             stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        with gr.Row():
+            past = gr.Dropdown(choices=runner.past_runs(), value=None, label="Earlier runs", scale=4, elem_id="train-runs",
+                               info="run folders in runs/, from this tab, earlier sessions or the command line")
+            show = gr.Button("Show run", scale=1, elem_id="train-show")
         progress = gr.Markdown("No training run yet.", elem_id="train-progress")
         curves = gr.Plot(label="Training curves", elem_id="train-curves")
         log_box = gr.Textbox(label="Training log (tail)", lines=10, max_lines=10, autoscroll=True, interactive=False,
@@ -267,6 +282,8 @@ def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: Mode
     start.click(on_start, inputs=[dataset, model, epochs, batch_size, lr, clip_lr, unfreeze, clip_weights, max_images],
                 outputs=[progress, timer], api_visibility="private")
     stop.click(lambda: stop_training(runner), outputs=progress, api_visibility="private")
+    show.click(lambda name: show_run(runner, name), inputs=past, outputs=[progress, timer], api_visibility="private")
+    tab.select(lambda: gr.Dropdown(choices=runner.past_runs()), outputs=past, api_visibility="private")
     # Opening the tab picks up a run already in progress (or shows the last one); the timer then follows it.
     gr.on([timer.tick, tab.select], on_poll, inputs=seen, outputs=poll_outputs, show_progress="hidden",
           api_visibility="private")
