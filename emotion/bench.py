@@ -315,12 +315,17 @@ def _training(name: str, checkpoint: Path, cfg: BenchConfig, tmp: Path) -> dict:
     data = tmp / "train_data"
     if not data.exists():
         _synthetic_dataset(data, cfg.train_images)
-    model_cfg = ModelConfig.from_dict(read_checkpoint(checkpoint)["model_config"])
+    blob = read_checkpoint(checkpoint)
+    model_cfg = ModelConfig.from_dict(blob["model_config"])
     common = dict(data=str(data), data_cache=str(tmp / "data_cache"), model=model_cfg, max_images=cfg.train_images,
                   batch_size=min(64, cfg.train_images), device=cfg.device, amp=cfg.amp)
     if name == "cnn":
-        rows = _train_rows(tmp, name, epochs=2, **common)  # the second epoch is steady state
-        return {"full": _phase(rows[-1])}
+        # The recipe that trained the checkpoint, as its train_config records it: batch size and weight EMA.
+        recipe = blob.get("train_config") or {}
+        common["batch_size"] = min(int(recipe.get("batch_size", 64)), cfg.train_images)
+        ema = float(recipe.get("ema_decay", 0.0))
+        rows = _train_rows(tmp, name, epochs=2, ema_decay=ema, **common)  # the second epoch is steady state
+        return {"full": _phase(rows[-1]) | {"batch_size": common["batch_size"], "ema_decay": ema}}
     cached = _train_rows(tmp, "clip_cached", epochs=3, unfreeze_epoch=3, embedding_cache=True, **common)
     uncached = _train_rows(tmp, "clip_uncached", epochs=1, unfreeze_epoch=2, embedding_cache=False, **common)
     embed_s = cached[0]["embed_seconds"]
