@@ -171,7 +171,7 @@ class Timeline:
             ax.grid(alpha=0.3)
         if shown:
             axes[-1].set_xlabel("time (s)")
-            axes[0].legend(ncol=len(CLASS_NAMES), fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.15), frameon=False)
+            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=len(CLASS_NAMES), fontsize=8, frameon=False)
             if len(self.faces) > len(shown):
                 fig.suptitle(f"{len(shown)} of {len(self.faces)} faces shown (those seen longest); faces.csv has all", fontsize=9)
         fig.savefig(path, dpi=100)

@@ -87,7 +87,7 @@ def _summary_markdown(result) -> str:
                      f"{display(face['dominant'])} ({face['share'][face['dominant']]:.0%} of its frames)")
     if len(result.faces) > 10:
         lines.append(f"- … and {len(result.faces) - 10} more faces in faces.csv")
-    lines.append(f"Results are deleted from the server {OUTPUT_TTL_S:.0f} s after they appear: download what you need.")
+    lines.append(f"\nResults are deleted from the server {OUTPUT_TTL_S:.0f} s after they appear: download what you need.")
     return "\n".join(lines)
 
 
@@ -161,8 +161,10 @@ def build_video_tab(models: ModelManager, config: AppConfig) -> None:
     with gr.Tab("Video", id="video"):
         with gr.Row():
             with gr.Column():
-                video = gr.Video(sources=["upload"], include_audio=True, elem_id="video-input",
-                                 label=f"Video (at most {MAX_VIDEO_SECONDS} s and {config.max_file_size.upper()})")
+                # A file field, not gr.Video: the browser cannot preview many valid videos (MPEG-4 Part 2, HEVC, AVI)
+                # and gr.Video flags each of them as an error, although OpenCV analyzes them fine.
+                video = gr.File(file_types=["video"], type="filepath", elem_id="video-input",
+                                label=f"Video (MP4, WebM, MOV, AVI, MKV; at most {MAX_VIDEO_SECONDS} s and {config.max_file_size.upper()})")
                 every = gr.Slider(1, 10, value=1, step=1, label="Analyze one frame in N",
                                   info="higher is faster; the frames between keep the last labels")
                 with gr.Row():
