@@ -28,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from .recognizer import FaceTracker, Recognizer
 from .video_report import AnnotatedVideoWriter, FacesCsv, Timeline
@@ -435,11 +436,12 @@ def benchmark_fps(recognizer: Recognizer, frame: np.ndarray, frames: int = 300, 
     """Frames per second of ``analyze_video`` end to end (decode, analysis, all four outputs) on a synthetic clip.
 
     The clip shows ``frame`` (e.g. 640x480 with one face) drifting a few pixels per frame, like a steady
-    camera; writing it is not timed.
+    camera; writing it is not timed. It runs with the caller's torch threads (``train_cli.py video`` uses 1,
+    leaving the other core to decoding and encoding, which run alongside).
     """
     with tempfile.TemporaryDirectory(prefix="emotion-video-bench-") as tmp:
         clip = write_clip(Path(tmp) / "clip.mp4", (np.roll(frame, (i % 24) - 12, axis=1) for i in range(frames)), fps)
         result = analyze_video(clip, Path(tmp) / "out", recognizer, config)
     return {"frames": result.frames, "seconds": round(result.seconds, 3), "fps": round(result.fps, 1),
             "face_ids": len(result.faces), "every": (config or VideoConfig()).every,
-            "size": [int(frame.shape[1]), int(frame.shape[0])]}
+            "size": [int(frame.shape[1]), int(frame.shape[0])], "torch_threads": torch.get_num_threads()}
