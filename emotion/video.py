@@ -192,36 +192,45 @@ class VideoReader:
     """
 
     def __init__(self, path: str | os.PathLike, max_side: int | None = 1280, prefetch: int = 8):
-        self.cap, self.info = open_capture(path)
-        self.max_side = max_side
-        self.size = fit_size(self.info.width, self.info.height, max_side)  # (width, height) of the frames yielded
-        self.scale = self.size[0] / self.info.width  # frame pixels per source pixel
+        self.cap, info = open_capture(path)
         self.frames_read = 0
+        # The first frame is decoded now: a file without one is refused before any output is written, and its
+        # real size is known (FFmpeg turns phone videos upright, so it can differ from the stated size).
+        self._first = self._read()
+        if self._first is None:
+            self.cap.release()
+            raise VideoError(f"{info.path.name} contains no frame that could be decoded: it is probably truncated or damaged")
+        height, width = self._first.shape[:2]
+        self.info = VideoInfo(info.path, width, height, info.fps, info.frame_count)
+        self.max_side = max_side
+        self.size = fit_size(width, height, max_side)  # (width, height) of the frames yielded
+        self.scale = self.size[0] / width  # frame pixels per source pixel
         self._prefetch_depth = prefetch
         self._prefetch: _Prefetch | None = None
 
+    def _read(self) -> np.ndarray | None:
+        """The next frame as BGR, or None at the end or at a frame that cannot be decoded."""
+        try:
+            ok, bgr = self.cap.read()
+        except cv2.error as exc:  # a damaged packet deep in the file: keep what was read so far
+            log.warning("decoding stopped after %d frames: %s", self.frames_read, exc)
+            return None
+        return bgr if ok and bgr is not None and bgr.size else None
+
     def _decode(self) -> Iterator[VideoFrame]:
         last_t = -math.inf
-        while True:
-            try:
-                ok, bgr = self.cap.read()
-            except cv2.error as exc:  # a damaged packet deep in the file: keep what was read so far
-                log.warning("decoding %s stopped at frame %d: %s", self.info.path.name, self.frames_read, exc)
-                return
-            if not ok or bgr is None or bgr.size == 0:
-                return
+        bgr, self._first = self._first, None
+        while bgr is not None:
             t = self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             if not math.isfinite(t) or t <= last_t:  # containers without usable timestamps: count frames
                 t = max(0.0, last_t + 1.0 / self.info.fps) if self.frames_read else 0.0
             last_t = t
-            if bgr.ndim == 2:
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
-            else:
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB if bgr.ndim == 2 else cv2.COLOR_BGR2RGB)
             if (rgb.shape[1], rgb.shape[0]) != self.size:
                 rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
-            yield VideoFrame(self.frames_read, t, rgb)
             self.frames_read += 1
+            yield VideoFrame(self.frames_read - 1, t, rgb)
+            bgr = self._read()
 
     def __iter__(self) -> Iterator[VideoFrame]:
         if self._prefetch_depth <= 0:
@@ -380,8 +389,6 @@ class VideoJob:
         finally:
             self.close()
         frames = self.reader.frames_read
-        if frames == 0:
-            raise VideoError(f"{info.path.name} contains no frame that could be decoded")
         timeline.plot(self.out_dir / "timeline.png", cfg.timeline_faces)
         faces = timeline.summary()
         result = VideoResult(info, self.out_dir, annotated.path, csv.path, self.out_dir / "timeline.png",

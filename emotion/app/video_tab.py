@@ -185,4 +185,5 @@ def build_video_tab(models: ModelManager, config: AppConfig) -> None:
         # preprocess=False: the handler opens the file itself, so Gradio never converts or probes an upload.
         event = run.click(on_run, inputs=[video, every], outputs=[annotated, timeline, files, message],
                           preprocess=False, api_name="analyze_video", concurrency_limit=1)
-        cancel.click(None, cancels=[event])
+        cancel.click(lambda: "Cancelled: nothing of this video was kept.", outputs=message, cancels=[event],
+                     api_visibility="private")
