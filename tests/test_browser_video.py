@@ -84,3 +84,18 @@ def test_video_tab_warns_about_a_file_that_is_not_a_video(page, tmp_path: Path) 
     page.click("#video-run")
     page.wait_for_function("() => /not a video/.test(document.querySelector('#video-message').innerText)")
     assert any("not a video" in toast for toast in page.locator(".toast-body").all_inner_texts())
+
+
+def test_video_tab_can_be_cancelled(page, tmp_path: Path) -> None:
+    faces = load_faces()
+    clip = write_clip(tmp_path / "long.mp4", (face_scene(faces[i // 150 % 4], centre=(320 + i % 20, 240)) for i in range(900)), 30)
+    page.reload(wait_until="load")
+    page.get_by_role("tab", name="Video").click()
+    page.set_input_files("#video-input input[type=file]", str(clip))
+    page.click("#video-run")
+    page.wait_for_function("() => /Analyzing: frame/.test(document.querySelector('#video-message').innerText)")
+    page.click("#video-cancel")
+    page.wait_for_function("() => /Cancelled/.test(document.querySelector('#video-message').innerText)")
+    page.wait_for_timeout(1500)  # a late progress update must not overwrite it: the run has stopped
+    assert "Cancelled" in page.inner_text("#video-message")
+    assert not page.locator("#video-annotated video").count()
