@@ -292,6 +292,15 @@ def test_cli_writes_the_four_files(faces, tmp_path: Path, tiny_cnn_checkpoint: P
     assert {r["face_id"] for r in rows} == {"1", "2"} and all(int(r["frame"]) % 2 == 0 for r in rows)
 
 
+def test_cli_help_explains_every_flag(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["video", "--help"])
+    assert exc.value.code == 0 and "--every" in capsys.readouterr().out
+    parser = train_cli.build_parser()
+    for action in parser._subparsers._group_actions[0].choices["video"]._actions:
+        assert action.help, f"flag {action.option_strings} has no help"
+
+
 def assert_one_line_error(capsys, *words: str) -> str:
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
