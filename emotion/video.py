@@ -36,6 +36,7 @@ from .video_report import AnnotatedVideoWriter, FacesCsv, Timeline
 log = logging.getLogger(__name__)
 
 DEFAULT_FPS = 25.0  # used when a file does not state a usable frame rate
+MAX_FRAME_PIXELS = 40_000_000  # 8K UHD is 33 MP; bigger frames would take gigabytes for the few decoded ahead
 # Leading bytes of common video containers: a file with one of these that OpenCV cannot decode is damaged,
 # not "not a video", and the message says so.
 _CONTAINER_MAGIC = ((4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (0, b"RIFF"), (0, b"\x1a\x45\xdf\xa3"), (0, b"OggS"),
@@ -120,6 +121,10 @@ def open_capture(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
     if not cap.isOpened() or width <= 0 or height <= 0:
         cap.release()
         raise VideoError(_describe_unreadable(path))
+    if width * height > MAX_FRAME_PIXELS:
+        cap.release()
+        raise VideoError(f"{path.name} has {width}×{height} frames, more than the {MAX_FRAME_PIXELS / 1e6:.0f} megapixels "
+                         "that can be analyzed; scale it down first")
     fps = cap.get(cv2.CAP_PROP_FPS)
     if not (math.isfinite(fps) and 1.0 <= fps <= 1000.0):
         log.warning("%s states no usable frame rate (%s); assuming %.0f fps", path.name, fps, DEFAULT_FPS)

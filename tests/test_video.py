@@ -371,6 +371,15 @@ def test_package_raises_video_error_for_too_long_videos(recognizer, faces, tmp_p
         analyze_video(clip, tmp_path / "out", recognizer, VideoConfig(max_seconds=1))
 
 
+
+def test_package_refuses_huge_frames_before_decoding(recognizer, faces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emotion import video
+
+    clip = one_face_clip(tmp_path / "one.mp4", faces[0], frames=2)
+    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 640 * 480 - 1)
+    with pytest.raises(VideoError, match="640×480 frames.*scale it down"):
+        VideoReader(clip)
+
 # ---------------------------------------------------------------- the Video tab through gradio_client
 
 @pytest.fixture(scope="module")
