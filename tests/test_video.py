@@ -472,15 +472,29 @@ def test_video_tab_warns_about_bad_input(make, words, client, cache_root: Path, 
     assert wait_until(lambda: not server_leftovers(cache_root, clip.name), 5), server_leftovers(cache_root, clip.name)
 
 
+def test_video_tab_never_reads_or_deletes_files_outside_its_uploads(served, faces, tmp_path: Path) -> None:
+    import httpx
+
+    outside = one_face_clip(tmp_path / "server_file.mp4", faces[0], frames=3)  # a file on the server, not an upload
+    # A raw request naming the file (gradio_client would upload it first, which is harmless).
+    base = served[1].rstrip("/") + "/gradio_api/call/analyze_video"
+    event = httpx.post(base, json={"data": [{"path": str(outside), "meta": {"_type": "gradio.FileData"}}, 1]}).json()
+    answer = httpx.get(f"{base}/{event['event_id']}", timeout=60).text
+    assert "annotated" not in answer and "Analyzed" not in answer, answer
+    assert outside.is_file()
+
+
 def test_video_tab_can_be_cancelled_and_cleans_up(client, cache_root: Path, faces, tmp_path: Path) -> None:
     from gradio_client import handle_file
 
     clip = write_clip(tmp_path / f"long-{tmp_path.name}.mp4",
                       (face_scene(faces[i // 100 % 4], centre=(320 + i % 20, 240)) for i in range(800)), 30)
+    earlier = set(server_leftovers(cache_root, clip.name))  # results of earlier tests, still being served
     job = client.submit(handle_file(str(clip)), 1, api_name="/analyze_video")
-    assert wait_until(lambda: any(cache_root.glob("emotion-video-*/faces.csv")), 30)  # it is running
+    assert wait_until(lambda: any(p.parent not in earlier for p in cache_root.glob("emotion-video-*/faces.csv")), 30)  # running
     time.sleep(1.0)
     job.cancel()
-    assert wait_until(lambda: not server_leftovers(cache_root, clip.name), 20), server_leftovers(cache_root, clip.name)
+    left = lambda: [p for p in server_leftovers(cache_root, clip.name) if p not in earlier]  # noqa: E731
+    assert wait_until(lambda: not left(), 20), left()
     assert wait_until(job.done, 10)
     assert not any("Analyzed" in str(out) for out in job.outputs())  # it stopped before finishing

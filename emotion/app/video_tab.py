@@ -34,6 +34,7 @@ VIDEO_MAX_SIDE = 960  # frames are analyzed and the result encoded at this longe
 OUTPUT_TTL_S = 60.0  # results are served this long after they are shown, then deleted with the upload
 PROGRESS_EVERY_S = 0.5  # seconds between progress updates, which are also the points where a Cancel takes effect
 WORK_PREFIX = "emotion-video-"  # name prefix of each run's folder in Gradio's cache
+MAX_EVERY = 10  # the slider's largest "one frame in N"
 
 
 class Sweeper:
@@ -78,6 +79,14 @@ def _upload_path(video: Any) -> Path | None:
     return Path(video) if isinstance(video, (str, Path)) and str(video) else None
 
 
+def _every(value: Any) -> int:
+    """The slider's "one frame in N" as an int in 1..MAX_EVERY (anything else from an API call becomes 1)."""
+    try:
+        return min(MAX_EVERY, max(1, int(float(value))))
+    except (TypeError, ValueError, OverflowError):
+        return 1
+
+
 def _summary_markdown(result) -> str:
     """The outcome in a few lines: frames, speed and each face's dominant emotion."""
     lines = [f"Analyzed {result.analyzed_frames} of {result.frames} frames ({result.info.width}×{result.info.height}, "
@@ -101,6 +110,11 @@ def analyze_clip(models: ModelManager, video: Any, every: int, sweeper: Sweeper,
     if path is None:
         yield None, None, None, f"Upload a video (MP4, WebM, MOV, AVI; at most {MAX_VIDEO_SECONDS} s) to see the emotion of each face over time."
         return
+    if not path.resolve().is_relative_to(cache_root.resolve()):
+        # Gradio already refuses files outside its upload folder; this handler deletes what it reads, so it checks too.
+        log.warning("refused a video path outside Gradio's cache: %s", path)
+        yield None, None, None, "⚠️ No uploaded video was received; please upload the file again."
+        return
     recognizer = models.recognizer
     if recognizer is None:
         yield None, None, None, no_model_message(models)
@@ -109,7 +123,7 @@ def analyze_clip(models: ModelManager, video: Any, every: int, sweeper: Sweeper,
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=cache_root))
     job, shown = None, False
     try:
-        config = VideoConfig(every=max(1, int(every or 1)), max_side=VIDEO_MAX_SIDE, annotated_name="annotated.webm",
+        config = VideoConfig(every=_every(every), max_side=VIDEO_MAX_SIDE, annotated_name="annotated.webm",
                              max_seconds=MAX_VIDEO_SECONDS)
         job = VideoJob(path, work, recognizer, config)
         total = job.info.frame_count
@@ -165,7 +179,7 @@ def build_video_tab(models: ModelManager, config: AppConfig) -> None:
                 # and gr.Video flags each of them as an error, although OpenCV analyzes them fine.
                 video = gr.File(file_types=["video"], type="filepath", elem_id="video-input",
                                 label=f"Video (MP4, WebM, MOV, AVI, MKV; at most {MAX_VIDEO_SECONDS} s and {config.max_file_size.upper()})")
-                every = gr.Slider(1, 10, value=1, step=1, label="Analyze one frame in N",
+                every = gr.Slider(1, MAX_EVERY, value=1, step=1, label="Analyze one frame in N",
                                   info="higher is faster; the frames between keep the last labels")
                 with gr.Row():
                     run = gr.Button("Analyze", variant="primary", elem_id="video-run")
