@@ -121,12 +121,28 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
+def _add_video(sub: argparse._SubParsersAction) -> None:
+    from emotion.video import VideoConfig
+
+    v = VideoConfig()
+    p = sub.add_parser("video", help="analyze a video file: annotated video, per-frame faces.csv, timeline.png and summary.json", formatter_class=_Help)
+    p.add_argument("input", help="video file (any format OpenCV reads: MP4, WebM, AVI, MOV, MKV, ...)")
+    p.add_argument("--out", required=True, help="folder for annotated.mp4, faces.csv, timeline.png and summary.json")
+    p.add_argument("--every", type=int, default=v.every, help="analyze one frame in N; the frames between show the last labels")
+    p.add_argument("--max-side", type=int, default=v.max_side, help="shrink frames to this longer side for analysis and the annotated video; 0 = full size")
+    p.add_argument("--smoothing", type=float, default=v.smoothing, help="weight of the newest frame in each face's moving average; 1 = raw per-frame probabilities")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: $EMOTION_CHECKPOINT or the shipped offline CNN)")
+    p.add_argument("--face-model", default=None, help="MediaPipe face detector .tflite (or env EMOTION_FACE_MODEL); default: cache, download, Haar fallback")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads; 1 leaves the other core to decoding and encoding, which run alongside; 0 = one per core")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(prog="train_cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_predict, _add_ship, _add_export, _add_bench):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_ship, _add_export, _add_bench, _add_video):
         add(sub)
     return parser
 
@@ -236,7 +252,41 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "ship": cmd_ship, "export": cmd_export, "bench": cmd_bench}
+def cmd_video(a: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from emotion.faces import FaceDetector
+    from emotion.predict import EmotionClassifier
+    from emotion.recognizer import Recognizer
+    from emotion.video import VideoConfig, VideoError, VideoJob
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    recognizer = Recognizer(EmotionClassifier.from_checkpoint(a.checkpoint, device=a.device), FaceDetector(a.face_model))
+    try:
+        job = VideoJob(a.input, a.out, recognizer, VideoConfig(every=a.every, max_side=a.max_side, smoothing=a.smoothing))
+        with tqdm(total=job.info.frame_count or None, unit="frame", desc=Path(a.input).name, dynamic_ncols=True) as bar:
+            for _ in job:
+                bar.update()
+    except (VideoError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    r = job.result
+    print(f"{r.frames} frames ({r.analyzed_frames} analyzed) in {r.seconds:.1f} s: {r.fps:.1f} frames/s")
+    for face in r.faces:
+        print(f"face {face['face_id']}: {face['first_s']:.1f}-{face['last_s']:.1f} s, {face['frames']} frames, "
+              f"mostly {face['dominant']} ({face['share'][face['dominant']]:.0%})")
+    print(f"wrote {r.annotated}, {r.csv}, {r.timeline}, {r.summary}")
+    problem = r.problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "ship": cmd_ship, "export": cmd_export,
+            "bench": cmd_bench, "video": cmd_video}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ def _text_colour(bg: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def draw_faces(rgb: np.ndarray, faces: Sequence[dict]) -> np.ndarray:
-    """A copy of ``rgb`` with each face's box, label (e.g. 'Happy 87%') and a colour per class.
+    """A copy of ``rgb`` with each face's box, label (e.g. 'Happy 87%', '#2 Happy 87%' with a face_id) and a colour per class.
 
     Line widths follow the frame size and the text size follows the face size, so labels stay readable on
     a 320 px thumbnail and on a 4K photo alike.
@@ -44,6 +44,8 @@ def draw_faces(rgb: np.ndarray, faces: Sequence[dict]) -> np.ndarray:
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colour, line, cv2.LINE_AA)
 
         text = f"{display(face['label'], with_emoji=False)} {face['score'] * 100:.0f}%"
+        if "face_id" in face:  # videos: the id that faces.csv uses for this face
+            text = f"#{face['face_id']} {text}"
         # About a third of the face width per label, but never unreadably small or absurdly large.
         scale = float(np.clip(w / 300.0, 0.4, 3.0))
         thickness = max(1, round(scale * 1.5))

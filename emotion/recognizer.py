@@ -40,6 +40,7 @@ def box_iou(a: Box, b: Box) -> float:
 class _Track:
     box: Box
     probs: np.ndarray
+    face_id: int  # stable id of this face in its stream, 1, 2, ... in order of first appearance
     missed: int = 0  # consecutive frames without a matching face
 
 
@@ -49,6 +50,7 @@ class FaceTracker:
     ``alpha`` is the weight of the newest frame (1.0 turns smoothing off). A face is the same face as in
     an earlier frame when their boxes overlap by at least ``iou_threshold`` (greedy, best overlap first);
     a track not seen for more than ``max_age`` frames is forgotten, so a face that comes back starts fresh.
+    After each ``update``, ``ids`` holds the face id of every box, in the order of the boxes.
     """
 
     def __init__(self, alpha: float = 0.5, iou_threshold: float = 0.3, max_age: int = 10):
@@ -58,10 +60,14 @@ class FaceTracker:
         self.iou_threshold = iou_threshold
         self.max_age = max_age
         self.tracks: list[_Track] = []
+        self.ids: list[int] = []
+        self._next_id = 1
 
     def reset(self) -> None:
         """Forget every face, e.g. when the stream restarts."""
         self.tracks = []
+        self.ids = []
+        self._next_id = 1
 
     def update(self, boxes: Sequence[Box], probs: np.ndarray) -> np.ndarray:
         """Smoothed probabilities for this frame's faces, in the order of ``boxes``."""
@@ -88,8 +94,14 @@ class FaceTracker:
         for ti, track in enumerate(self.tracks):
             if ti not in matched_tracks:
                 track.missed += 1
+        ids = [self.tracks[track_of[bi]].face_id if bi in track_of else 0 for bi in range(len(boxes))]
         self.tracks = [t for t in self.tracks if t.missed <= self.max_age]
-        self.tracks += [_Track(box, probs[bi].copy()) for bi, box in enumerate(boxes) if bi not in track_of]
+        for bi, box in enumerate(boxes):
+            if bi not in track_of:
+                self.tracks.append(_Track(box, probs[bi].copy(), self._next_id))
+                ids[bi] = self._next_id
+                self._next_id += 1
+        self.ids = ids
         return out
 
 

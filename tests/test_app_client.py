@@ -112,4 +112,4 @@ def test_missing_files_on_the_command_line_are_usage_errors(tmp_path: Path, caps
 def test_no_training_hides_the_training_tab(tiny_cnn_checkpoint: Path, face_model_path: Path) -> None:
     app = EmotionApp(AppConfig(checkpoint=tiny_cnn_checkpoint, face_model=face_model_path, device="cpu", training=False))
     tabs = [c["props"].get("label") for c in app.demo.config["components"] if c["type"] == "tabitem"]
-    assert app.runner is None and tabs == ["Live", "Upload a photo"]
+    assert app.runner is None and tabs == ["Live", "Upload a photo", "Video"]

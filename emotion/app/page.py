@@ -20,6 +20,7 @@ from .model_panel import ModelManager, build_model_panel
 from .training_runner import TrainingRunner
 from .training_tab import build_training_tab
 from .upload import build_upload_tab
+from .video_tab import build_video_tab
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class EmotionApp:
             with gr.Tabs():
                 build_live_tab(self.models, self.config)
                 build_upload_tab(self.models, self.config)
+                build_video_tab(self.models, self.config)
                 if self.runner is not None:
                     build_training_tab(self.runner, self.models, panel, self.config)
         return demo
