@@ -46,6 +46,7 @@ class BenchConfig:
 
     frames: int = 50  # timed repetitions of each measurement (pipeline frames, forward passes)
     warmup: int = 5  # untimed repetitions first: oneDNN primitive caches, allocator and lazy initialisation
+    video_frames: int = 300  # frames of the synthetic 640x480 one-face clip timed end to end by video analysis (0 = skip)
     train_images: int = 512  # training images per throughput measurement (plus a quarter as many for validation, FER2013's ratio)
     models: tuple[str, ...] = ("cnn", "clip")  # models to time: the offline CNN and/or CLIP
     cnn_checkpoint: str | None = None  # None: predict.default_checkpoint() if it exists, else an untrained default CNN
@@ -63,7 +64,7 @@ class BenchConfig:
     @classmethod
     def quick(cls) -> BenchConfig:
         """Tiny sizes that exercise every code path in seconds; the figures mean nothing."""
-        return cls(frames=2, warmup=1, train_images=64, clip_model="emotion-tiny-vit")
+        return cls(frames=2, warmup=1, train_images=64, video_frames=10, clip_model="emotion-tiny-vit")
 
 
 def _summary(samples_ms: list[float]) -> dict:
@@ -420,6 +421,14 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
         "total_over_forward_4_face": round(four["total_ms"]["median"] / four["forward_ms"]["median"], 2),
         "four_vs_one_face": round(four["total_ms"]["median"] / one["total_ms"]["median"], 2),
     }
+    if name == "cnn" and cfg.video_frames:
+        from .video import benchmark_fps
+
+        torch.set_num_threads(1)  # as `train_cli.py video` runs by default: the other core decodes and encodes
+        try:
+            result["video"] = benchmark_fps(recognizer, frames[1], frames=cfg.video_frames)
+        finally:
+            torch.set_num_threads(default_threads)
     result["forward"][name] = _forward_variants(clf, cfg)
     if cfg.onnx:
         result["onnx"][name] = _onnx_forward(name, checkpoint, clf, cfg, tmp)
@@ -462,14 +471,15 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     fp16 on CUDA, fp32_contiguous and fp32_compiled for the CNN); ``onnx.<model>``;
     ``training.<model>.<phase>`` with ``images_per_s`` (CNN: full; CLIP: frozen_cached,
     frozen_uncached, unfrozen, plus the frozen_phase projection); ``memory.<model>_app_rss_mb``
-    (peak RSS of a fresh app process); ``targets`` (one entry per target, with ``pass``).
+    (peak RSS of a fresh app process); ``video`` (``fps`` of ``train_cli.py video`` end to end on a 640x480
+    one-face clip, CNN, 1 thread); ``targets`` (one entry per target, with ``pass``).
     """
     from .faces import FaceDetector
 
     device = pick_device(cfg.device)
     result: dict = {"machine": machine_info(device), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
                     "detector": {}, "pipeline": {}, "pipeline_1_thread": {}, "ratios": {}, "forward": {}, "onnx": {},
-                    "training": {}, "memory": {}}
+                    "training": {}, "memory": {}, "video": {}}
     face_model = _face_model(cfg)
     detector = FaceDetector(face_model, allow_download=False)
     result["machine"]["face_detector"] = detector.source

@@ -12,6 +12,7 @@ TARGETS = {  # (comparison, limit) per target; see evaluate_targets
     "four_vs_one_face": ("<=", 1.5),
     "total_over_forward": ("<=", 1.3),
     "frozen_cache_speedup": (">=", 5.0),
+    "video_fps": (">=", 40.0),
 }
 
 
@@ -32,6 +33,9 @@ def evaluate_targets(result: dict) -> list[dict]:
     frozen = result["training"].get("clip", {}).get("frozen_phase")
     if frozen:
         checks.append(("CLIP frozen phase: time without / with cache", "frozen_cache_speedup", frozen["speedup"]))
+    video = result.get("video")
+    if video:
+        checks.append(("video analysis, 640x480, 1 face, every frame (frames/s)", "video_fps", video["fps"]))
     out = []
     for label, key, value in checks:
         op, limit = TARGETS[key]
@@ -99,6 +103,10 @@ def format_report(result: dict) -> str:
                        f"validation) for {frozen['train_images']} images; "
                        f"on FER2013 about {frozen['fer2013_with_cache_min']} vs {frozen['fer2013_without_cache_min']} min")
         out.append("")
+    video = result.get("video")
+    if video:
+        out += [f"video analysis (train_cli.py video, {video['size'][0]}x{video['size'][1]}, 1 face, every frame, "
+                f"{video['torch_threads']} torch thread): {video['fps']} frames/s over {video['frames']} frames", ""]
     if result["memory"]:
         out += ["app memory (fresh process: classifier + detector + one frame): "
                 + ", ".join(f"{k} {v:.0f} MB" for k, v in result["memory"].items()), ""]

@@ -31,7 +31,8 @@ def quick_result(face_model_path: Path, real_faces) -> dict:
 
 def test_quick_benchmark_reports_every_key(quick_result: dict) -> None:
     r = quick_result
-    positive = ["memory.clip_app_rss_mb", "training.cnn.full.images_per_s"]
+    positive = ["memory.clip_app_rss_mb", "training.cnn.full.images_per_s", "video.fps"]
+    assert _get(r, "video.face_ids") == 1 and _get(r, "video.torch_threads") == 1
     positive += [f"training.clip.{phase}.images_per_s" for phase in ("frozen_cached", "frozen_uncached", "unfrozen")]
     for detector in ("blazeface", "haar"):
         positive += [f"detector.{detector}.ms.median", f"detector.{detector}.ms.p90", f"detector.{detector}.ms_4_face.median"]
