@@ -185,6 +185,9 @@ def test_ui_training_run_yields_to_live_inference(tmp_path: Path) -> None:
         args = run.process.args
         assert args[args.index("--threads") + 1] == str(runner.threads)  # fewer threads ...
         assert os.getpriority(os.PRIO_PROCESS, run.pid) == min(19, before + 10)  # ... at a lower priority
+        autogroup = Path(f"/proc/{run.pid}/autogroup")  # Linux: its own session's scheduling group is lowered too
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-1] == "10"
     finally:
         runner.stop()
     assert TrainingRunner(tmp_path / "runs", threads=3).threads == 3

@@ -39,4 +39,3 @@ class AppConfig:
     training_nice: int = 10  # the trainer runs at lower CPU priority so live inference stays responsive
     training_threads: int = 0  # torch threads of a training run started from the UI; 0 = half the cores (at least 1), the rest stay free for live inference
     threads: int = field(default_factory=cpu_cores)  # torch CPU threads for inference: every core this process may use; 0 = the same
-    timeline_every: float = 0.25  # seconds between redraws of the Live tab's timeline chart (4/s: smooth enough, cheap for the stream)

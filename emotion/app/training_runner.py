@@ -226,6 +226,23 @@ class PastRun(TrainingRun):
         """Nothing: a run this app did not start is not this app's to stop."""
 
 
+def _lower_priority(pid: int, nice: int) -> None:
+    """Add ``nice`` to a new process's CPU niceness, and to its session's scheduling group on Linux.
+
+    With autogroups (most Linux desktops), the scheduler first shares the CPU fairly between sessions and
+    only then by niceness within one, so the trainer, in a session of its own, would still get half the
+    CPU: measured 28 ms instead of 7 ms per live frame on a shared core (6.5 ms with its autogroup lowered too).
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, pid) + nice)
+    except OSError as exc:  # the process may already be gone; a crash is reported by state()
+        log.debug("could not lower the trainer's priority: %s", exc)
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(min(19, nice)))
+    except OSError as exc:  # no autogroups (not Linux, or turned off), or the process is gone
+        log.debug("could not lower the trainer's autogroup priority: %s", exc)
+
+
 class TrainingRunner:
     """Starts at most one training run at a time for the whole app, and remembers the latest one."""
 
@@ -262,10 +279,7 @@ class TrainingRunner:
                 process = subprocess.Popen(command, cwd=self.script.parent, stdout=console, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
             if self.nice:
-                try:
-                    os.setpriority(os.PRIO_PROCESS, process.pid, os.getpriority(os.PRIO_PROCESS, process.pid) + self.nice)
-                except OSError as exc:  # the process may already be gone; a crash is reported by state()
-                    log.debug("could not lower the trainer's priority: %s", exc)
+                _lower_priority(process.pid, self.nice)
             self.current = TrainingRun(run_dir, process)
             log.info("training run %s started (pid %d): %s", run_dir, process.pid, " ".join(command))
             return self.current
