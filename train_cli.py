@@ -218,7 +218,7 @@ def cmd_ship(a: argparse.Namespace) -> int:
     from emotion.evaluate import evaluate_checkpoint
 
     summary = {}
-    for mode in ("none", a.tta):
+    for mode in dict.fromkeys(("none", a.tta)):  # without TTA, and with the one shipped
         m = evaluate_checkpoint(a.checkpoint, a.data, a.split, tta=mode, device=a.device)
         summary[mode] = {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n", "split")}
         print(f"{a.split} accuracy with tta {mode}: {m['accuracy'] * 100:.2f}% (macro F1 {m['macro_f1']:.4f})")

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 DATA=${1:-../shared/fer2013}
 RUN=${2:-runs/cnn_default}
 python train_cli.py train --model cnn --data "$DATA" --out "$RUN" --resume
-# Shipped with the test-time augmentation the model card's headline figure uses; prints both accuracies.
-python train_cli.py ship "$RUN/best.pt" --tta shift --data "$DATA" --out assets/emotion_cnn.pt
+# Shipped without test-time augmentation, which keeps the live pipeline within its budget (the model card
+# gives the accuracy with --tta flip and shift too); prints the accuracy it records.
+python train_cli.py ship "$RUN/best.pt" --tta none --data "$DATA" --out assets/emotion_cnn.pt
 python train_cli.py evaluate --checkpoint assets/emotion_cnn.pt --data "$DATA" --split test --out assets/report

@@ -12,8 +12,10 @@ the latency from the frame appearing in the camera's video element to its result
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +26,9 @@ import torch
 from PIL import Image
 
 from conftest import make_folder_dataset
-from emotion.labels import CLASS_NAMES, display
 from emotion.app import AppConfig, EmotionApp
+from emotion.checkpoint import read_checkpoint
+from emotion.labels import CLASS_NAMES, display
 from make_clip import CLIP_FPS, CODE_BLOCK_PX, CODE_BLOCKS, CODE_HEIGHT_PX, face_scene, load_faces, make_clip
 from test_app_client import free_port
 
@@ -98,11 +101,32 @@ SPEED_PROBE = """([blocks, blockPx, stripPx]) => {
 }"""
 
 
+def shipped_run(runs_dir: Path) -> str | None:
+    """The shipped model's training run as a run folder (its per-epoch history, report and confusion matrix,
+    all kept with the release), so the Training tab can show a real run's curves; None without one."""
+    if not SHIPPED.is_file():
+        return None
+    history = read_checkpoint(SHIPPED).get("metrics", {}).get("history") or []
+    report = ROOT / "assets" / "report"
+    if len(history) < 2 or not (report / "metrics.json").is_file():
+        return None
+    run = runs_dir / "emotion_cnn"
+    (run / "report").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    (run / "status.json").write_text(json.dumps({"state": "done", "epoch": history[-1]["epoch"], "epochs": history[-1]["epoch"]}))
+    (run / "train.log").write_text("".join(f"epoch {r['epoch']}: train acc {r['train_acc']:.4f}, val acc {r['val_acc']:.4f}\n"
+                                           for r in history))
+    for name in ("metrics.json", "confusion_matrix.png"):
+        shutil.copy(report / name, run / "report" / name)
+    return run.name
+
+
 @pytest.fixture(scope="module")
 def app_and_url(tiny_cnn_checkpoint: Path, face_model_path: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmotionApp, str]]:
     base = tmp_path_factory.mktemp("browser")
     make_folder_dataset(base / "data" / "tiny-fer", per_class=6)
+    shipped_run(base / "runs")
     config = AppConfig(checkpoint=SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint, face_model=face_model_path,
                        device="cpu", data_root=base / "data", runs_dir=base / "runs", port=free_port())
     app = EmotionApp(config)
@@ -269,6 +293,22 @@ def test_training_tab_runs_one_epoch_and_draws_its_curves(page) -> None:
     page.wait_for_selector("#train-use")
     page.wait_for_selector("#train-confusion img")
     assert "Validation accuracy" in page.inner_text("#train-summary")
-    page.screenshot(path=str(SHOTS / "training.png"), full_page=True)
     page.click("#train-use")
     page.wait_for_function("() => document.querySelector('#model-info').innerText.includes('best.pt')")
+
+
+def test_training_tab_shows_the_shipped_models_run(page) -> None:
+    page.get_by_role("tab", name="Training").click()
+    page.wait_for_selector("#train-runs")
+    page.click("#train-runs input")
+    option = page.get_by_role("option", name="emotion_cnn")
+    if option.count() == 0:
+        pytest.skip("the shipped checkpoint carries no training history to show")
+    option.first.click()
+    page.click("#train-show")
+    page.wait_for_function("() => document.querySelector('#train-progress').innerText.includes('emotion_cnn')")
+    page.wait_for_function("() => /Done/.test(document.querySelector('#train-progress').innerText)")
+    page.wait_for_selector("#train-curves img, #train-curves svg, #train-curves canvas")
+    page.wait_for_selector("#train-confusion img")
+    assert "Validation accuracy" in page.inner_text("#train-summary")
+    page.screenshot(path=str(SHOTS / "training.png"), full_page=True)
