@@ -1,7 +1,9 @@
 """Shared fixtures: synthetic FER-style datasets, tiny checkpoints and real faces from ../shared."""
 from __future__ import annotations
 
+import contextlib
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,16 @@ def tiny_cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny_cnn.pt"
     save_checkpoint(path, model, cfg, metrics={"note": "untrained test model"})
     return path
+
+
+@contextlib.contextmanager
+def launched_app(config) -> Iterator[tuple]:
+    """(app, url): the app for an ``AppConfig`` served on localhost for a test, and closed afterwards."""
+    from emotion.app import EmotionApp
+
+    app = EmotionApp(config)
+    _, url, _ = app.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        yield app, url
+    finally:
+        app.close()

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from app import build_parser, main
+from conftest import launched_app
 from emotion.labels import CLASS_NAMES
 from emotion.app import AppConfig, EmotionApp
 from make_clip import face_scene
@@ -27,12 +28,8 @@ def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: p
     base = tmp_path_factory.mktemp("served")
     config = AppConfig(checkpoint=tiny_cnn_checkpoint, face_model=face_model_path, device="cpu", data_root=base / "data",
                        runs_dir=base / "runs", assets_dir=base / "assets", port=free_port())
-    app = EmotionApp(config)
-    _, url, _ = app.launch(prevent_thread_lock=True, quiet=True)
-    try:
+    with launched_app(config) as (app, url):
         yield app, url
-    finally:
-        app.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_folder_dataset
+from conftest import launched_app, make_folder_dataset
 from emotion.app import AppConfig, EmotionApp
 from emotion.checkpoint import read_checkpoint
 from emotion.labels import CLASS_NAMES, display
@@ -129,12 +129,8 @@ def app_and_url(tiny_cnn_checkpoint: Path, face_model_path: Path,
     shipped_run(base / "runs")
     config = AppConfig(checkpoint=SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint, face_model=face_model_path,
                        device="cpu", data_root=base / "data", runs_dir=base / "runs", port=free_port())
-    app = EmotionApp(config)
-    _, url, _ = app.launch(prevent_thread_lock=True, quiet=True)
-    try:
+    with launched_app(config) as (app, url):
         yield app, url
-    finally:
-        app.close()
 
 
 @pytest.fixture(scope="module")

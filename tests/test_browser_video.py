@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emotion.app import AppConfig, EmotionApp
+from conftest import launched_app
+from emotion.app import AppConfig
 from emotion.video import write_clip
 from make_clip import face_scene, load_faces
 from test_app_client import free_port
@@ -24,12 +25,8 @@ def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: p
                        device="cpu", training=False, runs_dir=base / "runs", port=free_port())
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(base / "gradio"))
-        app = EmotionApp(config)
-        _, url, _ = app.launch(prevent_thread_lock=True, quiet=True)
-        try:
+        with launched_app(config) as (app, url):
             yield url
-        finally:
-            app.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from emotion.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from emotion.data import DataError, load_split, split_train_val, to_face48
 from emotion.evaluate import compute_metrics
 from emotion.labels import CLASS_NAMES, canonical_label, display
-from emotion.models import ClipEmotionModel, ModelConfig, build_model, count_parameters
+from emotion.models import ModelConfig, build_model, count_parameters
 from emotion.train import TrainConfig, lr_factor, param_groups, set_phase
 from emotion.weights import WeightsError, resolve_clip_weights
 

@@ -29,7 +29,7 @@ from gradio.utils import get_upload_folder
 from PIL import Image
 
 import train_cli
-from conftest import ROOT, make_csv_dataset
+from conftest import ROOT, launched_app, make_csv_dataset
 from emotion.app import AppConfig, EmotionApp
 from emotion.app.inputs import PhotoError, client_image
 from emotion.app.model_panel import ModelManager
@@ -84,12 +84,8 @@ def served(gradio_tmp: Path, tiny_cnn_checkpoint: Path, face_model_path: Path,
     config = AppConfig(checkpoint=tiny_cnn_checkpoint, face_model=face_model_path, device="cpu", data_root=base / "data",
                        runs_dir=base / "runs", assets_dir=base / "assets", port=free_port(), training=False,
                        cache_sweep_s=1, cache_max_age_s=SWEEP_AGE_S)
-    app = EmotionApp(config)
-    _, url, _ = app.launch(prevent_thread_lock=True, quiet=True)
-    try:
+    with launched_app(config) as (app, url):
         yield url
-    finally:
-        app.close()
 
 
 @pytest.fixture(scope="module")

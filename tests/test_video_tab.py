@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import launched_app
 from emotion.video import write_clip
 from make_clip import face_scene
 from test_video import FPS, clip_faces, enter_leave_frames, frame_count, one_face_clip, read_rows
@@ -23,7 +24,7 @@ def faces() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    from emotion.app import AppConfig, EmotionApp
+    from emotion.app import AppConfig
     from test_app_client import free_port
 
     base = tmp_path_factory.mktemp("served")
@@ -31,12 +32,8 @@ def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: p
                        runs_dir=base / "runs", assets_dir=base / "assets", port=free_port())
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(base / "gradio"))  # a cache of its own: what is left in it is this app's
-        app = EmotionApp(config)
-        _, url, _ = app.launch(prevent_thread_lock=True, quiet=True)
-        try:
+        with launched_app(config) as (app, url):
             yield app, url
-        finally:
-            app.close()
 
 
 @pytest.fixture(scope="module")
