@@ -392,10 +392,12 @@ def train(cfg: TrainConfig) -> dict:
         if d.main:
             _write_status(status_path, status)
 
+    finished = False
     try:
         publish()
         result = _run(cfg, d, device, out, metrics_path, publish)
         publish(state="done", **result)
+        finished = True
         return result
     except BaseException as exc:
         publish(state="stopped" if isinstance(exc, KeyboardInterrupt) else "failed", error=f"{type(exc).__name__}: {exc}")
@@ -405,6 +407,10 @@ def train(cfg: TrainConfig) -> dict:
             logging.getLogger("emotion").removeHandler(handler)
             handler.close()
         if dist.is_initialized():
+            if finished:
+                # Every rank reaches the end before any closes its connections: gloo aborts (SIGABRT) a process
+                # whose peer hangs up first, which killed the second rank of a finished run now and then.
+                dist.barrier()
             dist.destroy_process_group()
 
 
