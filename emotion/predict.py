@@ -34,6 +34,8 @@ TTA_VIEWS: dict[str, tuple[tuple[int, int, bool], ...]] = {
 def tta_views(faces: torch.Tensor, mode: str) -> torch.Tensor:
     """The ``mode`` views of faces (N, 1, H, W), stacked view-major: (V * N, 1, H, W)."""
     views = TTA_VIEWS[mode]
+    if len(views) == 1:  # the shipped setting: the live path pays for no copy
+        return faces
     pad = max(max(abs(dx), abs(dy)) for dx, dy, _ in views)
     h, w = faces.shape[-2:]
     padded = F.pad(faces, (pad, pad, pad, pad), mode="replicate") if pad else faces
