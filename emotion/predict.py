@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import LoadedModel, load_checkpoint
+from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import to_face48
 from .labels import CLASS_NAMES
 from .runtime import amp_dtype, autocast_for, pick_device
@@ -49,7 +49,11 @@ def tta_views(faces: torch.Tensor, mode: str) -> torch.Tensor:
 def resolve_tta(tta: str | bool | None, loaded: LoadedModel) -> str:
     """The TTA mode to use: ``tta`` itself, or (None) the checkpoint's own inference setting."""
     if tta is None:
-        tta = loaded.inference.get("tta", "none")
+        stored = loaded.inference.get("tta", "none") if isinstance(loaded.inference, dict) else None
+        if not isinstance(stored, str) or stored not in TTA_VIEWS:  # a damaged or hostile file: refuse it like any other malformed entry
+            raise CheckpointError(f"{loaded.path}: its inference setting {str(loaded.inference)[:80]!r} is not valid; "
+                                  f"re-release it with `train_cli.py ship --tta {'|'.join(TTA_VIEWS)}`")
+        return stored
     elif isinstance(tta, bool):
         tta = "flip" if tta else "none"
     if tta not in TTA_VIEWS:

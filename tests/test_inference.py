@@ -62,3 +62,16 @@ def test_ship_records_the_tta_that_predict_and_evaluate_then_use(tiny_fer, tmp_p
     out = tmp_path / "report"
     assert train_cli.main(["evaluate", "--checkpoint", str(shipped), "--data", str(tiny_fer), "--out", str(out)]) == 0
     assert "tta: shift" in capsys.readouterr().out and json.loads((out / "metrics.json").read_text())["tta"] == "shift"
+
+
+@pytest.mark.parametrize("inference", [{"tta": "evil"}, {"tta": ["shift"]}, "shift"])
+def test_a_bad_stored_inference_setting_is_a_checkpoint_error(tiny_cnn_checkpoint, tmp_path, inference):
+    from emotion.checkpoint import CheckpointError
+
+    blob = torch.load(tiny_cnn_checkpoint, weights_only=True)
+    blob["inference"] = inference
+    bad = tmp_path / "bad.pt"
+    torch.save(blob, bad)
+    with pytest.raises(CheckpointError, match="inference setting"):
+        EmotionClassifier.from_checkpoint(bad, device="cpu")
+    assert EmotionClassifier.from_checkpoint(bad, device="cpu", tta="flip").tta == "flip"  # an explicit choice still works
