@@ -93,8 +93,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_ship(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ship", help="release a trained checkpoint: no optimizer state, with its inference setting and evaluation", formatter_class=_Help)
-    p.add_argument("checkpoint", help="trained checkpoint, e.g. runs/cnn/best.pt")
+    p = sub.add_parser("ship", help="release trained checkpoints as one file: no optimizer state, with its inference setting and evaluation", formatter_class=_Help)
+    p.add_argument("checkpoints", nargs="+", help="trained checkpoint, e.g. runs/cnn/best.pt; several of one architecture make an ensemble")
     p.add_argument("--out", default="assets/emotion_cnn.pt", help="released checkpoint file")
     p.add_argument("--tta", choices=TTA_CHOICES, required=True, help="test-time augmentation the app, predict and the API will use")
     p.add_argument("--data", default="../shared/fer2013", help="dataset whose --split is evaluated and recorded, with and without TTA")
@@ -214,16 +214,23 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_ship(a: argparse.Namespace) -> int:
-    from emotion.checkpoint import ship_checkpoint
+    from emotion.checkpoint import record_evaluation, ship_checkpoint
     from emotion.evaluate import evaluate_checkpoint
 
-    summary = {}
-    for mode in dict.fromkeys(("none", a.tta)):  # without TTA, and with the one shipped
-        m = evaluate_checkpoint(a.checkpoint, a.data, a.split, tta=mode, device=a.device)
-        summary[mode] = {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n", "split")}
-        print(f"{a.split} accuracy with tta {mode}: {m['accuracy'] * 100:.2f}% (macro F1 {m['macro_f1']:.4f})")
-    ship_checkpoint(a.checkpoint, a.out, tta=a.tta, metrics=summary)
-    print(f"wrote {a.out} (tta {a.tta})")
+    out = Path(a.out)
+    staged = out.with_name(f".{out.name}.shipping")  # the release replaces --out only once it is evaluated
+    try:
+        ship_checkpoint(a.checkpoints, staged, tta=a.tta)
+        summary = {}
+        for mode in dict.fromkeys(("none", a.tta)):  # without TTA, and with the one shipped; of the file as written
+            m = evaluate_checkpoint(staged, a.data, a.split, tta=mode, device=a.device)
+            summary[mode] = {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n", "split")}
+            print(f"{a.split} accuracy with tta {mode}: {m['accuracy'] * 100:.2f}% (macro F1 {m['macro_f1']:.4f})")
+        record_evaluation(staged, summary)
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
+    print(f"wrote {out} (tta {a.tta}, {len(a.checkpoints)} network{'s' if len(a.checkpoints) > 1 else ''})")
     return 0
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -317,7 +317,8 @@ def _training(name: str, checkpoint: Path, cfg: BenchConfig, tmp: Path) -> dict:
     if not data.exists():
         _synthetic_dataset(data, cfg.train_images)
     blob = read_checkpoint(checkpoint)
-    model_cfg = ModelConfig.from_dict(blob["model_config"])
+    # One network's training speed: an ensemble's members are trained one by one with the same recipe.
+    model_cfg = replace(ModelConfig.from_dict(blob["model_config"]), members=1)
     common = dict(data=str(data), data_cache=str(tmp / "data_cache"), model=model_cfg, max_images=cfg.train_images,
                   batch_size=min(64, cfg.train_images), device=cfg.device, amp=cfg.amp)
     if name == "cnn":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,15 @@ class CheckpointWriteError(OSError):
 # Sanity bounds for a checkpoint's model config: a hostile file must not make the loader build a huge model.
 MAX_WIDTH = 8192  # channels of a CNN stage or units of an adapter layer
 MAX_DEPTH = 16  # CNN conv layers per stage, CNN stages or adapter layers
+MAX_MEMBERS = 8  # networks in an ensemble
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_cfg: ModelConfig, *, train_config: dict | None = None,
-                    metrics: dict | None = None, training_state: dict | None = None, inference: dict | None = None) -> None:
-    """Write ``model`` and its description to ``path`` atomically; ``inference`` holds settings such as the TTA mode."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.Tensor], model_cfg: ModelConfig, *,
+                    train_config: dict | None = None, metrics: dict | None = None, training_state: dict | None = None,
+                    inference: dict | None = None) -> None:
+    """Write ``model`` (a module or its state dict) and its description to ``path`` atomically;
+    ``inference`` holds settings such as the TTA mode."""
+    weights = model.state_dict() if isinstance(model, nn.Module) else model
     blob: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -50,11 +53,18 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_cfg: ModelC
         "class_names": list(CLASS_NAMES),
         "train_config": train_config or {},
         "metrics": metrics or {},
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {k: v.detach().cpu() for k, v in weights.items()},
         "inference": inference or {},
     }
     if training_state is not None:
         blob["training_state"] = training_state
+    _write_atomic(path, blob)
+
+
+def _write_atomic(path: str | os.PathLike, blob: dict) -> None:
+    """``torch.save`` to a temp file, then rename: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         torch.save(blob, tmp)
@@ -129,6 +139,8 @@ def check_model_config(cfg: ModelConfig) -> None:
     sizes("cnn_widths", cfg.cnn_widths)
     sizes("adapter_dims", cfg.adapter_dims)
     sizes("cnn_convs", (cfg.cnn_convs,))
+    if not isinstance(cfg.members, int) or isinstance(cfg.members, bool) or not 1 <= cfg.members <= MAX_MEMBERS:
+        raise ValueError(f"members must be a whole number in 1-{MAX_MEMBERS}, got {cfg.members!r}")
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
     if cfg.num_classes != len(CLASS_NAMES):
@@ -151,6 +163,8 @@ class LoadedModel:
     def name(self) -> str:
         """Short description for logs and the UI, e.g. 'cnn (emotion_cnn.pt)'."""
         arch = "cnn" if self.config.kind == "cnn" else f"clip {self.config.clip_model}"
+        if self.config.members > 1:
+            arch += f" ensemble of {self.config.members}"
         return f"{arch} ({Path(self.path).name})"
 
 
@@ -176,12 +190,41 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return LoadedModel(model, preprocess, cfg, str(path), blob.get("metrics", {}), blob.get("train_config", {}), blob.get("inference", {}))
 
 
-def ship_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, tta: str, metrics: dict | None = None) -> None:
-    """Copy a trained checkpoint to ``dst`` for release: weights, configs and history, no optimizer state,
-    with the inference settings (``tta``) and, when given, the evaluation ``metrics`` its accuracy claims."""
-    blob = read_checkpoint(src)
-    cfg = ModelConfig.from_dict(blob["model_config"])
-    model, _ = build_model(cfg, clip_weights="random")
-    model.load_state_dict(blob["model"])
-    merged = {**blob.get("metrics", {}), **({"evaluation": metrics} if metrics else {})}
-    save_checkpoint(dst, model, cfg, train_config=blob.get("train_config"), metrics=merged, inference={"tta": tta})
+def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike, *, tta: str) -> None:
+    """Release trained checkpoints as one file at ``dst``: their weights without optimizer state, with the
+    inference setting ``tta``. Several sources (same architecture) become an ensemble whose probabilities
+    are averaged. Weight matrices are stored as float16, which halves the file; 1-d tensors (biases,
+    BatchNorm statistics) stay float32, since their small values would lose precision. Evaluate the
+    written file (not the sources), since that is what users get, and record it with ``record_evaluation``."""
+    if not 1 <= len(sources) <= MAX_MEMBERS:
+        raise CheckpointError(f"ship takes 1-{MAX_MEMBERS} checkpoints, got {len(sources)}")
+    blobs = [read_checkpoint(src) for src in sources]
+    cfgs = [model_config(blob, src) for blob, src in zip(blobs, sources)]
+    if any(c.members != 1 for c in cfgs):
+        raise CheckpointError("ship combines single trained networks; one of the checkpoints is already an ensemble")
+    if any(c != cfgs[0] for c in cfgs[1:]):
+        raise CheckpointError("an ensemble needs checkpoints of one architecture; their model configs differ: "
+                              + "; ".join(f"{src}: {c.to_dict()}" for src, c in zip(sources, cfgs))[:400])
+    cfg = replace(cfgs[0], members=len(blobs))
+    if len(blobs) == 1:
+        weights = dict(blobs[0]["model"])
+    else:
+        weights = {f"members.{i}.{k}": v for i, blob in enumerate(blobs) for k, v in blob["model"].items()}
+    try:  # the combined weights must fit the combined config before anything is written
+        build_model(cfg, clip_weights="random")[0].load_state_dict(weights)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"the weights of {', '.join(map(str, sources))} do not fit their config ({_one_line(exc)[:300]})") from exc
+    weights = {k: v.half() if v.is_floating_point() and v.dim() > 1 else v for k, v in weights.items()}
+    if len(blobs) == 1:
+        metrics, train_config = blobs[0].get("metrics", {}), blobs[0].get("train_config", {})
+    else:  # each member's training, so the card and report can show every run
+        metrics = {"members": [{"checkpoint": str(src), **blob.get("metrics", {})} for src, blob in zip(sources, blobs)]}
+        train_config = {**blobs[0].get("train_config", {}), "members": [blob.get("train_config", {}) for blob in blobs]}
+    save_checkpoint(dst, weights, cfg, train_config=train_config, metrics=metrics, inference={"tta": tta})
+
+
+def record_evaluation(path: str | os.PathLike, evaluation: dict) -> None:
+    """Store ``evaluation`` (e.g. accuracy per TTA mode) in the checkpoint's metrics, rewriting it atomically."""
+    blob = read_checkpoint(path)
+    blob["metrics"] = {**blob.get("metrics", {}), "evaluation": evaluation}
+    _write_atomic(path, blob)

@@ -96,22 +96,25 @@ def plot_confusion(m: dict, path: str | os.PathLike, title: str = "") -> None:
 
 
 def plot_curves(rows: list[dict], path: str | os.PathLike) -> bool:
-    """Train/validation loss and accuracy by epoch; returns False when there is nothing to draw."""
+    """Train/validation loss and accuracy by epoch, a pair of lines per ensemble member when rows carry
+    ``member``; returns False when there is nothing to draw."""
     rows = [r for r in rows if "epoch" in r]
     if not rows:
         return False
     plt = _pyplot()
-    epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        ax_loss.plot(epochs, [r[key] for r in rows], marker="o", ms=3, label=label)
-    for key, label in (("train_acc", "train"), ("val_acc", "validation")):
-        ax_acc.plot(epochs, [r[key] * 100 for r in rows], marker="o", ms=3, label=label)
+    for member in dict.fromkeys(r.get("member") for r in rows):
+        mine = [r for r in rows if r.get("member") == member]
+        epochs = [r["epoch"] for r in mine]
+        suffix = "" if member is None else f", network {member}"
+        for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "acc", 100)):
+            for split, label in (("train", "train"), ("val", "validation")):
+                ax.plot(epochs, [r[f"{split}_{key}"] * scale for r in mine], marker="o", ms=3, label=label + suffix)
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="%")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -119,10 +122,15 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> bool:
 
 
 def training_history(checkpoint: str | os.PathLike, metrics: dict) -> list[dict]:
-    """Epoch rows: the run's metrics.jsonl beside the checkpoint, else the history stored in it."""
+    """Epoch rows: the run's metrics.jsonl beside the checkpoint, else the history stored in it; for an
+    ensemble, every member's history, each row tagged with its ``member`` number (1-based)."""
     beside = Path(checkpoint).parent / "metrics.jsonl"
     rows = read_jsonl(beside)
-    return rows or list(metrics.get("history", []))
+    if rows or "members" not in metrics:
+        return rows or list(metrics.get("history", []))
+    members = metrics["members"] if isinstance(metrics["members"], list) else []
+    return [{**row, "member": i} for i, m in enumerate(members, 1) if isinstance(m, dict)
+            for row in m.get("history", []) if isinstance(row, dict)]
 
 
 def write_report(m: dict, out: str | os.PathLike, history: list[dict] | None = None) -> Path:

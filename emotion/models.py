@@ -1,13 +1,15 @@
 """The model factory: the CLIP + adapter model and the compact offline CNN, each with its preprocessing.
 
-``build_model(cfg)`` returns ``(model, preprocess)``. ``preprocess`` turns a batch of 48x48 faces
+``build_model(cfg)`` returns ``(model, preprocess)``; with ``cfg.members > 1`` the model is an ensemble
+of that many identically shaped networks, stored in one checkpoint, whose probabilities are averaged. ``preprocess`` turns a batch of 48x48 faces
 (float in [0, 1], shape (N, 1, 48, 48)) into exactly what that model's weights expect, so training,
 evaluation and the app can never disagree about normalisation or input size.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn as nn
@@ -31,6 +33,7 @@ class ModelConfig:
     cnn_convs: int = 2  # 3x3 conv layers per CNN stage
     cnn_normalize: str = "image"  # "image": standardise each face (robust to contrast and lighting); "dataset": fixed mean/std
     num_classes: int = NUM_CLASSES  # output classes (FER2013 has 7)
+    members: int = 1  # networks of this shape in the model; > 1 is an ensemble whose probabilities are averaged
 
     def to_dict(self) -> dict:
         """Plain-JSON form, for checkpoints."""
@@ -138,12 +141,33 @@ class EmotionCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class Ensemble(nn.Module):
+    """Networks trained separately, run on the same input; forward returns the log of their mean
+    probabilities, so ``softmax`` of the output is the ensemble's prediction and callers need not know."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([m(x).float().log_softmax(-1) for m in self.members])
+        return log_probs.logsumexp(0) - math.log(len(self.members))
+
+
 def build_model(cfg: ModelConfig, clip_weights: str | None = None, cache_dir: str | None = None) -> tuple[nn.Module, Preprocess]:
     """Build the model ``cfg`` describes and the preprocessing its weights expect.
 
     For CLIP, ``clip_weights`` is a file path, ``"random"`` (no pretrained weights, for tests and
     timing) or None to resolve ``cfg.pretrained`` through the cache or a download (see ``weights``).
     """
+    if cfg.members > 1:
+        single = replace(cfg, members=1)
+        built = [_build_single(single, clip_weights, cache_dir) for _ in range(cfg.members)]
+        return Ensemble([model for model, _ in built]), built[0][1]
+    return _build_single(cfg, clip_weights, cache_dir)
+
+
+def _build_single(cfg: ModelConfig, clip_weights: str | None, cache_dir: str | None) -> tuple[nn.Module, Preprocess]:
     if cfg.kind == "cnn":
         if cfg.cnn_normalize not in ("image", "dataset"):
             raise ValueError(f"cnn_normalize must be 'image' or 'dataset', got {cfg.cnn_normalize!r}")

@@ -118,6 +118,9 @@ class TrainConfig:
             check_model_config(self.model)
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from exc
+        if self.model.members != 1:
+            raise ConfigError("the trainer trains one network at a time: train each with its own --seed, then "
+                              "combine them with `train_cli.py ship RUN1/best.pt RUN2/best.pt ...`")
 
     def to_dict(self) -> dict:
         """JSON form stored in checkpoints."""

@@ -1,0 +1,117 @@
+"""Ensembles: several trained networks released as one checkpoint whose probabilities are averaged."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_cli
+from emotion.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint, ship_checkpoint
+from emotion.evaluate import plot_curves, training_history
+from emotion.models import ModelConfig, build_model
+from emotion.predict import EmotionClassifier
+from emotion.train import ConfigError, TrainConfig
+
+TINY = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)
+
+
+def _trained_like(path: Path, seed: int, cfg: ModelConfig = TINY) -> Path:
+    """A checkpoint with random weights and BatchNorm statistics (as a trained one has) and an epoch history."""
+    torch.manual_seed(seed)
+    model, _ = build_model(cfg)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    history = [{"epoch": e, "train_loss": 1.5 - e / 10, "val_loss": 1.6 - e / 10, "train_acc": 0.3 + e / 20,
+                "val_acc": 0.25 + e / 20} for e in (1, 2, 3)]
+    save_checkpoint(path, model, cfg, train_config={"seed": seed, "batch_size": 64},
+                    metrics={"val_acc": 0.4, "history": history})
+    return path
+
+
+@pytest.fixture
+def members(tmp_path: Path) -> list[Path]:
+    return [_trained_like(tmp_path / f"run{seed}" / "best.pt", seed) for seed in (1, 2, 3)]
+
+
+def test_ensemble_output_is_the_log_of_the_mean_member_probability():
+    model, _ = build_model(ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1, members=3))
+    model.eval()
+    x = torch.randn(5, 1, 48, 48)
+    expected = torch.stack([m(x).softmax(-1) for m in model.members]).mean(0)
+    assert torch.allclose(model(x).softmax(-1), expected, atol=1e-6)
+    assert torch.allclose(model(x).exp().sum(-1), torch.ones(5), atol=1e-5)  # already normalised
+
+
+def test_shipped_ensemble_predicts_the_mean_of_its_members(members, tmp_path):
+    shipped = tmp_path / "assets" / "ensemble.pt"
+    ship_checkpoint(members, shipped, tta="flip")
+    loaded = load_checkpoint(shipped)
+    assert loaded.config.members == 3 and "ensemble of 3" in loaded.name
+    faces = torch.randint(0, 256, (6, 48, 48), dtype=torch.uint8)
+    probs = EmotionClassifier.from_checkpoint(shipped, device="cpu", amp="off").predict_tensor(faces)
+    singles = [EmotionClassifier.from_checkpoint(p, device="cpu", amp="off", tta="flip").predict_tensor(faces) for p in members]
+    # Weight matrices are stored as float16, so the ensemble matches its members to float16 precision.
+    assert torch.allclose(probs, torch.stack(singles).mean(0), atol=2e-3)
+    blob = read_checkpoint(shipped)
+    assert {v.dtype for k, v in blob["model"].items() if v.dim() > 1} == {torch.float16}
+    assert {v.dtype for k, v in blob["model"].items() if v.is_floating_point() and v.dim() == 1} == {torch.float32}
+    assert [m["seed"] for m in blob["train_config"]["members"]] == [1, 2, 3]
+    assert [m["checkpoint"] for m in blob["metrics"]["members"]] == [str(p) for p in members]
+
+
+def test_ensemble_report_draws_every_members_curves(members, tmp_path):
+    shipped = tmp_path / "assets" / "ensemble.pt"
+    ship_checkpoint(members[:2], shipped, tta="none")
+    rows = training_history(shipped, load_checkpoint(shipped).metrics)
+    assert [(r["member"], r["epoch"]) for r in rows] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert plot_curves(rows, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_ship_cli_makes_an_evaluated_ensemble(members, tiny_fer, tmp_path, capsys):
+    out = tmp_path / "assets" / "model.pt"
+    argv = ["ship", *map(str, members), "--out", str(out), "--tta", "none", "--data", str(tiny_fer)]
+    assert train_cli.main(argv) == 0
+    assert "3 networks" in capsys.readouterr().out
+    blob = read_checkpoint(out)
+    # The evaluation recorded is that of the released file, which evaluate then reproduces.
+    recorded = blob["metrics"]["evaluation"]["none"]["accuracy"]
+    assert train_cli.main(["evaluate", "--checkpoint", str(out), "--data", str(tiny_fer)]) == 0
+    assert f"{recorded * 100:.2f}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.pt"]  # no staging file left behind
+
+
+def test_ship_refuses_networks_of_different_shapes_and_keeps_the_old_release(members, tiny_fer, tmp_path, capsys):
+    other = _trained_like(tmp_path / "wide" / "best.pt", 9, ModelConfig(kind="cnn", cnn_widths=(8, 32), cnn_convs=1))
+    out = tmp_path / "assets" / "model.pt"
+    out.parent.mkdir()
+    out.write_bytes(b"previous release")
+    assert train_cli.main(["ship", str(members[0]), str(other), "--out", str(out), "--tta", "none", "--data", str(tiny_fer)]) == 2
+    assert "one architecture" in capsys.readouterr().err
+    assert out.read_bytes() == b"previous release"
+    ship_checkpoint(members[:2], tmp_path / "e2.pt", tta="none")
+    with pytest.raises(CheckpointError, match="already an ensemble"):
+        ship_checkpoint([tmp_path / "e2.pt", members[2]], tmp_path / "e3.pt", tta="none")
+
+
+def test_a_missing_data_folder_leaves_no_release(members, tmp_path, capsys):
+    out = tmp_path / "assets" / "model.pt"
+    assert train_cli.main(["ship", *map(str, members), "--out", str(out), "--tta", "none", "--data", str(tmp_path / "nope")]) == 2
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("members_value", [0, 9, 1000, "3", True, 2.0, None])
+def test_a_hostile_member_count_is_a_checkpoint_error(tmp_path, members_value):
+    path = _trained_like(tmp_path / "m.pt", 1)
+    blob = torch.load(path, weights_only=True)
+    blob["model_config"]["members"] = members_value
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match="members"):
+        load_checkpoint(path)
+
+
+def test_the_trainer_trains_one_network_at_a_time():
+    with pytest.raises(ConfigError, match="one network at a time"):
+        TrainConfig(model=ModelConfig(kind="cnn", members=2)).check()
