@@ -52,7 +52,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, default=t.label_smoothing, help="cross-entropy label smoothing")
     p.add_argument("--ema-decay", type=float, default=None, help=f"validate and ship a moving average of the weights with this decay; 0 = off (default: clip {t.ema_decay}, cnn {c.ema_decay})")
     p.add_argument("--dropout", type=float, default=None, help=f"dropout in the adapter (default {m.dropout}) or the CNN head (default {c.model.dropout})")
-    p.add_argument("--cnn-widths", default=None, help=f"CNN channels per stage, comma-separated (default {','.join(map(str, m.cnn_widths))})")
+    p.add_argument("--cnn-widths", default=None, help=f"CNN channels per stage, comma-separated (default {','.join(map(str, c.model.cnn_widths))})")
     p.add_argument("--unfreeze-epoch", type=int, default=t.unfreeze_epoch, help="first epoch (1-based) in which CLIP's last blocks train; 0 = from the start")
     p.add_argument("--unfreeze-blocks", type=int, default=t.unfreeze_blocks, help="CLIP transformer blocks unfrozen, plus the final norm and projection")
     p.add_argument("--no-embedding-cache", action="store_true", help="run the frozen encoder every step instead of caching its embeddings (keeps full augmentation)")

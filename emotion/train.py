@@ -77,7 +77,7 @@ class TrainConfig:
         """The recipe for ``kind`` ("clip": the seed's; "cnn": the one that trained the shipped model), then ``overrides``."""
         base = {"model": ModelConfig(kind=kind)}
         if kind == "cnn":
-            base.update(epochs=36, lr=2e-3, ema_decay=0.999, model=ModelConfig(kind="cnn", dropout=0.2, cnn_widths=(48, 96, 192, 384)))
+            base.update(epochs=26, lr=2e-3, ema_decay=0.999, model=ModelConfig(kind="cnn", dropout=0.2, cnn_widths=(48, 96, 192, 384)))
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 

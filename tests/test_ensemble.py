@@ -1,6 +1,8 @@
 """Ensembles: several trained networks released as one checkpoint whose probabilities are averaged."""
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,17 @@ def test_a_hostile_member_count_is_a_checkpoint_error(tmp_path, members_value):
 def test_the_trainer_trains_one_network_at_a_time():
     with pytest.raises(ConfigError, match="one network at a time"):
         TrainConfig(model=ModelConfig(kind="cnn", members=2)).check()
+
+
+@pytest.mark.slow
+def test_release_script_trains_one_network_per_seed_and_ships_their_ensemble(tiny_fer, tmp_path):
+    out = tmp_path / "release" / "model.pt"
+    env = {**os.environ, "OUT": str(out), "TRAIN_ARGS": "--epochs 1 --batch-size 16"}
+    script = Path(train_cli.__file__).resolve().parent / "scripts" / "train_default_model.sh"
+    done = subprocess.run(["bash", str(script), str(tiny_fer), str(tmp_path / "runs" / "net"), "0 1"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = load_checkpoint(out)
+    assert loaded.config.members == 2 and loaded.inference == {"tta": "none"}
+    assert [m["seed"] for m in loaded.train_config["members"]] == [0, 1]
+    assert (out.parent / "report" / "metrics.json").is_file() and (out.parent / "report" / "curves.png").is_file()
