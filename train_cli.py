@@ -32,7 +32,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from emotion.models import ModelConfig
-    from emotion.train import TrainConfig
+    from emotion.train_config import TrainConfig
 
     t, m, c = TrainConfig(), ModelConfig(), TrainConfig.for_model("cnn")
     p = sub.add_parser("train", help="train a model (CLIP + adapter by default, or the offline CNN)", formatter_class=_Help)
@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(a: argparse.Namespace) -> int:
     from emotion.evaluate import evaluate_dataset, format_table
     from emotion.predict import EmotionClassifier
-    from emotion.train import TrainConfig, load_train_val, train
+    from emotion.train import load_train_val, train
+    from emotion.train_config import TrainConfig
 
     from dataclasses import replace
 

@@ -300,7 +300,8 @@ def _synthetic_dataset(root: Path, train_images: int) -> Path:
 
 
 def _train_rows(tmp: Path, name: str, **overrides) -> list[dict]:
-    from .train import TrainConfig, train
+    from .train import train
+    from .train_config import TrainConfig
 
     out = tmp / f"train_{name}"
     train(TrainConfig(out=str(out), clip_weights="random", log_every=3600.0, **overrides))

@@ -11,14 +11,13 @@ and ``train.log``. Runs under ``torchrun`` use DDP (NCCL on GPUs, gloo on CPU); 
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,203 +27,19 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
-from .augment import AugmentConfig, augment
-from .checkpoint import CheckpointError, check_model_config, read_checkpoint, save_checkpoint
+from .augment import augment
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .data import DataError, FaceDataset, has_split, load_split, split_train_val
-from .models import ClipEmotionModel, ModelConfig, build_model, count_parameters
+from .models import ClipEmotionModel, build_model, count_parameters
+from .optim import WeightEMA, lr_factor, param_groups, set_phase
 from .runtime import amp_dtype, autocast_for, pick_device, read_jsonl, write_json_atomic
+from .train_config import TrainConfig, claim_run_folder
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
-    """A training run; the defaults are the seed's recipe for the CLIP model."""
-
-    data: str = "../shared/fer2013"  # dataset folder (train/ and test/ class folders) or fer2013.csv
-    out: str = "runs/emotion"  # run folder for checkpoints, metrics and logs
-    model: ModelConfig = field(default_factory=ModelConfig)  # architecture
-    epochs: int = 20  # total epochs (the seed's 20)
-    batch_size: int = 64  # images per step per process
-    lr: float = 1e-3  # learning rate of the adapter (CLIP) or the whole network (CNN)
-    clip_lr: float = 1e-5  # learning rate of the unfrozen CLIP blocks
-    weight_decay: float = 0.05  # AdamW decoupled weight decay (never on biases or norm weights)
-    warmup_epochs: float = 1.0  # linear warmup before the cosine decay
-    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of each group's learning rate
-    label_smoothing: float = 0.1  # cross-entropy label smoothing
-    ema_decay: float = 0.0  # >0: validate and ship an exponential moving average of the weights (e.g. 0.999)
-    unfreeze_epoch: int = 10  # first (1-based) epoch in which CLIP's last blocks train; 0 = never frozen
-    unfreeze_blocks: int = 4  # CLIP transformer blocks unfrozen then, plus the final norm and projection
-    embedding_cache: bool = True  # while CLIP is frozen, embed every image once and train the adapter on that
-    cache_flip: bool = False  # also cache mirrored images and pick a view at random (flip augmentation, 2x the caching cost)
-    val_split: float = 0.0  # >0: carve this fraction of train for validation instead of using the test split
-    val_name: str = "test"  # split used for validation when val_split is 0
-    seed: int = 0  # seeds shuffling, augmentation, the val split and initialisation
-    amp: str = "auto"  # "auto": fp16 on CUDA, bf16 on CPUs with native bf16; "bf16", "fp16" or "off"
-    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    threads: int = 0  # CPU threads for torch; 0 = one per core (1 is steadier on a busy machine)
-    clip_weights: str | None = None  # CLIP weights file, or "random"; None resolves the pretrained tag
-    cache_dir: str | None = None  # open_clip weights cache
-    data_cache: str | None = None  # where decoded datasets are cached (default ~/.cache/emotion)
-    max_images: int = 0  # >0: train on at most this many images (quick trials and benchmarks)
-    resume: bool = False  # continue from out/last.pt
-    overwrite: bool = False  # start over in an out folder that already holds a run (its checkpoints and metrics are removed)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation
-    log_every: float = 2.0  # seconds between status.json updates
-
-    @classmethod
-    def for_model(cls, kind: str, **overrides) -> TrainConfig:
-        """The recipe for ``kind`` ("clip": the seed's; "cnn": the one that trained the shipped model), then ``overrides``."""
-        base = {"model": ModelConfig(kind=kind)}
-        if kind == "cnn":
-            base.update(epochs=26, lr=2e-3, ema_decay=0.999, model=ModelConfig(kind="cnn", dropout=0.2, cnn_widths=(48, 96, 192, 384)))
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
-
-    def check(self) -> None:
-        """Refuse NaN, infinite, negative or absurd settings (ConfigError naming the setting and its range).
-
-        The CLI and the app's Training tab both call this before anything is started or written.
-        """
-        def number(name: str, label: str, low: float, high: float, *, low_open: bool = False, whole: bool = False) -> None:
-            value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            ok = ok and (value > low if low_open else value >= low) and value <= high
-            if whole:
-                ok = ok and float(value).is_integer()
-            if not ok:
-                kind = "a whole number" if whole else "a number"
-                raise ConfigError(f"{label} must be {kind} {'above' if low_open else 'at least'} {low:g} "
-                                  f"and at most {high:g}, got {value!r}")
-
-        number("epochs", "epochs (--epochs)", 1, 10_000, whole=True)
-        number("batch_size", "batch size (--batch-size)", 1, 65_536, whole=True)
-        number("lr", "learning rate (--lr)", 0, 1.0, low_open=True)
-        number("clip_lr", "CLIP learning rate (--clip-lr)", 0, 1.0, low_open=True)
-        number("weight_decay", "weight decay (--weight-decay)", 0, 1.0)
-        number("warmup_epochs", "warmup epochs (--warmup-epochs)", 0, self.epochs if isinstance(self.epochs, int) else 0)
-        number("min_lr_ratio", "minimum learning-rate ratio", 0, 1.0)
-        number("label_smoothing", "label smoothing (--label-smoothing)", 0, 0.99)
-        number("ema_decay", "EMA decay (--ema-decay)", 0, 0.99999)
-        number("unfreeze_epoch", "unfreeze epoch (--unfreeze-epoch)", 0, 10_000, whole=True)
-        number("unfreeze_blocks", "unfrozen CLIP blocks (--unfreeze-blocks)", 0, 1_000, whole=True)
-        number("val_split", "validation split (--val-split)", 0, 0.9)
-        number("threads", "threads (--threads)", 0, 1_024, whole=True)
-        number("max_images", "max images (--max-images)", 0, 1e9, whole=True)
-        number("log_every", "status interval", 0, 3600, low_open=True)
-        if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other: use one")
-        try:
-            check_model_config(self.model)
-        except ValueError as exc:
-            raise ConfigError(f"model: {exc}") from exc
-        if self.model.members != 1:
-            raise ConfigError("the trainer trains one network at a time: train each with its own --seed, then "
-                              "combine them with `train_cli.py ship RUN1/best.pt RUN2/best.pt ...`")
-
-    def to_dict(self) -> dict:
-        """JSON form stored in checkpoints."""
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-
-class ConfigError(ValueError):
-    """A training setting is out of range (NaN, infinite, negative or absurd); the message names it."""
-
-
-class RunExistsError(ValueError):
-    """The run folder already holds a run, and neither resume nor overwrite was asked for."""
-
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
-
-
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # a folder holding any of these holds a run's work
-RESTART_FILES = (*RUN_FILES, "embeddings.pt", "status.json")  # removed by --overwrite so nothing stale survives
-
-
-def claim_run_folder(cfg: TrainConfig, main: bool = True) -> None:
-    """Refuse (RunExistsError) to train into a folder holding a run unless ``resume`` or ``overwrite`` says so.
-
-    With ``overwrite`` the old run's checkpoints, metrics and status are removed first (by the main process).
-    """
-    out = Path(cfg.out)
-    found = [name for name in RUN_FILES if (out / name).is_file() and (out / name).stat().st_size > 0]
-    if not found or cfg.resume:
-        return
-    if not cfg.overwrite:
-        raise RunExistsError(f"{out} already holds a training run ({', '.join(found)}): pass --resume to continue it, "
-                             "--overwrite to start over in it, or choose another --out")
-    if main:
-        log.warning("--overwrite: removing the previous run's %s from %s", ", ".join(found), out)
-        for name in RESTART_FILES:
-            (out / name).unlink(missing_ok=True)
-
-
-def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Multiplier of the base learning rate: linear warmup to 1, then cosine down to ``min_ratio``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: adapter/CNN and unfreezable CLIP parameters, each split into decay and no-decay."""
-    def split(params: list[nn.Parameter], lr: float, name: str) -> list[dict]:
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]  # biases, norm weights, and CLIP's class embedding
-        return [g for g in (
-            {"params": decay, "lr": lr, "weight_decay": cfg.weight_decay, "name": name},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay"},
-        ) if g["params"]]
-
-    if isinstance(model, ClipEmotionModel):
-        groups = split(list(model.adapter.parameters()), cfg.lr, "adapter")
-        if cfg.unfreeze_epoch > 0 or cfg.unfreeze_blocks > 0:
-            groups += split(model.unfreezable_parameters(cfg.unfreeze_blocks), cfg.clip_lr, "clip")
-        return groups
-    return split(list(model.parameters()), cfg.lr, "model")
-
-
-def set_phase(model: nn.Module, cfg: TrainConfig, epoch: int) -> str:
-    """Freeze or unfreeze CLIP for ``epoch`` (1-based); returns the phase name."""
-    if not isinstance(model, ClipEmotionModel):
-        return "full"
-    # unfreeze_epoch <= 0 means "never frozen": the chosen blocks train from the first epoch.
-    frozen = epoch < cfg.unfreeze_epoch if cfg.unfreeze_epoch > 0 else False
-    model.encoder.requires_grad_(False)
-    if not frozen:
-        for p in model.unfreezable_parameters(cfg.unfreeze_blocks):
-            p.requires_grad_(True)
-    return "frozen" if frozen else "unfrozen"
-
-
-class WeightEMA:
-    """Exponential moving average of a model's weights and buffers (BatchNorm statistics included).
-
-    The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` so the average is not dominated by the
-    random initial weights in short runs.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.updates = 0
-        self._pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Fold the model's current weights into the average (call after each optimizer step)."""
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        floats = [(e, m) for e, m in self._pairs if e.dtype.is_floating_point]
-        torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1.0 - decay)
-        for e, m in self._pairs:
-            if not e.dtype.is_floating_point:
-                e.copy_(m)
 
 
 @dataclass

@@ -17,7 +17,8 @@ from emotion.data import DataError, load_split, split_train_val, to_face48
 from emotion.evaluate import compute_metrics
 from emotion.labels import CLASS_NAMES, canonical_label, display
 from emotion.models import ModelConfig, build_model, count_parameters
-from emotion.train import TrainConfig, lr_factor, param_groups, set_phase
+from emotion.optim import lr_factor, param_groups, set_phase
+from emotion.train_config import TrainConfig
 from emotion.weights import WeightsError, resolve_clip_weights
 
 TINY_CLIP = ModelConfig(kind="clip", clip_model="emotion-tiny-vit")
@@ -303,7 +304,7 @@ def test_checkpoint_with_the_removed_sharpness_field_loads(tmp_path):
 
 
 def test_weight_ema_averages_weights_and_buffers():
-    from emotion.train import WeightEMA
+    from emotion.optim import WeightEMA
 
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     ema = WeightEMA(model, decay=0.5)

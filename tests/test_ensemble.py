@@ -13,7 +13,7 @@ from emotion.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from emotion.evaluate import plot_curves, training_history
 from emotion.models import ModelConfig, build_model
 from emotion.predict import EmotionClassifier
-from emotion.train import ConfigError, TrainConfig
+from emotion.train_config import ConfigError, TrainConfig
 
 TINY = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..data import has_split
 from ..labels import CLASS_NAMES, display
-from ..train import TrainConfig
+from ..train_config import TrainConfig
 from .config import AppConfig
 from .model_panel import ModelManager, ModelPanel, refresh_choices, switch_model
 from .training_runner import ACTIVE_STATES, PastRun, TrainingRun, TrainingRunner, TrainRequest
