@@ -103,14 +103,17 @@ SPEED_PROBE = """([blocks, blockPx, stripPx]) => {
 
 def shipped_run(runs_dir: Path) -> str | None:
     """The shipped model's training run as a run folder (its per-epoch history, report and confusion matrix,
-    all kept with the release), so the Training tab can show a real run's curves; None without one."""
+    all kept with the release), so the Training tab can show a real run's curves; None without one.
+    For an ensemble that is its first network's run, whose own report is kept in assets/report/network1."""
     if not SHIPPED.is_file():
         return None
-    history = read_checkpoint(SHIPPED).get("metrics", {}).get("history") or []
-    report = ROOT / "assets" / "report"
+    metrics = read_checkpoint(SHIPPED).get("metrics", {})
+    members = metrics.get("members") or []
+    history = (members[0] if members else metrics).get("history") or []
+    report = ROOT / "assets" / "report" / ("network1" if members else "")
     if len(history) < 2 or not (report / "metrics.json").is_file():
         return None
-    run = runs_dir / "emotion_cnn"
+    run = runs_dir / ("emotion_cnn-network1" if members else "emotion_cnn")
     (run / "report").mkdir(parents=True)
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
     (run / "status.json").write_text(json.dumps({"state": "done", "epoch": history[-1]["epoch"], "epochs": history[-1]["epoch"]}))
@@ -297,7 +300,7 @@ def test_training_tab_shows_the_shipped_models_run(page) -> None:
     page.get_by_role("tab", name="Training").click()
     page.wait_for_selector("#train-runs")
     page.click("#train-runs input")
-    option = page.get_by_role("option", name="emotion_cnn")
+    option = page.get_by_role("option", name=re.compile(r"^emotion_cnn"))
     if option.count() == 0:
         pytest.skip("the shipped checkpoint carries no training history to show")
     option.first.click()

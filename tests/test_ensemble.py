@@ -1,6 +1,8 @@
 """Ensembles: several trained networks released as one checkpoint whose probabilities are averaged."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -10,7 +12,8 @@ import torch
 
 import train_cli
 from emotion.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint, ship_checkpoint
-from emotion.evaluate import plot_curves, training_history
+from emotion.data import load_split
+from emotion.evaluate import evaluate_dataset, plot_curves, training_history
 from emotion.models import ModelConfig, build_model
 from emotion.predict import EmotionClassifier
 from emotion.train_config import ConfigError, TrainConfig
@@ -131,3 +134,17 @@ def test_release_script_trains_one_network_per_seed_and_ships_their_ensemble(tin
     assert loaded.config.members == 2 and loaded.inference == {"tta": "none"}
     assert [m["seed"] for m in loaded.train_config["members"]] == [0, 1]
     assert (out.parent / "report" / "metrics.json").is_file() and (out.parent / "report" / "curves.png").is_file()
+
+
+def test_compare_script_scores_every_subset_and_tta_mode(members, tiny_fer, capsys):
+    path = Path(train_cli.__file__).resolve().parent / "scripts" / "compare_ensembles.py"
+    spec = importlib.util.spec_from_file_location("compare_ensembles", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([*map(str, members[:2]), "--data", str(tiny_fer), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(len(r["networks"]), r["tta"]) for r in rows] == [(n, t) for n in (1, 1, 2) for t in ("none", "flip", "shift")]
+    # A single network scored here matches evaluate's figure for it.
+    single = EmotionClassifier.from_checkpoint(members[0], device="cpu", tta="flip")
+    expected = evaluate_dataset(single, load_split(tiny_fer, "test"), "test")["accuracy"]
+    assert rows[1]["networks"] == [str(members[0])] and rows[1]["accuracy"] == pytest.approx(expected)
