@@ -194,7 +194,8 @@ def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike
     """Release trained checkpoints as one file at ``dst``: their weights without optimizer state, with the
     inference setting ``tta``. Several sources (same architecture) become an ensemble whose probabilities
     are averaged. Weight matrices are stored as float16, which halves the file; 1-d tensors (biases,
-    BatchNorm statistics) stay float32, since their small values would lose precision. Evaluate the
+    BatchNorm statistics) stay float32, since their small values would lose precision, and so does any
+    matrix beyond float16's range. Evaluate the
     written file (not the sources), since that is what users get, and record it with ``record_evaluation``."""
     if not 1 <= len(sources) <= MAX_MEMBERS:
         raise CheckpointError(f"ship takes 1-{MAX_MEMBERS} checkpoints, got {len(sources)}")
@@ -214,13 +215,20 @@ def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike
         build_model(cfg, clip_weights="random")[0].load_state_dict(weights)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"the weights of {', '.join(map(str, sources))} do not fit their config ({_one_line(exc)[:300]})") from exc
-    weights = {k: v.half() if v.is_floating_point() and v.dim() > 1 else v for k, v in weights.items()}
+    weights = {k: _half_if_exact_enough(v) for k, v in weights.items()}
     if len(blobs) == 1:
         metrics, train_config = blobs[0].get("metrics", {}), blobs[0].get("train_config", {})
     else:  # each member's training, so the card and report can show every run
         metrics = {"members": [{"checkpoint": str(src), **blob.get("metrics", {})} for src, blob in zip(sources, blobs)]}
         train_config = {**blobs[0].get("train_config", {}), "members": [blob.get("train_config", {}) for blob in blobs]}
     save_checkpoint(dst, weights, cfg, train_config=train_config, metrics=metrics, inference={"tta": tta})
+
+
+def _half_if_exact_enough(t: torch.Tensor) -> torch.Tensor:
+    """Weight matrices as float16 when they fit its range; 1-d tensors and everything else unchanged."""
+    if t.is_floating_point() and t.dim() > 1 and t.numel() and t.abs().max() < torch.finfo(torch.float16).max:
+        return t.half()
+    return t
 
 
 def record_evaluation(path: str | os.PathLike, evaluation: dict) -> None:
