@@ -74,7 +74,7 @@ def _write_atomic(path: str | os.PathLike, blob: dict) -> None:
             tmp.unlink(missing_ok=True)  # never leave a partial file behind; the previous checkpoint at ``path`` stays
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
         raise CheckpointWriteError(f"could not write checkpoint {path} ({reason}); free disk space or make "
-                                   f"{path.parent} writable, then continue with --resume") from exc
+                                   f"{path.parent} writable, then try again (a training run continues with --resume)") from exc
 
 
 def _one_line(exc: BaseException) -> str:

@@ -98,7 +98,9 @@ def plot_confusion(m: dict, path: str | os.PathLike, title: str = "") -> None:
 def plot_curves(rows: list[dict], path: str | os.PathLike) -> bool:
     """Train/validation loss and accuracy by epoch, a pair of lines per ensemble member when rows carry
     ``member``; returns False when there is nothing to draw."""
-    rows = [r for r in rows if "epoch" in r]
+    keys = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")
+    # Rows come from files (metrics.jsonl, a checkpoint's history): draw only those with every number.
+    rows = [r for r in rows if isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in keys)]
     if not rows:
         return False
     plt = _pyplot()

@@ -148,3 +148,9 @@ def test_compare_script_scores_every_subset_and_tta_mode(members, tiny_fer, caps
     single = EmotionClassifier.from_checkpoint(members[0], device="cpu", tta="flip")
     expected = evaluate_dataset(single, load_split(tiny_fer, "test"), "test")["accuracy"]
     assert rows[1]["networks"] == [str(members[0])] and rows[1]["accuracy"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("members_entry", ["x", [1, {"history": "x"}], [{"history": [1, {"epoch": 1}, {"epoch": 2, "train_loss": "a"}]}]])
+def test_malformed_member_histories_draw_nothing_instead_of_failing(tmp_path, members_entry):
+    rows = training_history(tmp_path / "model.pt", {"members": members_entry})
+    assert plot_curves(rows, tmp_path / "curves.png") is False and not (tmp_path / "curves.png").exists()
