@@ -1,9 +1,10 @@
 """The model factory: the CLIP + adapter model and the compact offline CNN, each with its preprocessing.
 
 ``build_model(cfg)`` returns ``(model, preprocess)``; with ``cfg.members > 1`` the model is an ensemble
-of that many identically shaped networks, stored in one checkpoint, whose probabilities are averaged. ``preprocess`` turns a batch of 48x48 faces
-(float in [0, 1], shape (N, 1, 48, 48)) into exactly what that model's weights expect, so training,
-evaluation and the app can never disagree about normalisation or input size.
+of that many identically shaped networks, stored in one checkpoint, whose probabilities are averaged.
+``preprocess`` turns a batch of 48x48 faces (float in [0, 1], shape (N, 1, 48, 48)) into exactly what
+that model's weights expect, so training, evaluation and the app can never disagree about
+normalisation or input size.
 """
 from __future__ import annotations
 
