@@ -51,6 +51,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs, help="linear warmup before the cosine schedule")
     p.add_argument("--label-smoothing", type=float, default=t.label_smoothing, help="cross-entropy label smoothing")
     p.add_argument("--ema-decay", type=float, default=None, help=f"validate and ship a moving average of the weights with this decay; 0 = off (default: clip {t.ema_decay}, cnn {c.ema_decay})")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup: blend pairs of faces and their labels with a Beta(a, a) weight; 0 = off (try 0.2-0.4)")
+    p.add_argument("--cutmix", type=float, default=0.0, help="CutMix: paste a box of another face and mix the labels by area, Beta(a, a); 0 = off (try 1.0)")
+    p.add_argument("--mix-prob", type=float, default=0.5, help="share of batches mixed when --mixup or --cutmix is on")
+    p.add_argument("--teacher", default=None, help="distil: also learn to match this checkpoint's predictions, e.g. assets/emotion_cnn.pt (an ensemble)")
+    p.add_argument("--distill-weight", type=float, default=t.distill_weight, help="with --teacher: share of the loss spent matching the teacher")
+    p.add_argument("--distill-temperature", type=float, default=t.distill_temperature, help="with --teacher: softmax temperature of the comparison")
     p.add_argument("--dropout", type=float, default=None, help=f"dropout in the adapter (default {m.dropout}) or the CNN head (default {c.model.dropout})")
     p.add_argument("--cnn-widths", default=None, help=f"CNN channels per stage, comma-separated (default {','.join(map(str, c.model.cnn_widths))})")
     p.add_argument("--unfreeze-epoch", type=int, default=t.unfreeze_epoch, help="first epoch (1-based) in which CLIP's last blocks train; 0 = from the start")
@@ -161,13 +167,15 @@ def cmd_train(a: argparse.Namespace) -> int:
         weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, ema_decay=a.ema_decay,
         unfreeze_epoch=a.unfreeze_epoch, unfreeze_blocks=a.unfreeze_blocks, embedding_cache=not a.no_embedding_cache, cache_flip=a.cache_flip,
         val_split=a.val_split, seed=a.seed, amp=a.amp, device=a.device, threads=a.threads, clip_weights=a.clip_weights,
-        cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume, overwrite=a.overwrite)
+        cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume, overwrite=a.overwrite,
+        teacher=a.teacher, distill_weight=a.distill_weight, distill_temperature=a.distill_temperature)
     try:
         widths = tuple(int(w) for w in a.cnn_widths.split(",")) if a.cnn_widths else None
     except ValueError:
         raise ValueError(f"--cnn-widths must be whole numbers separated by commas, e.g. 32,64,128,256; got {a.cnn_widths!r}") from None
     model_overrides = {"clip_model": a.clip_model, "pretrained": a.pretrained, "dropout": a.dropout, "cnn_widths": widths}
     cfg.model = replace(cfg.model, **{k: v for k, v in model_overrides.items() if v is not None})
+    cfg.augment = replace(cfg.augment, mixup=a.mixup, cutmix=a.cutmix, mix_prob=a.mix_prob)
     cfg.check()  # bad settings stop here, before a run folder is created
     result = train(cfg)
     if not a.no_report and int(os.environ.get("RANK", "0")) == 0:

@@ -2,7 +2,8 @@
 
 All geometric changes (random resized crop, horizontal flip, small rotation) are folded into one
 affine matrix per image and applied with a single ``grid_sample``, so a batch costs one kernel
-call rather than a Python loop over images.
+call rather than a Python loop over images. ``mix_batch`` adds mixup or CutMix, which also mixes
+the labels, so the trainer weighs the loss of both label sets.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class AugmentConfig:
     contrast: float = 0.2  # contrast factor drawn from 1 +- this
     erase: float = 0.25  # probability of random erasing
     erase_area: tuple[float, float] = (0.02, 0.15)  # area fraction of an erased rectangle
+    mixup: float = 0.0  # >0: mixup, blending two faces with a Beta(a, a) weight (0 = off)
+    cutmix: float = 0.0  # >0: CutMix, pasting a box of another face, its area from Beta(a, a) (0 = off)
+    mix_prob: float = 0.5  # share of batches mixed when mixup or CutMix is on (one of them at random if both)
 
 
 def _uniform(n: int, lo: float, hi: float, device: torch.device, gen: torch.Generator | None) -> torch.Tensor:
@@ -77,3 +81,29 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = N
         mask = (inside & chosen).unsqueeze(1)
         out = torch.where(mask, torch.rand(out.shape, device=dev, generator=gen), out)
     return out.clamp_(0.0, 1.0)
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup or CutMix on a batch: returns the mixed images, the partner labels and ``lam``, the weight of ``y``.
+
+    The loss is ``lam * CE(logits, y) + (1 - lam) * CE(logits, partner)``. A batch left unmixed (see
+    ``mix_prob``) comes back as ``(x, y, 1.0)``. Draws from torch's global generator, which the trainer
+    seeds per epoch so a resumed run mixes the same way.
+    """
+    kinds = [(kind, alpha) for kind, alpha in (("mixup", cfg.mixup), ("cutmix", cfg.cutmix)) if alpha > 0]
+    if not kinds or torch.rand(()).item() >= cfg.mix_prob:
+        return x, y, 1.0
+    kind, alpha = kinds[int(torch.randint(len(kinds), ()).item())]
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], device=x.device)
+    if kind == "mixup":
+        return x * lam + x[perm] * (1 - lam), y[perm], lam
+    h, w = x.shape[-2:]
+    # A box of area (1 - lam), centred anywhere; clipping at the border shrinks it, so lam is recomputed.
+    bh, bw = h * math.sqrt(1 - lam), w * math.sqrt(1 - lam)
+    cy, cx = torch.rand(()).item() * h, torch.rand(()).item() * w
+    y0, y1 = int(max(cy - bh / 2, 0)), int(min(cy + bh / 2, h))
+    x0, x1 = int(max(cx - bw / 2, 0)), int(min(cx + bw / 2, w))
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    return out, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)

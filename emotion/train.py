@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
-from .augment import augment
+from .augment import augment, mix_batch
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .data import DataError, FaceDataset, has_split, load_split, split_train_val
+from .distill import distill_loss, load_teacher, teacher_logits
 from .models import ClipEmotionModel, build_model, count_parameters
 from .optim import WeightEMA, lr_factor, param_groups, set_phase
 from .runtime import amp_dtype, autocast_for, pick_device, read_jsonl, write_json_atomic
@@ -282,6 +283,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
     if cfg.model.kind == "cnn":
         model.to(memory_format=torch.channels_last)  # about 1.4x faster convolutions on CPU
     log.info("model: %s, %.2fM parameters, device %s", cfg.model.kind, count_parameters(model) / 1e6, device)
+    teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
 
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -350,6 +352,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
             y = train_ds.labels[idx].to(device)
+            y_mix, lam, t_logits = y, 1.0, None  # partner labels, the weight of y, the teacher's view: image batches only
             with autocast_for(device, dtype):
                 if use_cache:
                     feats = cache["train"][idx]
@@ -359,14 +362,22 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
                     feats = feats.to(device)
                     logits = step_module(feats)
                 else:
-                    x = preprocess(augment(_faces_to_input(train_ds.images[idx], device), cfg.augment))
+                    faces, y_mix, lam = mix_batch(augment(_faces_to_input(train_ds.images[idx], device), cfg.augment), y, cfg.augment)
+                    if teacher is not None:
+                        t_logits = teacher_logits(teacher, faces)
+                    x = preprocess(faces)
                     if cfg.model.kind == "cnn":
                         x = x.contiguous(memory_format=torch.channels_last)
                     if phase == "frozen":
                         with torch.no_grad():
                             x = model.embed(x)
                     logits = step_module(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss = lam * F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if lam < 1.0:
+                loss = loss + (1 - lam) * F.cross_entropy(logits.float(), y_mix, label_smoothing=cfg.label_smoothing)
+            if t_logits is not None:
+                w = cfg.distill_weight
+                loss = (1 - w) * loss + w * distill_loss(logits, t_logits, cfg.distill_temperature)
             # Checked before the step, so no NaN reaches the weights, the average or a checkpoint.
             if not _finite_everywhere(loss.detach(), d, device):
                 raise _diverged(f"the training loss (step {i + 1})", epoch, out)
@@ -377,7 +388,8 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
             if ema is not None:
                 ema.update(model)
             loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
+            pred = logits.argmax(1)
+            correct += lam * (pred == y).sum().item() + (1 - lam) * (pred == y_mix).sum().item()
             seen += len(idx)
             bar.update(1)
             if time.time() - last_publish > cfg.log_every:

@@ -51,6 +51,9 @@ class TrainConfig:
     resume: bool = False  # continue from out/last.pt
     overwrite: bool = False  # start over in an out folder that already holds a run (its checkpoints and metrics are removed)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation
+    teacher: str | None = None  # checkpoint whose predictions the network also learns to match (distillation); None = off
+    distill_weight: float = 0.5  # with a teacher: share of the loss spent matching it, the rest on the labels
+    distill_temperature: float = 2.0  # with a teacher: softens both distributions so the runner-up classes teach too
     log_every: float = 2.0  # seconds between status.json updates
 
     @classmethod
@@ -67,8 +70,9 @@ class TrainConfig:
 
         The CLI and the app's Training tab both call this before anything is started or written.
         """
-        def number(name: str, label: str, low: float, high: float, *, low_open: bool = False, whole: bool = False) -> None:
-            value = getattr(self, name)
+        def number(name: str, label: str, low: float, high: float, *, low_open: bool = False, whole: bool = False,
+                   owner: object = self) -> None:
+            value = getattr(owner, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             ok = ok and (value > low if low_open else value >= low) and value <= high
             if whole:
@@ -93,6 +97,15 @@ class TrainConfig:
         number("threads", "threads (--threads)", 0, 1_024, whole=True)
         number("max_images", "max images (--max-images)", 0, 1e9, whole=True)
         number("log_every", "status interval", 0, 3600, low_open=True)
+        number("mixup", "mixup alpha (--mixup)", 0, 100, owner=self.augment)
+        number("cutmix", "CutMix alpha (--cutmix)", 0, 100, owner=self.augment)
+        number("mix_prob", "mix probability (--mix-prob)", 0, 1.0, owner=self.augment)
+        number("distill_weight", "distillation weight (--distill-weight)", 0, 1.0)
+        number("distill_temperature", "distillation temperature (--distill-temperature)", 0, 100, low_open=True)
+        if self.teacher is not None and not Path(self.teacher).is_file():
+            raise ConfigError(f"--teacher: no checkpoint at {self.teacher}; give a .pt file written by train or ship")
+        if self.teacher is not None and self.model.kind == "clip" and self.embedding_cache and self.unfreeze_epoch != 0:
+            raise ConfigError("a teacher needs the faces at every step: add --no-embedding-cache (or --unfreeze-epoch 0)")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: use one")
         try:

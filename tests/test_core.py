@@ -11,7 +11,7 @@ import torch.nn as nn
 from PIL import Image
 
 from conftest import make_csv_dataset, make_folder_dataset
-from emotion.augment import AugmentConfig, augment
+from emotion.augment import AugmentConfig, augment, mix_batch
 from emotion.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from emotion.data import DataError, load_split, split_train_val, to_face48
 from emotion.evaluate import compute_metrics
@@ -124,6 +124,29 @@ def test_augment_shapes_range_and_variety():
     assert not torch.allclose(y, x)
     flip_only = AugmentConfig(scale=(1, 1), ratio=(1, 1), flip=1.0, rotation=0, brightness=0, contrast=0, erase=0)
     assert torch.allclose(augment(x, flip_only), x.flip(-1), atol=1e-5)
+
+
+def test_cutmix_pastes_a_box_whose_area_sets_the_label_weight():
+    torch.manual_seed(0)
+    x = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 48, 48)  # image i is filled with i
+    y = torch.arange(8)
+    for _ in range(20):
+        mixed, partner, lam = mix_batch(x, y, AugmentConfig(cutmix=1.0, mix_prob=1.0))
+        own = (mixed == x).float().mean(dim=(1, 2, 3))  # share of each image's own pixels
+        expected = torch.where(partner == y, 1.0, lam)  # an image paired with itself keeps every pixel
+        assert torch.allclose(own, expected, atol=1e-6)
+        pasted = mixed != x
+        assert torch.equal(mixed[pasted], partner.float().view(8, 1, 1, 1).expand_as(x)[pasted])
+
+
+def test_mixup_blends_images_and_an_unmixed_batch_is_untouched():
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 48, 48), torch.arange(8)
+    mixed, partner, lam = mix_batch(x, y, AugmentConfig(mixup=0.4, mix_prob=1.0))
+    order = partner  # labels are the indices, so the partner labels name the partner images
+    assert 0 < lam < 1 and torch.allclose(mixed, lam * x + (1 - lam) * x[order], atol=1e-6)
+    assert mix_batch(x, y, AugmentConfig(mixup=0.4, mix_prob=0.0)) == (x, y, 1.0)
+    assert mix_batch(x, y, AugmentConfig()) == (x, y, 1.0)  # off by default
 
 
 def test_adapter_layers_match_the_seed():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def test_ship_records_the_tta_that_predict_and_evaluate_then_use(tiny_fer, tmp_p
     out = tmp_path / "report"
     assert train_cli.main(["evaluate", "--checkpoint", str(shipped), "--data", str(tiny_fer), "--out", str(out)]) == 0
     assert "tta: shift" in capsys.readouterr().out and json.loads((out / "metrics.json").read_text())["tta"] == "shift"
+
+
+def test_training_with_cutmix_and_mixup_records_them(tiny_fer, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli.main(["train", "--model", "cnn", "--data", str(tiny_fer), "--out", str(run), "--epochs", "1",
+                           "--batch-size", "16", "--cnn-widths", "8,16", "--no-report",
+                           "--cutmix", "1.0", "--mixup", "0.2", "--mix-prob", "1"]) == 0
+    augment = read_checkpoint(run / "best.pt")["train_config"]["augment"]
+    assert (augment["cutmix"], augment["mixup"], augment["mix_prob"]) == (1.0, 0.2, 1.0)
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= row["train_acc"] <= 1 and math.isfinite(row["train_loss"])
 
 
 @pytest.mark.parametrize("inference", [{"tta": "evil"}, {"tta": ["shift"]}, "shift"])

@@ -313,7 +313,9 @@ def test_bad_csv_rows_are_skipped_counted_and_reported(tmp_path: Path, caplog: p
 @pytest.mark.parametrize("flags", [["--lr", "nan"], ["--lr", "inf"], ["--lr=-1e-3"], ["--lr", "50"], ["--clip-lr", "nan"],
                                    ["--batch-size", "0"], ["--epochs=-3"], ["--weight-decay", "inf"],
                                    ["--label-smoothing", "1.5"], ["--ema-decay", "1"], ["--val-split", "nan"],
-                                   ["--cnn-widths", "8,0"], ["--dropout", "2"]])
+                                   ["--cnn-widths", "8,0"], ["--dropout", "2"], ["--mixup", "nan"], ["--cutmix=-1"],
+                                   ["--cutmix", "inf"], ["--mix-prob", "1.5"], ["--distill-weight", "2"],
+                                   ["--distill-temperature", "0"]])
 def test_bad_hyperparameters_stop_the_cli_with_exit_code_2(tiny_fer: Path, tmp_path: Path, capsys, flags: list[str]) -> None:
     out = tmp_path / "run"
     assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(out), *CNN, "--epochs", "1", *flags]) == 2
