@@ -62,3 +62,14 @@ def test_a_missing_or_junk_teacher_is_a_one_line_error(tiny_fer, tmp_path, capsy
                            "--teacher", str(tmp_path / teacher)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and teacher in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_a_clip_student_with_the_embedding_cache_is_told_how_to_use_a_teacher(tiny_cnn_checkpoint):
+    from emotion.models import ModelConfig
+    from emotion.train_config import ConfigError, TrainConfig
+
+    cfg = TrainConfig(model=ModelConfig(kind="clip"), teacher=str(tiny_cnn_checkpoint))
+    with pytest.raises(ConfigError, match="--no-embedding-cache"):
+        cfg.check()
+    cfg.embedding_cache = False
+    cfg.check()  # every step sees faces, so the teacher can see them too
