@@ -35,6 +35,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     from emotion.train_config import TrainConfig
 
     t, m, c = TrainConfig(), ModelConfig(), TrainConfig.for_model("cnn")
+    aug = t.augment
     p = sub.add_parser("train", help="train a model (CLIP + adapter by default, or the offline CNN)", formatter_class=_Help)
     p.add_argument("--data", default=t.data, help="dataset: folder with train/ and test/ class folders, a folder with fer2013.csv, or the CSV")
     p.add_argument("--out", default=None, help="run folder for checkpoints, metrics.jsonl, logs and the report (default runs/<model>-<time>)")
@@ -51,9 +52,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs, help="linear warmup before the cosine schedule")
     p.add_argument("--label-smoothing", type=float, default=t.label_smoothing, help="cross-entropy label smoothing")
     p.add_argument("--ema-decay", type=float, default=None, help=f"validate and ship a moving average of the weights with this decay; 0 = off (default: clip {t.ema_decay}, cnn {c.ema_decay})")
-    p.add_argument("--mixup", type=float, default=0.0, help="mixup: blend pairs of faces and their labels with a Beta(a, a) weight; 0 = off (try 0.2-0.4)")
-    p.add_argument("--cutmix", type=float, default=0.0, help="CutMix: paste a box of another face and mix the labels by area, Beta(a, a); 0 = off (try 1.0)")
-    p.add_argument("--mix-prob", type=float, default=0.5, help="share of batches mixed when --mixup or --cutmix is on")
+    p.add_argument("--mixup", type=float, default=aug.mixup, help="mixup: blend pairs of faces and their labels with a Beta(a, a) weight; 0 = off (try 0.2-0.4)")
+    p.add_argument("--cutmix", type=float, default=aug.cutmix, help="CutMix: paste a box of another face and mix the labels by area, Beta(a, a); 0 = off (try 1.0)")
+    p.add_argument("--mix-prob", type=float, default=aug.mix_prob, help="share of batches mixed when --mixup or --cutmix is on")
     p.add_argument("--teacher", default=None, help="distil: also learn to match this checkpoint's predictions, e.g. assets/emotion_cnn.pt (an ensemble)")
     p.add_argument("--distill-weight", type=float, default=t.distill_weight, help="with --teacher: share of the loss spent matching the teacher")
     p.add_argument("--distill-temperature", type=float, default=t.distill_temperature, help="with --teacher: softmax temperature of the comparison")

@@ -372,9 +372,10 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
                         with torch.no_grad():
                             x = model.embed(x)
                     logits = step_module(x)
-            loss = lam * F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            logits = logits.float()
+            loss = lam * F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             if lam < 1.0:
-                loss = loss + (1 - lam) * F.cross_entropy(logits.float(), y_mix, label_smoothing=cfg.label_smoothing)
+                loss = loss + (1 - lam) * F.cross_entropy(logits, y_mix, label_smoothing=cfg.label_smoothing)
             if t_logits is not None:
                 w = cfg.distill_weight
                 loss = (1 - w) * loss + w * distill_loss(logits, t_logits, cfg.distill_temperature)
