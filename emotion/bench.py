@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +25,17 @@ import onnxruntime
 import torch
 
 from .bench_report import evaluate_targets
-from .checkpoint import read_checkpoint, save_checkpoint
-from .labels import CLASS_NAMES
+from .bench_train import training_throughput
+from .checkpoint import save_checkpoint
 from .models import ModelConfig, build_model
 from .predict import EmotionClassifier, default_checkpoint
-from .runtime import autocast_for, cpu_cores, cpu_has_native_bf16, pick_device, read_jsonl
+from .runtime import autocast_for, cpu_cores, cpu_has_native_bf16, pick_device
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FER = REPO.parent / "shared" / "fer2013"
 FRAME_SIZE = (480, 640)  # (height, width) of the synthetic camera frame
-FER_TRAIN_IMAGES = 28709  # FER2013's training split, for projecting the frozen phase to the real dataset
-FROZEN_EPOCHS = 9  # epochs 1-9 of the default recipe (unfreeze_epoch=10) train with CLIP frozen
 
 
 @dataclass
@@ -279,82 +277,6 @@ def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig) -> dict:
     return {"faces_detected": len(faces)} | {f"{stage}_ms": _summary(ms) for stage, ms in samples.items()}
 
 
-# ---------------------------------------------------------------- training throughput
-
-def _val_images(train_images: int) -> int:
-    return max(len(CLASS_NAMES), train_images // 4)  # FER2013: 7178 test faces for 28709 train faces
-
-
-def _synthetic_dataset(root: Path, train_images: int) -> Path:
-    """``root/{train,test}/<class>/*.png`` of random faces; validation is a quarter of train, as in FER2013."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train_images), ("test", _val_images(train_images))):
-        for name in CLASS_NAMES:
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            face = rng.integers(0, 256, size=(48, 48), dtype=np.uint8)
-            Image.fromarray(face).save(root / split / CLASS_NAMES[i % len(CLASS_NAMES)] / f"{i}.png")
-    return root
-
-
-def _train_rows(tmp: Path, name: str, **overrides) -> list[dict]:
-    from .train import train
-    from .train_config import TrainConfig
-
-    out = tmp / f"train_{name}"
-    train(TrainConfig(out=str(out), clip_weights="random", log_every=3600.0, **overrides))
-    return read_jsonl(out / "metrics.jsonl")
-
-
-def _phase(row: dict) -> dict:
-    return {"images_per_s": row["images_per_s"], "seconds": row["seconds"], "epoch": row["epoch"]}
-
-
-def _training(name: str, checkpoint: Path, cfg: BenchConfig, tmp: Path) -> dict:
-    """Images/s of the real trainer per phase (the CNN: ``full``; CLIP: frozen cached/uncached and unfrozen)."""
-    data = tmp / "train_data"
-    if not data.exists():
-        _synthetic_dataset(data, cfg.train_images)
-    blob = read_checkpoint(checkpoint)
-    # One network's training speed: an ensemble's members are trained one by one with the same recipe.
-    model_cfg = replace(ModelConfig.from_dict(blob["model_config"]), members=1)
-    common = dict(data=str(data), data_cache=str(tmp / "data_cache"), model=model_cfg, max_images=cfg.train_images,
-                  batch_size=min(64, cfg.train_images), device=cfg.device, amp=cfg.amp)
-    if name == "cnn":
-        # The recipe that trained the checkpoint, as its train_config records it: batch size and weight EMA.
-        recipe = blob.get("train_config") or {}
-        common["batch_size"] = min(int(recipe.get("batch_size", 64)), cfg.train_images)
-        ema = float(recipe.get("ema_decay", 0.0))
-        rows = _train_rows(tmp, name, epochs=2, ema_decay=ema, **common)  # the second epoch is steady state
-        return {"full": _phase(rows[-1]) | {"batch_size": common["batch_size"], "ema_decay": ema}}
-    cached = _train_rows(tmp, "clip_cached", epochs=3, unfreeze_epoch=3, embedding_cache=True, **common)
-    uncached = _train_rows(tmp, "clip_uncached", epochs=1, unfreeze_epoch=2, embedding_cache=False, **common)
-    embed_s = cached[0]["embed_seconds"]
-    with_cache = embed_s + FROZEN_EPOCHS * cached[1]["seconds"]
-    without_cache = FROZEN_EPOCHS * uncached[0]["seconds"]
-    # Uncached epochs also run the encoder over validation, which "seconds" leaves out; the cache embeds it
-    # once (with train), so its share of embed_seconds estimates one such pass.
-    val = _val_images(cfg.train_images)
-    val_pass_s = embed_s * val / (cfg.train_images + val)
-    without_cache_val = FROZEN_EPOCHS * (uncached[0]["seconds"] + val_pass_s)
-    scale = FER_TRAIN_IMAGES / cfg.train_images
-    return {
-        "frozen_cached": _phase(cached[1]) | {"embed_seconds": embed_s},
-        "frozen_uncached": _phase(uncached[0]),
-        "unfrozen": _phase(cached[2]),
-        "frozen_phase": {
-            "epochs": FROZEN_EPOCHS, "train_images": cfg.train_images,
-            "with_cache_s": round(with_cache, 2), "without_cache_s": round(without_cache, 2),
-            "speedup": round(without_cache / with_cache, 2),
-            "speedup_incl_validation": round(without_cache_val / with_cache, 2),
-            "fer2013_with_cache_min": round(with_cache * scale / 60, 1),
-            "fer2013_without_cache_min": round(without_cache * scale / 60, 1),
-        },
-    }
-
-
 # ---------------------------------------------------------------- memory
 
 def memory_probe(checkpoint: str, face_model: str, device: str, frame_path: str) -> dict:
@@ -438,7 +360,8 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
     del clf, recognizer  # a ViT-B/32 is 350 MB: free it before training another copy
     if cfg.training:
         t0 = time.perf_counter()
-        result["training"][name] = _training(name, checkpoint, cfg, tmp)
+        result["training"][name] = training_throughput(name, checkpoint, tmp, train_images=cfg.train_images,
+                                                       device=cfg.device, amp=cfg.amp)
         log.info("%s: training throughput took %.0fs", name, time.perf_counter() - t0)
     if cfg.memory:
         mem = _memory(checkpoint, face_model, frames[1], cfg, tmp)
