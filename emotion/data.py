@@ -57,6 +57,11 @@ class FaceDataset:
         return torch.bincount(self.labels, minlength=len(CLASS_NAMES)).tolist()
 
 
+def faces_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 48, 48) -> float (N, 1, 48, 48) in [0, 1] on ``device``."""
+    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+
+
 def to_face48(image: Image.Image | np.ndarray) -> np.ndarray:
     """Any PIL image or HxW(xC) array, any mode or size, as a 48x48 uint8 grayscale face.
 

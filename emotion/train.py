@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,11 +28,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .augment import augment, mix_batch
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .data import DataError, FaceDataset, has_split, load_split, split_train_val
+from .data import DataError, FaceDataset, faces_to_input, has_split, load_split, split_train_val
 from .distill import distill_loss, load_teacher, teacher_logits
-from .models import ClipEmotionModel, build_model, count_parameters
+from .distributed import Dist, all_reduce_sum, finite_everywhere, init_distributed
+from .embedding_cache import embedding_cache
+from .models import build_model, count_parameters
 from .optim import WeightEMA, lr_factor, param_groups, set_phase
-from .runtime import amp_dtype, autocast_for, pick_device, read_jsonl, write_json_atomic
+from .runtime import amp_dtype, autocast_for, read_jsonl, write_json_atomic
 from .train_config import TrainConfig, claim_run_folder
 
 log = logging.getLogger(__name__)
@@ -43,108 +44,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
-    """Join the torchrun process group if there is one; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist(), pick_device(cfg.device)
-    d = _Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = pick_device(cfg.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-    else:
-        # Processes share the cores; without this each would start one thread per core.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return d, device
-
-
-def _all_reduce(values: list[float], d: _Dist, device: torch.device) -> list[float]:
-    if d.world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _faces_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N, 48, 48) -> float (N, 1, 48, 48) in [0, 1] on ``device``."""
-    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
-
-
-@torch.inference_mode()
-def _embed(model: ClipEmotionModel, preprocess: nn.Module, images: torch.Tensor, device: torch.device,
-           dtype: torch.dtype | None, d: _Dist, flip: bool = False, batch: int = 128) -> torch.Tensor:
-    """CLIP embeddings of every image, each process embedding a share and gathering the rest."""
-    mine = images[d.rank :: d.world]
-    out = []
-    for i in range(0, len(mine), batch):
-        x = _faces_to_input(mine[i : i + batch], device)
-        if flip:
-            x = x.flip(-1)
-        with autocast_for(device, dtype):
-            out.append(model.embed(preprocess(x)).float())
-    local = torch.cat(out) if out else torch.zeros(0, model.adapter[0].in_features, device=device)
-    if d.world == 1:
-        return local.cpu()
-    size = math.ceil(len(images) / d.world)
-    padded = torch.zeros(size, local.shape[1], device=device)
-    padded[: len(local)] = local
-    parts = [torch.empty_like(padded) for _ in range(d.world)]
-    dist.all_gather(parts, padded)
-    full = torch.empty(len(images), local.shape[1])
-    for r, part in enumerate(parts):
-        n = len(images[r :: d.world])
-        full[r :: d.world] = part[:n].cpu()
-    return full
-
-
-def _embedding_cache(model: ClipEmotionModel, preprocess: nn.Module, train: FaceDataset, val: FaceDataset,
-                     cfg: TrainConfig, device: torch.device, dtype: torch.dtype | None, d: _Dist) -> dict:
-    """Frozen-encoder embeddings of train (plain and flipped) and val, kept in out/ so a resume reuses them."""
-    key = {"model": cfg.model.to_dict(), "weights": cfg.clip_weights or cfg.model.pretrained, "train": len(train), "flip": cfg.cache_flip,
-           "val": len(val), "data": cfg.data, "val_split": cfg.val_split, "max_images": cfg.max_images, "seed": cfg.seed}
-    path = Path(cfg.out) / "embeddings.pt"
-    if path.exists():
-        blob = torch.load(path, weights_only=True)
-        if blob.get("key") == json.dumps(key, sort_keys=True):
-            log.info("reusing frozen CLIP embeddings from %s", path)
-            return blob
-    t0 = time.time()
-    views = 2 if cfg.cache_flip else 1
-    log.info("embedding %d train images (x%d views) and %d val images with the frozen encoder", len(train), views, len(val))
-    model.eval()
-    blob = {
-        "key": json.dumps(key, sort_keys=True),
-        "train": _embed(model, preprocess, train.images, device, dtype, d),
-        "val": _embed(model, preprocess, val.images, device, dtype, d),
-    }
-    if cfg.cache_flip:
-        blob["train_flip"] = _embed(model, preprocess, train.images, device, dtype, d, flip=True)
-    log.info("embedded %d images in %.1fs", views * len(train) + len(val), time.time() - t0)
-    if d.main:
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    return blob
-
-
 @torch.inference_mode()
 def _validate(model: nn.Module, preprocess: nn.Module, val: FaceDataset, cfg: TrainConfig, device: torch.device,
-              dtype: torch.dtype | None, d: _Dist, embeddings: torch.Tensor | None) -> tuple[float, float]:
+              dtype: torch.dtype | None, d: Dist, embeddings: torch.Tensor | None) -> tuple[float, float]:
     """(loss, accuracy) on this process's share of val, reduced over processes."""
     model.eval()
     idx = torch.arange(d.rank, len(val), d.world)
@@ -156,13 +58,13 @@ def _validate(model: nn.Module, preprocess: nn.Module, val: FaceDataset, cfg: Tr
             if embeddings is not None:
                 logits = model.adapter(embeddings[b].to(device))
             else:
-                x = preprocess(_faces_to_input(val.images[b], device))
+                x = preprocess(faces_to_input(val.images[b], device))
                 if cfg.model.kind == "cnn":
                     x = x.contiguous(memory_format=torch.channels_last)
                 logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
-    loss_sum, correct, n = _all_reduce([loss_sum, correct, float(len(idx))], d, device)
+    loss_sum, correct, n = all_reduce_sum([loss_sum, correct, float(len(idx))], d, device)
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
@@ -194,7 +96,7 @@ def train(cfg: TrainConfig) -> dict:
     Raises DataError, WeightsError or CheckpointError with a readable message for bad inputs.
     """
     cfg.check()
-    d, device = _init_distributed(cfg)
+    d, device = init_distributed(cfg.device)
     claim_run_folder(cfg, d.main)  # before anything is written: a refused folder is left exactly as it was
     out = Path(cfg.out)
     handler = None
@@ -253,23 +155,13 @@ def _write_status(path: Path, status: dict) -> None:
     log.warning("could not update %s (%s); training goes on", path, first_error)
 
 
-def _finite_everywhere(value: torch.Tensor, d: _Dist, device: torch.device) -> bool:
-    """Whether ``value`` is finite on every process (one tiny all-reduce under DDP, so all ranks stop together)."""
-    ok = bool(torch.isfinite(value).all())
-    if d.world > 1:
-        flag = torch.tensor([1.0 if ok else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        ok = bool(flag.item())
-    return ok
-
-
 def _diverged(what: str, epoch: int, out: Path) -> TrainingDiverged:
     kept = f"the last good checkpoint {out / 'last.pt'} is kept" if (out / "last.pt").is_file() else "no checkpoint had been written yet"
     return TrainingDiverged(f"{what} became NaN or infinite in epoch {epoch}: training stopped, {kept}; "
                             "lower --lr (or --clip-lr) and start again with --overwrite")
 
 
-def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_path: Path, publish) -> dict:
+def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, metrics_path: Path, publish) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -331,7 +223,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
         if use_cache and cache is None:
             publish(state="embedding", epoch=epoch)
             t_embed = time.time()
-            cache = _embedding_cache(model, preprocess, train_ds, val_ds, cfg, device, dtype, d)
+            cache = embedding_cache(model, preprocess, train_ds, val_ds, cfg, device, dtype, d)
             embed_seconds = time.time() - t_embed
         # In the frozen phase only the adapter learns, so only it is wrapped (and synchronised) by DDP.
         trainable = model.adapter if phase == "frozen" else model
@@ -362,7 +254,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
                     feats = feats.to(device)
                     logits = step_module(feats)
                 else:
-                    faces, y_mix, lam = mix_batch(augment(_faces_to_input(train_ds.images[idx], device), cfg.augment), y, cfg.augment)
+                    faces, y_mix, lam = mix_batch(augment(faces_to_input(train_ds.images[idx], device), cfg.augment), y, cfg.augment)
                     if teacher is not None:
                         t_logits = teacher_logits(teacher, faces)
                     x = preprocess(faces)
@@ -380,7 +272,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
                 w = cfg.distill_weight
                 loss = (1 - w) * loss + w * distill_loss(logits, t_logits, cfg.distill_temperature)
             # Checked before the step, so no NaN reaches the weights, the average or a checkpoint.
-            if not _finite_everywhere(loss.detach(), d, device):
+            if not finite_everywhere(loss.detach(), d, device):
                 raise _diverged(f"the training loss (step {i + 1})", epoch, out)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -398,7 +290,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
                 publish(state="training", epoch=epoch, step=i + 1, steps_per_epoch=steps_per_epoch, phase=phase)
         bar.close()
         seconds = time.time() - t0
-        loss_sum, correct, seen = _all_reduce([loss_sum, float(correct), float(seen)], d, device)
+        loss_sum, correct, seen = all_reduce_sum([loss_sum, float(correct), float(seen)], d, device)
         shipped = ema.module if ema is not None else model
         val_loss, val_acc = _validate(shipped, preprocess, val_ds, cfg, device, dtype, d, cache["val"] if use_cache else None)
         if not math.isfinite(val_loss):
@@ -434,7 +326,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device, out: Path, metrics_pa
     return {"best_val_acc": best["val_acc"], "best_epoch": best["epoch"]}
 
 
-def _progress(total: int, desc: str, d: _Dist):
+def _progress(total: int, desc: str, d: Dist):
     """A tqdm bar in an interactive terminal; a no-op in logs, subprocesses and other ranks."""
     from tqdm import tqdm
 
