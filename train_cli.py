@@ -333,4 +333,12 @@ def _fail(exc: BaseException, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("RANK", "0")) != 0:
+        # A torchrun worker other than rank 0 has written everything it owns; skipping interpreter
+        # finalization spares it gloo's C++ destructors, which now and then abort (SIGABRT) a finished worker.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

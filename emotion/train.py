@@ -11,6 +11,7 @@ and ``train.log``. Runs under ``torchrun`` use DDP (NCCL on GPUs, gloo on CPU); 
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -132,6 +133,9 @@ def train(cfg: TrainConfig) -> dict:
                 # Every rank reaches the end before any closes its connections: gloo aborts (SIGABRT) a process
                 # whose peer hangs up first, which killed the second rank of a finished run now and then.
                 dist.barrier()
+            # DDP's reducer and gloo's pending work sit in reference cycles; left to interpreter exit, their
+            # C++ destructors run after the process group and the interpreter are gone, and abort the process.
+            gc.collect()
             dist.destroy_process_group()
 
 
