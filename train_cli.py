@@ -19,6 +19,7 @@ from pathlib import Path
 
 log = logging.getLogger("emotion.cli")
 TTA_CHOICES = ("none", "flip", "shift")  # emotion.predict.TTA_VIEWS, named here so --help needs no torch import
+ENGINE_CHOICES = ("auto", "torch", "onnxruntime")  # emotion.predict.ENGINES
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -85,6 +86,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="test-time augmentation: none, flip (face + mirror) or shift (10 shifted and mirrored views); default: the checkpoint's own setting")
     p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                   help="what runs the model: auto (the app's choice: ONNX Runtime for the CNN on a CPU without native bf16, else PyTorch), torch or onnxruntime")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -192,7 +195,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from emotion.evaluate import evaluate_checkpoint, format_table
     from emotion.predict import default_checkpoint
 
-    m = evaluate_checkpoint(a.checkpoint or default_checkpoint(), a.data, a.split, a.out, tta=a.tta, device=a.device, batch_size=a.batch_size)
+    m = evaluate_checkpoint(a.checkpoint or default_checkpoint(), a.data, a.split, a.out, tta=a.tta, device=a.device,
+                            batch_size=a.batch_size, engine=a.engine)
     print(f"model: {m['model']}  data: {m['data']}  tta: {m['tta']}")
     print(format_table(m))
     return 0

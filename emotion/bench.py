@@ -199,6 +199,8 @@ def _onnx_forward(name: str, checkpoint: Path, clf: EmotionClassifier, cfg: Benc
 
     info = export_onnx(checkpoint, tmp / f"{name}.onnx")
     ort_clf, ort_1_thread = OnnxClassifier(info["path"]), OnnxClassifier(info["path"], threads=1)
+    if clf.engine != "torch":  # the comparison is against PyTorch, whichever engine the app picked here
+        clf = EmotionClassifier(clf.loaded, clf.device, cfg.amp, clf.tta, engine="torch")
     out = {"export_seconds": info["export_seconds"], "max_abs_diff": info["max_abs_diff"], "parity_ok": info["parity_ok"],
            "file_mb": round(info["bytes"] / 2**20, 1)}
     for n in (1, 4):

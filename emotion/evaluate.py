@@ -147,12 +147,14 @@ def write_report(m: dict, out: str | os.PathLike, history: list[dict] | None = N
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
-                        tta: str | bool | None = None, device: str = "auto", batch_size: int = 256, data_cache: str | None = None) -> dict:
+                        tta: str | bool | None = None, device: str = "auto", batch_size: int = 256, data_cache: str | None = None,
+                        engine: str = "auto") -> dict:
     """Evaluate ``checkpoint`` on ``split`` of ``data``; writes the report to ``out`` when given.
 
-    ``tta`` None evaluates with the checkpoint's own inference setting, as the app and ``predict`` run it.
+    ``tta`` None evaluates with the checkpoint's own inference setting, and ``engine`` "auto" on the engine
+    and precision the app picks on this machine, as the app and ``predict`` run it.
     """
-    classifier = EmotionClassifier.from_checkpoint(checkpoint, device=device, tta=tta)  # a bad checkpoint fails before data loads
+    classifier = EmotionClassifier.from_checkpoint(checkpoint, device=device, tta=tta, engine=engine)  # a bad checkpoint fails before data loads
     return evaluate_dataset(classifier, load_split(data, split, data_cache), split, out, batch_size)
 
 

@@ -8,6 +8,7 @@ dimension is dynamic. ``OnnxClassifier`` has the ``predict_tensor`` / ``predict_
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -61,6 +62,37 @@ def _providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+def onnx_graph(loaded: LoadedModel, opset: int = 17) -> bytes:
+    """``loaded`` as a serialized ONNX graph: faces (N, 1, 48, 48) in [0, 1] -> probabilities, N dynamic."""
+    wrapper = FacesToProbs(loaded).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # Preprocess's shape checks become constants in the trace, which is right: the input is always 48x48.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # The torch.export-based exporter needs onnxscript, which is not a dependency; the TorchScript one is enough here.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX export")
+        torch.onnx.export(
+            wrapper, (torch.rand(2, 1, 48, 48),), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
+            do_constant_folding=True, dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def session_options(threads: int = 0, spin: bool = True):
+    """ONNX Runtime session options: every graph optimisation; ``threads`` > 0 caps intra-op threads (0: one
+    per physical core); ``spin`` False lets idle worker threads sleep at once instead of busy-waiting."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, opset: int = 17, *,
                 faces: np.ndarray | None = None, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Export ``checkpoint`` to ``out_path`` as ONNX and check ONNX Runtime against PyTorch.
@@ -77,18 +109,8 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, opse
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        # Preprocess's shape checks become constants in the trace, which is right: the input is always 48x48.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        # The torch.export-based exporter needs onnxscript, which is not a dependency; the TorchScript one is enough here.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX export")
-        torch.onnx.export(
-            wrapper, (torch.rand(2, 1, 48, 48),), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
-            do_constant_folding=True, dynamo=False,
-        )
+    proto = onnx.load_from_string(onnx_graph(loaded, opset))
     # Self-description, like the checkpoints: what the file predicts and what it was made from.
-    proto = onnx.load(str(out))
     meta = {"class_names": json.dumps(list(CLASS_NAMES)), "model_config": json.dumps(loaded.config.to_dict()),
             "source_checkpoint": Path(checkpoint).name, "input": "faces float32 (N, 1, 48, 48) in [0, 1], grayscale"}
     for key, value in meta.items():
@@ -119,12 +141,8 @@ class OnnxClassifier:
         """``threads`` > 0 caps ONNX Runtime's intra-op threads (0: one per physical core)."""
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads > 0:
-            options.intra_op_num_threads = threads
         self.path = str(path)
-        self.session = ort.InferenceSession(self.path, options, providers=list(providers or _providers()))
+        self.session = ort.InferenceSession(self.path, session_options(threads), providers=list(providers or _providers()))
         meta = self.session.get_modelmeta().custom_metadata_map
         names = json.loads(meta.get("class_names", "null"))
         if names is not None and names != list(CLASS_NAMES):
@@ -150,3 +168,27 @@ class OnnxClassifier:
             return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
         batch = np.stack([f if f.shape == (48, 48) and f.dtype == np.uint8 else to_face48(f) for f in faces])
         return self.predict_tensor(batch).numpy()
+
+
+class OnnxRuntimeForward:
+    """A checkpoint's faces -> probabilities on ONNX Runtime's CPU provider, exported in memory; the engine
+    ``EmotionClassifier`` runs where it is faster than PyTorch. It keeps one session per intra-op thread
+    count, created on first use, so ``torch.set_num_threads`` governs both engines alike."""
+
+    def __init__(self, loaded: LoadedModel, spin: bool = False):
+        """``spin`` False: idle worker threads sleep rather than busy-wait, leaving the cores to face
+        detection and the web server between frames."""
+        self.graph = onnx_graph(loaded)
+        self.spin = spin
+        self._sessions: dict[int, object] = {}
+
+    def __call__(self, faces: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, 7) for float faces (N, 1, 48, 48) in [0, 1] on the CPU."""
+        import onnxruntime as ort
+
+        threads = torch.get_num_threads()
+        session = self._sessions.get(threads)
+        if session is None:
+            session = ort.InferenceSession(self.graph, session_options(threads, self.spin), providers=["CPUExecutionProvider"])
+            self._sessions[threads] = session
+        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: _as_input(faces.numpy())})[0])

@@ -1,6 +1,7 @@
 """Classify face crops with a trained checkpoint: the package API the CLI and the app share."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -61,6 +62,23 @@ def resolve_tta(tta: str | bool | None, loaded: LoadedModel) -> str:
     return tta
 
 
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+def resolve_engine(engine: str, loaded: LoadedModel, device: torch.device, dtype: torch.dtype | None) -> str:
+    """The engine that runs the model: ``engine`` itself, or for "auto" ONNX Runtime where it is the faster
+    one (the CNN in fp32 on a CPU: 1.8x PyTorch's speed on a 2-core AMD EPYC without native bf16) and
+    PyTorch everywhere else (GPUs, bf16 CPUs, CLIP)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        fp32_cnn_on_cpu = device.type == "cpu" and dtype is None and loaded.config.kind == "cnn"
+        return "onnxruntime" if fp32_cnn_on_cpu and importlib.util.find_spec("onnxruntime") else "torch"
+    if engine == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"engine onnxruntime runs on the CPU; got device {device}")
+    return engine
+
+
 def default_checkpoint() -> Path:
     """``$EMOTION_CHECKPOINT`` if set, else the shipped offline CNN."""
     return Path(os.environ.get(ENV_CHECKPOINT) or DEFAULT_CHECKPOINT)
@@ -69,28 +87,45 @@ def default_checkpoint() -> Path:
 class EmotionClassifier:
     """A loaded checkpoint that turns face crops into class probabilities, all faces in one forward pass."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, amp: str = "auto", tta: str | bool | None = None):
+    def __init__(self, loaded: LoadedModel, device: torch.device, amp: str = "auto", tta: str | bool | None = None,
+                 engine: str = "auto"):
         self.loaded = loaded
         self.device = device
         self.dtype = amp_dtype(device, amp)
         self.tta = resolve_tta(tta, loaded)  # None: the setting the checkpoint's accuracy was measured with
+        self.engine = resolve_engine(engine, loaded, device, self.dtype)
+        self._onnx = None
+        if self.engine == "onnxruntime":
+            from .export import OnnxRuntimeForward
+
+            self.dtype = None  # the exported graph computes in fp32
+            try:
+                self._onnx = OnnxRuntimeForward(loaded)
+            except Exception as exc:  # noqa: BLE001 - an export ONNX cannot express still runs, on PyTorch
+                if engine != "auto":
+                    raise
+                log.warning("ONNX Runtime export of %s failed (%s); running on PyTorch", loaded.name, exc)
+                self.engine = "torch"
         self.channels_last = loaded.config.kind == "cnn"
         if self.channels_last:
             loaded.model.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto", amp: str = "auto",
-                        tta: str | bool | None = None) -> EmotionClassifier:
-        """Load ``path`` (default: ``default_checkpoint()``) for inference; ``tta`` None uses the checkpoint's setting."""
+                        tta: str | bool | None = None, engine: str = "auto") -> EmotionClassifier:
+        """Load ``path`` (default: ``default_checkpoint()``) for inference; ``tta`` None uses the checkpoint's
+        setting; ``engine``: auto, torch or onnxruntime (see ``resolve_engine``)."""
         dev = pick_device(device)
         loaded = load_checkpoint(path or default_checkpoint(), dev)
-        log.info("emotion model: %s on %s", loaded.name, dev)
-        return cls(loaded, dev, amp, tta)
+        classifier = cls(loaded, dev, amp, tta, engine)
+        log.info("emotion model: %s on %s", classifier.name, dev)
+        return classifier
 
     @property
     def name(self) -> str:
-        """What is running, for logs and the UI."""
-        return self.loaded.name
+        """What is running and how, for logs, reports and the UI: e.g. "cnn ensemble of 3 (emotion_cnn.pt), fp32 on onnxruntime"."""
+        precision = str(self.dtype).replace("torch.", "") if self.dtype is not None else "fp32"
+        return f"{self.loaded.name}, {precision} on {self.engine}"
 
     @torch.inference_mode()
     def predict_tensor(self, faces: torch.Tensor) -> torch.Tensor:
@@ -99,12 +134,15 @@ class EmotionClassifier:
             faces = faces.unsqueeze(1).float().div_(255.0)
         n = len(faces)
         x = tta_views(faces.to(self.device), self.tta)
-        x = self.loaded.preprocess(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_for(self.device, self.dtype):
-            logits = self.loaded.model(x)
-        return logits.float().softmax(-1).view(-1, n, logits.shape[-1]).mean(0).cpu()
+        if self._onnx is not None:
+            probs = self._onnx(x)  # preprocessing and softmax are part of the graph
+        else:
+            x = self.loaded.preprocess(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_for(self.device, self.dtype):
+                probs = self.loaded.model(x).float().softmax(-1)
+        return probs.view(-1, n, probs.shape[-1]).mean(0).cpu()
 
     def predict_faces(self, faces: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Probabilities (N, 7) for face crops of any size and colour (HxW or HxWxC uint8 arrays, RGB)."""

@@ -1,4 +1,4 @@
-"""ONNX export: preprocessing folded in, parity with PyTorch, dynamic batch size, CNN and CLIP."""
+"""ONNX export: preprocessing folded in, parity with PyTorch, dynamic batch size, CNN and CLIP; the classifier's ONNX Runtime engine."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from emotion.checkpoint import save_checkpoint
+from emotion.checkpoint import load_checkpoint, save_checkpoint
 from emotion.export import PARITY_TOLERANCE, OnnxClassifier, export_onnx
 from emotion.labels import CLASS_NAMES
 from emotion.models import ModelConfig, build_model
-from emotion.predict import EmotionClassifier
+from emotion.predict import EmotionClassifier, resolve_engine
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +56,56 @@ def test_onnx_classifier_face_crops(tiny_cnn_checkpoint: Path, tmp_path: Path) -
     assert probs.shape == (2, len(CLASS_NAMES))
     assert clf.predict_faces([]).shape == (0, len(CLASS_NAMES))
     assert "cnn" in clf.name
+
+
+# ---------------------------------------------------------------- the classifier's engine
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_onnxruntime_engine_matches_torch(tiny_cnn_checkpoint: Path, tta: str) -> None:
+    on_torch = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", tta=tta, engine="torch")
+    on_ort = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", tta=tta, engine="onnxruntime")
+    assert on_ort.name.endswith("fp32 on onnxruntime") and on_torch.name.endswith("fp32 on torch")
+    faces = torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8)
+    assert torch.allclose(on_ort.predict_tensor(faces), on_torch.predict_tensor(faces), atol=1e-5)
+    assert on_ort.predict_faces(np.zeros((0, 48, 48), np.uint8)).shape == (0, 7)
+
+
+def test_onnxruntime_engine_follows_torch_thread_count(tiny_cnn_checkpoint: Path) -> None:
+    clf = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", engine="onnxruntime")
+    faces = torch.randint(0, 256, (2, 48, 48), dtype=torch.uint8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = clf.predict_tensor(faces)
+    finally:
+        torch.set_num_threads(before)
+    assert 1 in clf._onnx._sessions  # the bench's and a busy app's 1-thread setting reaches ONNX Runtime too
+    assert torch.allclose(one, clf.predict_tensor(faces), atol=1e-6)
+
+
+def test_auto_engine_picks_onnxruntime_only_for_the_fp32_cnn_on_a_cpu(tiny_cnn_checkpoint: Path, tiny_clip_checkpoint: Path) -> None:
+    cnn, clip = load_checkpoint(tiny_cnn_checkpoint), load_checkpoint(tiny_clip_checkpoint)
+    cpu = torch.device("cpu")
+    assert resolve_engine("auto", cnn, cpu, None) == "onnxruntime"
+    assert resolve_engine("auto", cnn, cpu, torch.bfloat16) == "torch"  # native bf16 CPUs keep PyTorch's bf16 path
+    assert resolve_engine("auto", cnn, torch.device("cuda"), None) == "torch"
+    assert resolve_engine("auto", clip, cpu, None) == "torch"
+    assert resolve_engine("torch", cnn, cpu, None) == "torch"
+    with pytest.raises(ValueError, match="unknown engine"):
+        resolve_engine("tensorrt", cnn, cpu, None)
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        resolve_engine("onnxruntime", cnn, torch.device("cuda"), None)
+
+
+def test_auto_engine_falls_back_to_torch_when_the_export_fails(tiny_cnn_checkpoint: Path, monkeypatch, caplog) -> None:
+    import emotion.export
+
+    def broken(loaded):
+        raise RuntimeError("operator not supported")
+
+    monkeypatch.setattr(emotion.export, "OnnxRuntimeForward", broken)
+    clf = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off")
+    assert clf.engine == "torch" and "export" in caplog.text
+    assert clf.predict_tensor(torch.zeros(1, 48, 48, dtype=torch.uint8)).shape == (1, 7)
+    with pytest.raises(RuntimeError, match="operator not supported"):  # asked for by name: no silent substitute
+        EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", engine="onnxruntime")
