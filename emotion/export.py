@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .checkpoint import LoadedModel, load_checkpoint
 from .data import to_face48
@@ -179,16 +180,20 @@ class OnnxRuntimeForward:
         """``spin`` False: idle worker threads sleep rather than busy-wait, leaving the cores to face
         detection and the web server between frames."""
         self.graph = onnx_graph(loaded)
+        self.interpolation = loaded.preprocess.interpolation
         self.spin = spin
         self._sessions: dict[int, object] = {}
 
     def __call__(self, faces: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, 7) for float faces (N, 1, 48, 48) in [0, 1] on the CPU."""
-        import onnxruntime as ort
-
+        """Probabilities (N, 7) for float faces (N, 1, H, W) in [0, 1] on the CPU; other sizes than 48x48
+        are resized first, as ``Preprocess`` does on PyTorch (the graph's input is fixed at 48x48)."""
+        if faces.shape[-2:] != (48, 48):
+            faces = F.interpolate(faces, size=(48, 48), mode=self.interpolation, align_corners=False)
         threads = torch.get_num_threads()
         session = self._sessions.get(threads)
         if session is None:
+            import onnxruntime as ort
+
             session = ort.InferenceSession(self.graph, session_options(threads, self.spin), providers=["CPUExecutionProvider"])
             self._sessions[threads] = session
         return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: _as_input(faces.numpy())})[0])

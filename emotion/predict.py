@@ -133,6 +133,8 @@ class EmotionClassifier:
         if faces.dtype == torch.uint8:
             faces = faces.unsqueeze(1).float().div_(255.0)
         n = len(faces)
+        if n == 0:
+            return torch.zeros(0, len(CLASS_NAMES))
         x = tta_views(faces.to(self.device), self.tta)
         if self._onnx is not None:
             probs = self._onnx(x)  # preprocessing and softmax are part of the graph

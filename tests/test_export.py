@@ -67,7 +67,11 @@ def test_onnxruntime_engine_matches_torch(tiny_cnn_checkpoint: Path, tta: str) -
     assert on_ort.name.endswith("fp32 on onnxruntime") and on_torch.name.endswith("fp32 on torch")
     faces = torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8)
     assert torch.allclose(on_ort.predict_tensor(faces), on_torch.predict_tensor(faces), atol=1e-5)
-    assert on_ort.predict_faces(np.zeros((0, 48, 48), np.uint8)).shape == (0, 7)
+    larger = torch.rand(2, 1, 64, 64)  # the API takes other sizes too: both engines resize them the same way
+    assert torch.allclose(on_ort.predict_tensor(larger), on_torch.predict_tensor(larger), atol=1e-5)
+    for clf in (on_ort, on_torch):
+        assert clf.predict_tensor(torch.zeros(0, 48, 48, dtype=torch.uint8)).shape == (0, 7)
+        assert clf.predict_faces(np.zeros((0, 48, 48), np.uint8)).shape == (0, 7)
 
 
 def test_onnxruntime_engine_follows_torch_thread_count(tiny_cnn_checkpoint: Path) -> None:
