@@ -59,6 +59,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default=None, help="distil: also learn to match this checkpoint's predictions, e.g. assets/emotion_cnn.pt (an ensemble)")
     p.add_argument("--distill-weight", type=float, default=t.distill_weight, help="with --teacher: share of the loss spent matching the teacher")
     p.add_argument("--distill-temperature", type=float, default=t.distill_temperature, help="with --teacher: softmax temperature of the comparison")
+    p.add_argument("--init-from", default=None, help="start from this checkpoint's weights instead of a random initialisation (fine-tuning), e.g. assets/emotion_cnn.pt")
+    p.add_argument("--init-member", type=int, default=t.init_member, help="with --init-from: which network of an ensemble file to start from (1-based, in file order)")
     p.add_argument("--dropout", type=float, default=None, help=f"dropout in the adapter (default {m.dropout}) or the CNN head (default {c.model.dropout})")
     p.add_argument("--cnn-widths", default=None, help=f"CNN channels per stage, comma-separated (default {','.join(map(str, c.model.cnn_widths))})")
     p.add_argument("--unfreeze-epoch", type=int, default=t.unfreeze_epoch, help="first epoch (1-based) in which CLIP's last blocks train; 0 = from the start")
@@ -172,7 +174,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         unfreeze_epoch=a.unfreeze_epoch, unfreeze_blocks=a.unfreeze_blocks, embedding_cache=not a.no_embedding_cache, cache_flip=a.cache_flip,
         val_split=a.val_split, seed=a.seed, amp=a.amp, device=a.device, threads=a.threads, clip_weights=a.clip_weights,
         cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume, overwrite=a.overwrite,
-        teacher=a.teacher, distill_weight=a.distill_weight, distill_temperature=a.distill_temperature)
+        teacher=a.teacher, distill_weight=a.distill_weight, distill_temperature=a.distill_temperature,
+        init_from=a.init_from, init_member=a.init_member)
     try:
         widths = tuple(int(w) for w in a.cnn_widths.split(",")) if a.cnn_widths else None
     except ValueError:

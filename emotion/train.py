@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 from .augment import augment, mix_batch
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint
 from .data import DataError, FaceDataset, faces_to_input, has_split, load_split, split_train_val
 from .distill import distill_loss, load_teacher, teacher_logits
 from .distributed import Dist, all_reduce_sum, finite_everywhere, init_distributed
@@ -165,6 +165,22 @@ def _diverged(what: str, epoch: int, out: Path) -> TrainingDiverged:
                             "lower --lr (or --clip-lr) and start again with --overwrite")
 
 
+def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    """Start from network ``cfg.init_member`` of ``cfg.init_from`` (CheckpointError when its architecture differs)."""
+    saved, weights = member_weights(cfg.init_from, cfg.init_member)
+    fields = ("kind", "clip_model", "adapter_dims", "cnn_widths", "cnn_convs", "cnn_normalize")
+    differ = [f"{name} {getattr(saved, name)} (this run: {getattr(cfg.model, name)})" for name in fields
+              if getattr(saved, name) != getattr(cfg.model, name)]
+    if differ:
+        raise CheckpointError(f"--init-from {cfg.init_from}: its network has {', '.join(differ)}; "
+                              "pass the same model flags (--model, --cnn-widths, ...)")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"--init-from {cfg.init_from}: its weights do not fit this run's model ({str(exc).splitlines()[0][:200]})") from exc
+    log.info("starting from network %d of %s", cfg.init_member, cfg.init_from)
+
+
 def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, metrics_path: Path, publish) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -179,6 +195,8 @@ def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, metrics_pat
     if cfg.model.kind == "cnn":
         model.to(memory_format=torch.channels_last)  # about 1.4x faster convolutions on CPU
     log.info("model: %s, %.2fM parameters, device %s", cfg.model.kind, count_parameters(model) / 1e6, device)
+    if cfg.init_from and not (cfg.resume and (out / "last.pt").exists()):  # a resumed run has its own weights
+        _init_weights(model, cfg)
     teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
 
     dtype = amp_dtype(device, cfg.amp)

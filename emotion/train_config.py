@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .augment import AugmentConfig
-from .checkpoint import check_model_config
+from .checkpoint import MAX_MEMBERS, check_model_config
 from .models import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class TrainConfig:
     teacher: str | None = None  # checkpoint whose predictions the network also learns to match (distillation); None = off
     distill_weight: float = 0.5  # with a teacher: share of the loss spent matching it, the rest on the labels
     distill_temperature: float = 2.0  # with a teacher: softens both distributions so the runner-up classes teach too
+    init_from: str | None = None  # checkpoint whose weights the network starts from (fine-tuning); None = random initialisation
+    init_member: int = 1  # with init_from: which network of an ensemble file to start from (1-based, in file order)
     log_every: float = 2.0  # seconds between status.json updates
 
     @classmethod
@@ -106,6 +108,9 @@ class TrainConfig:
             raise ConfigError(f"--teacher: no checkpoint at {self.teacher}; give a .pt file written by train or ship")
         if self.teacher is not None and self.model.kind == "clip" and self.embedding_cache and self.unfreeze_epoch != 0:
             raise ConfigError("a teacher needs the faces at every step: add --no-embedding-cache (or --unfreeze-epoch 0)")
+        number("init_member", "initial network (--init-member)", 1, MAX_MEMBERS, whole=True)
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise ConfigError(f"--init-from: no checkpoint at {self.init_from}; give a .pt file written by train or ship")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: use one")
         try:

@@ -1,0 +1,90 @@
+"""Fine-tuning: a run that starts from a trained or shipped network (``--init-from``, ``--init-member``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from emotion.checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint, ship_checkpoint  # noqa: E402
+from emotion.models import ModelConfig, build_model  # noqa: E402
+import train_cli  # noqa: E402
+
+TINY = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2)  # what `train --model cnn --cnn-widths 8,16` builds
+# lr this small leaves the convolutions where they started; BatchNorm's running statistics still follow the data
+FROZEN_ENOUGH = ["--model", "cnn", "--epochs", "1", "--batch-size", "16", "--cnn-widths", "8,16", "--lr", "1e-12",
+                 "--no-report"]
+
+
+@pytest.fixture
+def ensemble_of_two(tmp_path: Path) -> Path:
+    """A shipped ensemble of two tiny networks with different random weights."""
+    members = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        path = tmp_path / f"net{seed}.pt"
+        save_checkpoint(path, build_model(TINY)[0], TINY)
+        members.append(path)
+    ship_checkpoint(members, tmp_path / "ensemble.pt", tta="none")
+    return tmp_path / "ensemble.pt"
+
+
+def _conv_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() for k, v in state.items() if v.dim() == 4}
+
+
+def test_member_weights_picks_one_network_of_an_ensemble(ensemble_of_two):
+    blob = read_checkpoint(ensemble_of_two)["model"]
+    cfg, second = member_weights(ensemble_of_two, 2)
+    assert cfg.members == 1 and cfg.cnn_widths == (8, 16)
+    assert set(second) == {k.removeprefix("members.1.") for k in blob if k.startswith("members.1.")}
+    assert all(v.dtype == torch.float32 for v in second.values() if v.is_floating_point())  # float16 matrices widened
+    assert torch.equal(second["features.0.weight"], blob["members.1.features.0.weight"].float())
+    assert not torch.equal(member_weights(ensemble_of_two, 1)[1]["features.0.weight"], second["features.0.weight"])
+    for bad in (0, 3, True, "1"):
+        with pytest.raises(CheckpointError, match="holds 2 network"):
+            member_weights(ensemble_of_two, bad)
+
+
+def test_a_run_starts_from_the_chosen_network_and_records_it(tiny_fer, ensemble_of_two, tmp_path):
+    run = tmp_path / "ft"
+    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(run), *FROZEN_ENOUGH,
+                           "--init-from", str(ensemble_of_two), "--init-member", "2"]) == 0
+    trained = _conv_weights(read_checkpoint(run / "best.pt")["model"])
+    start = _conv_weights(member_weights(ensemble_of_two, 2)[1])
+    assert trained.keys() == start.keys()
+    assert all(torch.allclose(trained[k], start[k], atol=1e-6) for k in start)
+    cfg = read_checkpoint(run / "best.pt")["train_config"]
+    assert (cfg["init_from"], cfg["init_member"]) == (str(ensemble_of_two), 2)
+
+
+def test_without_init_from_a_run_starts_from_random_weights(tiny_fer, ensemble_of_two, tmp_path):
+    run = tmp_path / "scratch"
+    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(run), *FROZEN_ENOUGH]) == 0
+    trained = _conv_weights(read_checkpoint(run / "best.pt")["model"])
+    start = _conv_weights(member_weights(ensemble_of_two, 1)[1])
+    assert not all(torch.allclose(trained[k], start[k], atol=1e-3) for k in start)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--init-member", "3"], "holds 2 network"),
+    (["--init-member", "0"], "--init-member"),
+    (["--cnn-widths", "8,32"], "cnn_widths"),
+])
+def test_a_network_that_cannot_start_the_run_is_a_one_line_error(tiny_fer, ensemble_of_two, tmp_path, capsys, flags, message):
+    argv = ["train", "--data", str(tiny_fer), "--out", str(tmp_path / "run"), *FROZEN_ENOUGH,
+            "--init-from", str(ensemble_of_two), *flags]
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_a_missing_init_checkpoint_is_refused_before_anything_starts(tiny_fer, tmp_path, capsys):
+    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "run"), *FROZEN_ENOUGH,
+                           "--init-from", str(tmp_path / "missing.pt")]) == 2
+    assert "--init-from: no checkpoint at" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
