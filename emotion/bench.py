@@ -256,12 +256,13 @@ def compose_frames(detector, fer_dir: Path) -> dict[int, np.ndarray]:
     return frames
 
 
-def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig) -> dict:
-    """Per-stage and total wall time of one live frame: recognizer stages, then the overlay."""
+def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig, rotate: bool = True) -> dict:
+    """Per-stage and total wall time of one live frame: recognizer stages, then the overlay. ``rotate`` False
+    runs every network of an ensemble on every frame instead of one per frame, as the live view does."""
     from .overlay import draw_faces
     from .recognizer import FaceTracker
 
-    tracker = FaceTracker()  # as in the live view, where each stream smooths its faces over time
+    tracker = FaceTracker(rotate=rotate)  # as in the live view, where each stream smooths its faces over time
     samples: dict[str, list[float]] = {}
     faces: list = []
     for i in range(cfg.warmup + cfg.frames):
@@ -330,11 +331,15 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
     clf = EmotionClassifier.from_checkpoint(checkpoint, device=cfg.device, amp=cfg.amp)
     recognizer = Recognizer(clf, detector)
     default_threads = torch.get_num_threads()
-    # The app's setting (every core by default), then 1 thread: what is left to it while other work holds the cores.
-    for key, threads in (("pipeline", cfg.threads or cpu_cores()), ("pipeline_1_thread", 1)):
+    # The app's setting (every core by default), then 1 thread: what is left to it while other work holds the cores;
+    # for an ensemble also every network on every frame, which the live view's rotation avoids.
+    runs = [("pipeline", cfg.threads or cpu_cores(), True), ("pipeline_1_thread", 1, True)]
+    if clf.members > 1:
+        runs.append(("pipeline_all_networks", cfg.threads or cpu_cores(), False))
+    for key, threads, rotate in runs:
         torch.set_num_threads(threads)
         try:
-            pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg) for n, frame in frames.items()}
+            pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg, rotate) for n, frame in frames.items()}
         finally:
             torch.set_num_threads(default_threads)
         pipe |= {"threads": threads, "model": clf.name,
@@ -394,7 +399,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     ``ms_4_face`` and ``faces_found`` (blazeface only when its model is found);
     ``pipeline.<model>.<n>_face`` (n = 1, 4) with ``faces_detected`` and ``<stage>_ms.{median,p90,min}``
     for the stages detect, crop, forward, smooth, overlay and total, at the default thread setting
-    (``pipeline.<model>.threads``), and the same at 1 thread in ``pipeline_1_thread``; ``ratios.<model>``; ``forward.<model>.<variant>.<n>_face`` (fp32, bf16, fp32_1_thread on CPU,
+    (``pipeline.<model>.threads``), and the same at 1 thread in ``pipeline_1_thread`` and, for an ensemble, with every network on every frame in ``pipeline_all_networks``; ``ratios.<model>``; ``forward.<model>.<variant>.<n>_face`` (fp32, bf16, fp32_1_thread on CPU,
     fp16 on CUDA, fp32_contiguous and fp32_compiled for the CNN); ``onnx.<model>``;
     ``training.<model>.<phase>`` with ``images_per_s`` (CNN: full; CLIP: frozen_cached,
     frozen_uncached, unfrozen, plus the frozen_phase projection); ``memory.<model>_app_rss_mb``
@@ -405,7 +410,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
 
     device = pick_device(cfg.device)
     result: dict = {"machine": machine_info(device), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-                    "detector": {}, "pipeline": {}, "pipeline_1_thread": {}, "ratios": {}, "forward": {}, "onnx": {},
+                    "detector": {}, "pipeline": {}, "pipeline_1_thread": {}, "pipeline_all_networks": {}, "ratios": {}, "forward": {}, "onnx": {},
                     "training": {}, "memory": {}, "video": {}}
     face_model = _face_model(cfg)
     detector = FaceDetector(face_model, allow_download=False)

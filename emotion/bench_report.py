@@ -69,7 +69,7 @@ def format_report(result: dict) -> str:
         out += ["face detectors alone, 640x480 frame, ms median/p90"] + _table(["detector", "1 face", "4 faces", "found"], rows) + [""]
     stages = ["detect", "crop", "forward", "smooth", "overlay", "total"]
     rows = []
-    for key, label in (("pipeline", ""), ("pipeline_1_thread", ", 1 thread")):
+    for key, label in (("pipeline", ""), ("pipeline_1_thread", ", 1 thread"), ("pipeline_all_networks", ", all networks")):
         for name, pipe in result.get(key, {}).items():
             for n in ("1_face", "4_face"):
                 p = pipe[n]
@@ -78,7 +78,8 @@ def format_report(result: dict) -> str:
                             + [p["total_ms"]["min"]])
     if rows:
         threads = ", ".join(f"{name} {pipe['threads']}" for name, pipe in result["pipeline"].items())
-        out += [f"live pipeline, 640x480 frame, ms median/p90 (torch threads: {threads}; and 1 thread)"]
+        out += [f"live pipeline, 640x480 frame, ms median/p90 (torch threads: {threads}; and 1 thread; an ensemble runs "
+                "one network per frame, in turn, and 'all networks' every network on every frame)"]
         out += _table(["frame", "found"] + stages + ["total min"], rows) + [""]
         out += _table(["model", "total/forward 1 face", "total/forward 4 faces", "4 faces / 1 face"],
                       [[k, r["total_over_forward_1_face"], r["total_over_forward_4_face"], r["four_vs_one_face"]]

@@ -168,6 +168,14 @@ class LoadedModel:
         return f"{arch} ({Path(self.path).name})"
 
 
+def member_network(loaded: LoadedModel, member: int) -> nn.Module:
+    """Network ``member`` (0-based) of a loaded model: one network of an ensemble, or a single network itself (0)."""
+    members = loaded.config.members
+    if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < members:
+        raise ValueError(f"{loaded.name} has {members} network(s): member must be 0-{members - 1}, got {member!r}")
+    return loaded.model.members[member] if members > 1 else loaded.model
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model a checkpoint describes, load its weights and put it in eval mode on ``device``."""
     blob = read_checkpoint(path)

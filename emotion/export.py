@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import LoadedModel, load_checkpoint
+from .checkpoint import LoadedModel, load_checkpoint, member_network
 from .data import to_face48
 from .labels import CLASS_NAMES
 
@@ -34,12 +34,13 @@ PARITY_TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| over probabilities accep
 
 
 class FacesToProbs(nn.Module):
-    """Faces (N, 1, 48, 48) in [0, 1] -> probabilities: the checkpoint's preprocessing, model and softmax in one module."""
+    """Faces (N, 1, 48, 48) in [0, 1] -> probabilities: the checkpoint's preprocessing, model and softmax in one
+    module; ``member`` (0-based) takes one network of an ensemble instead of the whole model."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, member: int | None = None):
         super().__init__()
         self.preprocess = loaded.preprocess
-        self.model = loaded.model
+        self.model = loaded.model if member is None else member_network(loaded, member)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         return self.model(self.preprocess(faces)).float().softmax(-1)
@@ -63,9 +64,10 @@ def _providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def onnx_graph(loaded: LoadedModel, opset: int = 17) -> bytes:
-    """``loaded`` as a serialized ONNX graph: faces (N, 1, 48, 48) in [0, 1] -> probabilities, N dynamic."""
-    wrapper = FacesToProbs(loaded).eval()
+def onnx_graph(loaded: LoadedModel, opset: int = 17, member: int | None = None) -> bytes:
+    """``loaded`` (or its network ``member``) as a serialized ONNX graph: faces (N, 1, 48, 48) in [0, 1] ->
+    probabilities, N dynamic."""
+    wrapper = FacesToProbs(loaded, member).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # Preprocess's shape checks become constants in the trace, which is right: the input is always 48x48.
@@ -173,27 +175,36 @@ class OnnxClassifier:
 
 class OnnxRuntimeForward:
     """A checkpoint's faces -> probabilities on ONNX Runtime's CPU provider, exported in memory; the engine
-    ``EmotionClassifier`` runs where it is faster than PyTorch. It keeps one session per intra-op thread
-    count, created on first use, so ``torch.set_num_threads`` governs both engines alike."""
+    ``EmotionClassifier`` runs where it is faster than PyTorch. An ensemble is exported one graph per
+    network, so one network can run alone (the live view's rotation) and the whole ensemble is the mean
+    of their probabilities, as ``Ensemble`` computes it. Sessions are kept per intra-op thread count,
+    created on first use, so ``torch.set_num_threads`` governs both engines alike."""
 
     def __init__(self, loaded: LoadedModel, spin: bool = False):
         """``spin`` False: idle worker threads sleep rather than busy-wait, leaving the cores to face
         detection and the web server between frames."""
-        self.graph = onnx_graph(loaded)
+        members = loaded.config.members
+        self.graphs = [onnx_graph(loaded, member=i) for i in range(members)] if members > 1 else [onnx_graph(loaded)]
         self.interpolation = loaded.preprocess.interpolation
         self.spin = spin
-        self._sessions: dict[int, object] = {}
+        self._sessions: dict[int, list] = {}
 
-    def __call__(self, faces: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, 7) for float faces (N, 1, H, W) in [0, 1] on the CPU; other sizes than 48x48
-        are resized first, as ``Preprocess`` does on PyTorch (the graph's input is fixed at 48x48)."""
+    def __call__(self, faces: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """Probabilities (N, 7) for float faces (N, 1, H, W) in [0, 1] on the CPU, of the whole model or of
+        its network ``member`` (0-based); other sizes than 48x48 are resized first, as ``Preprocess`` does on
+        PyTorch (the graph's input is fixed at 48x48)."""
         if faces.shape[-2:] != (48, 48):
             faces = F.interpolate(faces, size=(48, 48), mode=self.interpolation, align_corners=False)
         threads = torch.get_num_threads()
-        session = self._sessions.get(threads)
-        if session is None:
+        sessions = self._sessions.get(threads)
+        if sessions is None:
             import onnxruntime as ort
 
-            session = ort.InferenceSession(self.graph, session_options(threads, self.spin), providers=["CPUExecutionProvider"])
-            self._sessions[threads] = session
-        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: _as_input(faces.numpy())})[0])
+            options = session_options(threads, self.spin)
+            sessions = [ort.InferenceSession(g, options, providers=["CPUExecutionProvider"]) for g in self.graphs]
+            self._sessions[threads] = sessions
+        feed = {INPUT_NAME: _as_input(faces.numpy())}
+        if member is not None:
+            return torch.from_numpy(sessions[member].run([OUTPUT_NAME], feed)[0])
+        probs = [session.run([OUTPUT_NAME], feed)[0] for session in sessions]
+        return torch.from_numpy(np.mean(probs, axis=0, dtype=np.float32))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from .checkpoint import CheckpointError, LoadedModel, load_checkpoint, member_network
 from .data import to_face48
 from .labels import CLASS_NAMES
 from .runtime import amp_dtype, autocast_for, pick_device
@@ -127,9 +127,16 @@ class EmotionClassifier:
         precision = str(self.dtype).replace("torch.", "") if self.dtype is not None else "fp32"
         return f"{self.loaded.name}, {precision} on {self.engine}"
 
+    @property
+    def members(self) -> int:
+        """Networks in the model: more than 1 for an ensemble, whose prediction is their mean."""
+        return self.loaded.config.members
+
     @torch.inference_mode()
-    def predict_tensor(self, faces: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, 7) for faces given as uint8 (N, 48, 48) or float (N, 1, 48, 48) in [0, 1]."""
+    def predict_tensor(self, faces: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """Probabilities (N, 7) for faces given as uint8 (N, 48, 48) or float (N, 1, 48, 48) in [0, 1];
+        ``member`` (0-based) runs one network of an ensemble alone (the live view's rotation)."""
+        model = self.loaded.model if member is None else member_network(self.loaded, member)
         if faces.dtype == torch.uint8:
             faces = faces.unsqueeze(1).float().div_(255.0)
         n = len(faces)
@@ -137,21 +144,22 @@ class EmotionClassifier:
             return torch.zeros(0, len(CLASS_NAMES))
         x = tta_views(faces.to(self.device), self.tta)
         if self._onnx is not None:
-            probs = self._onnx(x)  # preprocessing and softmax are part of the graph
+            probs = self._onnx(x, member)  # preprocessing and softmax are part of the graph
         else:
             x = self.loaded.preprocess(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(self.device, self.dtype):
-                probs = self.loaded.model(x).float().softmax(-1)
+                probs = model(x).float().softmax(-1)
         return probs.view(-1, n, probs.shape[-1]).mean(0).cpu()
 
-    def predict_faces(self, faces: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Probabilities (N, 7) for face crops of any size and colour (HxW or HxWxC uint8 arrays, RGB)."""
+    def predict_faces(self, faces: Sequence[np.ndarray] | np.ndarray, member: int | None = None) -> np.ndarray:
+        """Probabilities (N, 7) for face crops of any size and colour (HxW or HxWxC uint8 arrays, RGB);
+        ``member`` as in ``predict_tensor``."""
         if len(faces) == 0:
             return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
         batch = torch.from_numpy(np.stack([f if f.shape == (48, 48) and f.dtype == np.uint8 else to_face48(f) for f in faces]))
-        return self.predict_tensor(batch).numpy()
+        return self.predict_tensor(batch, member).numpy()
 
 
 def face_result(box: Sequence[int], probs: np.ndarray) -> dict:

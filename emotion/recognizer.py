@@ -2,7 +2,9 @@
 
 ``Recognizer.analyze`` runs detection, cropping and one batched classifier forward per frame.
 ``FaceTracker`` (one per video stream) smooths each face's probabilities across frames so labels do not
-flicker; faces are matched between frames by box overlap.
+flicker; faces are matched between frames by box overlap. With an ensemble, a tracked stream runs one
+network per frame, in turn, and each face keeps every network's latest output: their mean is the
+ensemble's prediction (for a still face, exactly), at the cost of one network per frame.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class _Track:
     box: Box
     probs: np.ndarray
     face_id: int  # stable id of this face in its stream, 1, 2, ... in order of first appearance
+    latest: np.ndarray  # (networks, classes): each network's latest probabilities for this face
     missed: int = 0  # consecutive frames without a matching face
 
 
@@ -51,29 +54,46 @@ class FaceTracker:
     an earlier frame when their boxes overlap by at least ``iou_threshold`` (greedy, best overlap first);
     a track not seen for more than ``max_age`` frames is forgotten, so a face that comes back starts fresh.
     After each ``update``, ``ids`` holds the face id of every box, in the order of the boxes.
+
+    ``rotate`` (with an ensemble): ``next_member`` hands out its networks in turn, one per frame, and
+    ``update`` takes that network's probabilities; each face keeps every network's latest output and
+    smooths their mean. A new face starts with its first network's output standing in for the others.
     """
 
-    def __init__(self, alpha: float = 0.5, iou_threshold: float = 0.3, max_age: int = 10):
+    def __init__(self, alpha: float = 0.5, iou_threshold: float = 0.3, max_age: int = 10, rotate: bool = True):
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.alpha = alpha
         self.iou_threshold = iou_threshold
         self.max_age = max_age
+        self.rotate = rotate
         self.tracks: list[_Track] = []
         self.ids: list[int] = []
         self._next_id = 1
+        self._frame = 0
 
     def reset(self) -> None:
         """Forget every face, e.g. when the stream restarts."""
         self.tracks = []
         self.ids = []
         self._next_id = 1
+        self._frame = 0
 
-    def update(self, boxes: Sequence[Box], probs: np.ndarray) -> np.ndarray:
-        """Smoothed probabilities for this frame's faces, in the order of ``boxes``."""
+    def next_member(self, members: int) -> int | None:
+        """The network (0-based) to run on the next frame of a ``members``-network model; None: all of them."""
+        if not self.rotate or members < 2:
+            return None
+        self._frame += 1
+        return (self._frame - 1) % members
+
+    def update(self, boxes: Sequence[Box], probs: np.ndarray, member: int | None = None, members: int = 1) -> np.ndarray:
+        """Smoothed probabilities for this frame's faces, in the order of ``boxes``. ``probs`` are the
+        model's, or with ``member`` those of that network (0-based) of a ``members``-network ensemble."""
         probs = np.asarray(probs, dtype=np.float32)
         if len(boxes) != len(probs):
             raise ValueError(f"{len(boxes)} boxes but {len(probs)} probability rows")
+        if member is not None and not 0 <= member < members:
+            raise ValueError(f"member must be 0-{members - 1}, got {member}")
         pairs = sorted(((box_iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
                        reverse=True)
         matched_tracks: set[int] = set()
@@ -88,7 +108,11 @@ class FaceTracker:
         for bi, box in enumerate(boxes):
             if bi in track_of:
                 track = self.tracks[track_of[bi]]
-                track.probs = self.alpha * probs[bi] + (1.0 - self.alpha) * track.probs
+                if member is None or len(track.latest) != members:  # a whole-model frame, or the model was switched
+                    track.latest = np.tile(probs[bi], (members if member is not None else 1, 1))
+                else:
+                    track.latest[member] = probs[bi]
+                track.probs = self.alpha * track.latest.mean(0) + (1.0 - self.alpha) * track.probs
                 track.box, track.missed = box, 0
                 out[bi] = track.probs
         for ti, track in enumerate(self.tracks):
@@ -98,7 +122,8 @@ class FaceTracker:
         self.tracks = [t for t in self.tracks if t.missed <= self.max_age]
         for bi, box in enumerate(boxes):
             if bi not in track_of:
-                self.tracks.append(_Track(box, probs[bi].copy(), self._next_id))
+                latest = np.tile(probs[bi], (members if member is not None else 1, 1))
+                self.tracks.append(_Track(box, probs[bi].copy(), self._next_id, latest))
                 ids[bi] = self._next_id
                 self._next_id += 1
         self.ids = ids
@@ -117,7 +142,8 @@ class Recognizer:
         """Emotions of every face in an image, largest face first, as ``emotion.predict.face_result`` dicts.
 
         ``rgb`` is an RGB, RGBA or grayscale array of any size. ``whole_image`` classifies the whole image
-        as one face instead of detecting faces. ``tracker`` smooths results across video frames.
+        as one face instead of detecting faces. ``tracker`` smooths results across video frames and, for an
+        ensemble, picks the network that runs on this frame (see ``FaceTracker``).
         ``timings``, when given, receives milliseconds per stage (``STAGES``).
         """
         image = as_rgb(rgb)
@@ -133,10 +159,12 @@ class Recognizer:
         # A whole image is centre-cropped like any photo; detected faces are framed like FER2013 crops.
         crops = [to_face48(image)] if whole_image else crop_faces(image, boxes)
         t2 = time.perf_counter()
-        probs = self.classifier.predict_faces(crops)
+        members = self.classifier.members
+        member = tracker.next_member(members) if tracker is not None else None
+        probs = self.classifier.predict_faces(crops, member)
         t3 = time.perf_counter()
         if tracker is not None:
-            probs = tracker.update(boxes, probs)
+            probs = tracker.update(boxes, probs, member, members)
         t4 = time.perf_counter()
         if timings is not None:
             for stage, start, end in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4)):

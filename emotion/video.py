@@ -51,6 +51,8 @@ class VideoAnalyzer:
 
     ``every`` analyzes one frame in N (the frames between carry the last results); ``smoothing`` is the
     tracker's weight of the newest frame in each face's moving average (1.0 = raw per-frame probabilities).
+    With smoothing, an ensemble runs one network per analyzed frame, in turn (see ``FaceTracker``);
+    raw per-frame probabilities come from the whole ensemble on every frame.
     """
 
     def __init__(self, recognizer: Recognizer, every: int = 1, smoothing: float = 0.5):
@@ -58,7 +60,7 @@ class VideoAnalyzer:
             raise ValueError(f"every must be at least 1, got {every}")
         self.recognizer = recognizer
         self.every = every
-        self.tracker = FaceTracker(alpha=smoothing)
+        self.tracker = FaceTracker(alpha=smoothing, rotate=smoothing < 1.0)
 
     def analyze(self, frame: VideoFrame) -> list[dict]:
         """The faces of one frame, largest first, each with its ``face_id``."""

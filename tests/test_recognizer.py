@@ -42,7 +42,7 @@ def check_face(face: dict, frame_shape: tuple[int, ...]) -> None:
 def test_analyze_returns_one_result_per_face(recognizer: Recognizer, real_faces: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     calls, counts = [], []
     original = recognizer.classifier.predict_faces
-    monkeypatch.setattr(recognizer.classifier, "predict_faces", lambda crops: calls.append(len(crops)) or original(crops))
+    monkeypatch.setattr(recognizer.classifier, "predict_faces", lambda crops, member=None: calls.append(len(crops)) or original(crops, member))
     for rgb, placed in triangle_frames(real_faces)[:3]:
         timings: dict[str, float] = {}
         faces = recognizer.analyze(rgb, timings=timings)
