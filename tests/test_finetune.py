@@ -88,3 +88,17 @@ def test_a_missing_init_checkpoint_is_refused_before_anything_starts(tiny_fer, t
                            "--init-from", str(tmp_path / "missing.pt")]) == 2
     assert "--init-from: no checkpoint at" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unpacked_release_ships_again_as_the_same_model(ensemble_of_two, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from unpack_ensemble import unpack
+
+    paths = unpack(ensemble_of_two, tmp_path / "unpacked")
+    # Both networks came from files in one folder, so the second gets a name of its own.
+    assert [p.parent.name for p in paths] == [tmp_path.name, f"{tmp_path.name}-network2"]
+    assert all(read_checkpoint(p)["model_config"]["members"] == 1 for p in paths)
+    ship_checkpoint(paths, tmp_path / "again.pt", tta="none")
+    before, after = read_checkpoint(ensemble_of_two)["model"], read_checkpoint(tmp_path / "again.pt")["model"]
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
