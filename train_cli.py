@@ -142,7 +142,7 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for annotated.mp4, faces.csv, timeline.png and summary.json")
     p.add_argument("--every", type=int, default=v.every, help="analyze one frame in N; the frames between show the last labels")
     p.add_argument("--max-side", type=int, default=v.max_side, help="shrink frames to this longer side for analysis and the annotated video; 0 = full size")
-    p.add_argument("--smoothing", type=float, default=v.smoothing, help="weight of the newest frame in each face's moving average; 1 = raw per-frame probabilities")
+    p.add_argument("--smoothing", type=float, default=v.smoothing, help="weight of the newest frame in each face's moving average; 1 = raw per-frame probabilities of the whole model (below 1 an ensemble runs one network per frame, in turn)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: $EMOTION_CHECKPOINT or the shipped offline CNN)")
     p.add_argument("--face-model", default=None, help="MediaPipe face detector .tflite (or env EMOTION_FACE_MODEL); default: cache, download, Haar fallback")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
