@@ -202,15 +202,11 @@ def member_weights(path: str | os.PathLike, member: int = 1) -> tuple[ModelConfi
     """The config and float32 weights of network ``member`` (1-based, in file order) of the checkpoint at
     ``path``: a trained or shipped network to start another run from (fine-tuning). CheckpointError when
     the file is unusable or has no such network."""
-    blob = read_checkpoint(path)
-    cfg = model_config(blob, path)
-    if isinstance(member, bool) or not isinstance(member, int) or not 1 <= member <= cfg.members:
-        raise CheckpointError(f"{path} holds {cfg.members} network(s); pick one of 1-{cfg.members}, got {member!r}")
-    prefix = f"members.{member - 1}." if cfg.members > 1 else ""
-    weights = {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in blob["model"].items() if k.startswith(prefix)}
-    if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
-        raise CheckpointError(f"{path} holds NaN or infinite weights (a training run that diverged); start from another checkpoint")
-    return replace(cfg, members=1), weights
+    loaded = load_checkpoint(path)  # validated, NaN weights refused
+    members = loaded.config.members
+    if isinstance(member, bool) or not isinstance(member, int) or not 1 <= member <= members:
+        raise CheckpointError(f"{path} holds {members} network(s); pick one of 1-{members}, got {member!r}")
+    return replace(loaded.config, members=1), dict(member_network(loaded, member - 1).state_dict())
 
 
 def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike, *, tta: str) -> None:

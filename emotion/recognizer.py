@@ -47,6 +47,11 @@ class _Track:
     missed: int = 0  # consecutive frames without a matching face
 
 
+def _latest_outputs(probs: np.ndarray, member: int | None, members: int) -> np.ndarray:
+    """A face's first per-network memory: this frame's output standing in for every network (one row for a whole-model frame)."""
+    return np.tile(probs, (members if member is not None else 1, 1))
+
+
 class FaceTracker:
     """Per-stream temporal smoothing: an exponential moving average of each face's probabilities.
 
@@ -109,7 +114,7 @@ class FaceTracker:
             if bi in track_of:
                 track = self.tracks[track_of[bi]]
                 if member is None or len(track.latest) != members:  # a whole-model frame, or the model was switched
-                    track.latest = np.tile(probs[bi], (members if member is not None else 1, 1))
+                    track.latest = _latest_outputs(probs[bi], member, members)
                 else:
                     track.latest[member] = probs[bi]
                 track.probs = self.alpha * track.latest.mean(0) + (1.0 - self.alpha) * track.probs
@@ -122,8 +127,7 @@ class FaceTracker:
         self.tracks = [t for t in self.tracks if t.missed <= self.max_age]
         for bi, box in enumerate(boxes):
             if bi not in track_of:
-                latest = np.tile(probs[bi], (members if member is not None else 1, 1))
-                self.tracks.append(_Track(box, probs[bi].copy(), self._next_id, latest))
+                self.tracks.append(_Track(box, probs[bi].copy(), self._next_id, _latest_outputs(probs[bi], member, members)))
                 ids[bi] = self._next_id
                 self._next_id += 1
         self.ids = ids

@@ -11,35 +11,41 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emotion.checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint  # noqa: E402
+from emotion.checkpoint import CheckpointError, load_checkpoint, member_network, save_checkpoint  # noqa: E402
 
 
 def unpack(path: str | Path, out: str | Path) -> list[Path]:
     """Write every network of the checkpoint at ``path`` as its own checkpoint under ``out``; returns their paths."""
-    blob = read_checkpoint(path)
-    members = blob["model_config"].get("members", 1)
-    metrics = blob.get("metrics", {}).get("members") or [blob.get("metrics", {})]
-    configs = blob.get("train_config", {}).get("members") or [blob.get("train_config", {})]
+    loaded = load_checkpoint(path)  # validated once, NaN weights refused
+    single = replace(loaded.config, members=1)
+    metrics, configs = _per_network(loaded.metrics), _per_network(loaded.train_config)
     written = []
-    for i in range(1, members + 1):
-        cfg, weights = member_weights(path, i)
+    for i in range(1, loaded.config.members + 1):
         own_metrics = dict(metrics[i - 1]) if i <= len(metrics) and isinstance(metrics[i - 1], dict) else {}
         source = str(own_metrics.pop("checkpoint", f"network{i}/best.pt"))
         # The run's folder name, and nothing of the recorded path beyond it: the file is not trusted to choose where to write.
-        name = Path(source).parent.name or f"network{i}"
+        name = Path(source).parent.name
         if name in ("", ".", ".."):
             name = f"network{i}"
         dst = Path(out) / name / "best.pt"
         if dst in written:
             dst = Path(out) / f"{name}-network{i}" / "best.pt"
         train_config = configs[i - 1] if i <= len(configs) and isinstance(configs[i - 1], dict) else {}
-        save_checkpoint(dst, weights, cfg, train_config=train_config, metrics=own_metrics)
+        save_checkpoint(dst, member_network(loaded, i - 1), single, train_config=train_config, metrics=own_metrics)
         written.append(dst)
     return written
+
+
+def _per_network(entry: dict) -> list:
+    """A checkpoint's metrics or training config per network: the "members" list of an ensemble's, else the
+    entry itself (anything malformed counts as absent: the weights are what matters)."""
+    members = entry.get("members")
+    return members if isinstance(members, list) else [entry]
 
 
 def main(argv: list[str] | None = None) -> int:
