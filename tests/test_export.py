@@ -87,11 +87,11 @@ def test_onnxruntime_engine_follows_torch_thread_count(tiny_cnn_checkpoint: Path
     assert torch.allclose(one, clf.predict_tensor(faces), atol=1e-6)
 
 
-def test_auto_engine_picks_onnxruntime_only_for_the_fp32_cnn_on_a_cpu(tiny_cnn_checkpoint: Path, tiny_clip_checkpoint: Path) -> None:
+def test_auto_engine_picks_onnxruntime_or_a_timing_only_for_the_cnn_on_a_cpu(tiny_cnn_checkpoint: Path, tiny_clip_checkpoint: Path) -> None:
     cnn, clip = load_checkpoint(tiny_cnn_checkpoint), load_checkpoint(tiny_clip_checkpoint)
     cpu = torch.device("cpu")
     assert resolve_engine("auto", cnn, cpu, None) == "onnxruntime"
-    assert resolve_engine("auto", cnn, cpu, torch.bfloat16) == "torch"  # native bf16 CPUs keep PyTorch's bf16 path
+    assert resolve_engine("auto", cnn, cpu, torch.bfloat16) == "fastest"  # native bf16 CPUs: timed at load
     assert resolve_engine("auto", cnn, torch.device("cuda"), None) == "torch"
     assert resolve_engine("auto", clip, cpu, None) == "torch"
     assert resolve_engine("torch", cnn, cpu, None) == "torch"
@@ -99,6 +99,48 @@ def test_auto_engine_picks_onnxruntime_only_for_the_fp32_cnn_on_a_cpu(tiny_cnn_c
         resolve_engine("tensorrt", cnn, cpu, None)
     with pytest.raises(ValueError, match="runs on the CPU"):
         resolve_engine("onnxruntime", cnn, torch.device("cuda"), None)
+
+
+@pytest.mark.parametrize("winner", ["torch", "onnxruntime"])
+def test_auto_engine_on_a_bf16_cpu_keeps_the_faster_engine(tiny_cnn_checkpoint: Path, winner: str, monkeypatch, caplog) -> None:
+    import emotion.predict
+    import emotion.runtime
+
+    timed = []
+
+    def rigged(candidates, repeats=5, warmup=2):
+        name, seconds = emotion.runtime.fastest(candidates, repeats=1, warmup=0)  # both engines really run
+        timed.append(sorted(seconds))
+        return winner, {"torch": 0.02, "onnxruntime": 0.01} if winner == "onnxruntime" else {"torch": 0.01, "onnxruntime": 0.02}
+
+    monkeypatch.setattr(emotion.predict, "fastest", rigged)
+    caplog.set_level("INFO", logger="emotion.predict")
+    clf = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="bf16")
+    assert timed == [["onnxruntime", "torch"]] and clf.engine == winner
+    assert clf.name.endswith("fp32 on onnxruntime" if winner == "onnxruntime" else "bfloat16 on torch")
+    assert (clf._onnx is not None) == (winner == "onnxruntime") and f"using {winner}" in caplog.text
+    faces = torch.from_numpy(_faces(3, 4))
+    probs = clf.predict_tensor(faces)
+    reference = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="bf16" if winner == "torch" else "off",
+                                                  engine=winner)
+    assert torch.allclose(probs, reference.predict_tensor(faces), atol=1e-6)
+
+
+def test_fastest_times_every_candidate_and_picks_the_quickest() -> None:
+    import time
+
+    from emotion.runtime import fastest
+
+    calls = {"slow": 0, "quick": 0}
+
+    def work(name: str, seconds: float):
+        def run() -> None:
+            calls[name] += 1
+            time.sleep(seconds)
+        return run
+
+    name, seconds = fastest({"slow": work("slow", 0.02), "quick": work("quick", 0.0)}, repeats=3, warmup=1)
+    assert name == "quick" and calls == {"slow": 4, "quick": 4} and seconds["slow"] >= 0.02 > seconds["quick"]
 
 
 def test_auto_engine_falls_back_to_torch_when_the_export_fails(tiny_cnn_checkpoint: Path, monkeypatch, caplog) -> None:
