@@ -3,6 +3,7 @@
     python train_cli.py train    --data ../shared/fer2013 --out runs/clip1
     python train_cli.py evaluate --checkpoint runs/clip1/best.pt --data ../shared/fer2013 --split test --out reports/clip1
     python train_cli.py predict  face.jpg other.png [--checkpoint ...] [--json]
+    python train_cli.py pack     --data ../shared/fer2013 --out .data/fer2013   # small lossless copy: --data .data/fer2013
 
 Run `python train_cli.py COMMAND --help` for every flag. Multi-process training:
 `torchrun --nproc_per_node=N train_cli.py train ...` (NCCL on GPUs, gloo on CPU).
@@ -149,12 +150,20 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads; 1 leaves the other core to decoding and encoding, which run alongside; 0 = one per core")
 
 
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pack", help="pack dataset splits into small lossless files (<split>.npz) that load like the folders",
+                       formatter_class=_Help)
+    p.add_argument("--data", default="../shared/fer2013", help="dataset to pack: folder with train/ and test/ class folders, or fer2013.csv")
+    p.add_argument("--out", required=True, help="folder for <split>.npz; pass it as --data to train or evaluate, e.g. .data/fer2013")
+    p.add_argument("--splits", default="train,test", help="comma-separated splits to pack")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(prog="train_cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_predict, _add_ship, _add_export, _add_bench, _add_video):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_ship, _add_export, _add_bench, _add_video, _add_pack):
         add(sub)
     return parser
 
@@ -309,8 +318,19 @@ def cmd_video(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(a: argparse.Namespace) -> int:
+    from emotion.packed import pack_dataset
+
+    splits = tuple(s.strip() for s in a.splits.split(",") if s.strip())
+    if not splits:
+        raise ValueError(f"--splits names no split: give e.g. train,test (got {a.splits!r})")
+    for split, info in pack_dataset(a.data, a.out, splits).items():
+        print(f"{split}: {info['faces']} faces from {info['source']} -> {info['path']} ({info['bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "ship": cmd_ship, "export": cmd_export,
-            "bench": cmd_bench, "video": cmd_video}
+            "bench": cmd_bench, "video": cmd_video, "pack": cmd_pack}
 
 
 def main(argv: list[str] | None = None) -> int:

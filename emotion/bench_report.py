@@ -93,10 +93,10 @@ def format_report(result: dict) -> str:
     if rows:
         out += ["predict_tensor: PyTorch vs ONNX Runtime, ms median"]
         out += _table(["model", "faces", "pytorch", "onnxruntime", "onnxruntime 1 thread", "max |diff|"], rows) + [""]
-    rows = [[name, phase, t["images_per_s"], t["seconds"], t.get("embed_seconds", "")]
+    rows = [[name, phase, t.get("precision", ""), t["images_per_s"], t["seconds"], t.get("embed_seconds", "")]
             for name, phases in result["training"].items() for phase, t in phases.items() if "images_per_s" in t]
     if rows:
-        out += ["training throughput (real trainer)"] + _table(["model", "phase", "images/s", "epoch s", "embed s"], rows)
+        out += ["training throughput (real trainer)"] + _table(["model", "phase", "precision", "images/s", "epoch s", "embed s"], rows)
         frozen = result["training"].get("clip", {}).get("frozen_phase")
         if frozen:
             out.append(f"CLIP frozen phase, epochs 1-{frozen['epochs']}: {frozen['with_cache_s']}s with the cache vs "

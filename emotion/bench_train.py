@@ -47,7 +47,8 @@ def _train_rows(tmp: Path, name: str, **overrides) -> list[dict]:
 
 
 def _phase(row: dict) -> dict:
-    return {"images_per_s": row["images_per_s"], "seconds": row["seconds"], "epoch": row["epoch"]}
+    return {"images_per_s": row["images_per_s"], "seconds": row["seconds"], "epoch": row["epoch"],
+            "precision": row.get("precision", "unknown")}
 
 
 def training_throughput(name: str, checkpoint: Path, tmp: Path, *, train_images: int, device: str = "auto",

@@ -241,9 +241,11 @@ def find_csv(data: Path) -> Path | None:
 
 
 def has_split(data: str | os.PathLike, split: str) -> bool:
-    """Whether ``data`` provides ``split`` (a sub-folder, or rows in the CSV)."""
+    """Whether ``data`` provides ``split`` (a sub-folder, a packed ``<split>.npz``, or rows in the CSV)."""
+    from .packed import packed_path
+
     data = Path(data)
-    if (data / split).is_dir():
+    if (data / split).is_dir() or packed_path(data, split).is_file():
         return True
     csv_path = find_csv(data)
     return csv_path is not None and split in CSV_USAGE
@@ -252,19 +254,25 @@ def has_split(data: str | os.PathLike, split: str) -> bool:
 def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None) -> FaceDataset:
     """Load ``split`` ('train', 'test', 'private', ...) of a FER2013-style dataset.
 
-    ``data`` is a folder holding ``<split>/<class>/*`` images, a folder holding ``fer2013.csv``,
-    or the CSV itself. Folder splits are decoded once and cached under ``cache_dir``
-    (default ``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion``).
+    ``data`` is a folder holding ``<split>/<class>/*`` images or packed ``<split>.npz`` files
+    (``train_cli.py pack``), a folder holding ``fer2013.csv``, or the CSV itself. Folder splits are
+    decoded once and cached under ``cache_dir`` (default ``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion``).
     """
+    from .packed import packed_path, read_packed
+
     data = Path(data).expanduser()
     if not data.exists():
         raise DataError(f"dataset path {data} does not exist: pass a folder with train/ and test/ class folders, or fer2013.csv")
     if (data / split).is_dir():
         return _load_folder_split(data / split, Path(cache_dir) if cache_dir else _default_cache_dir())
+    if packed_path(data, split).is_file():
+        images, labels = read_packed(packed_path(data, split))
+        log.info("loaded %d faces from packed split %s", len(labels), packed_path(data, split))
+        return FaceDataset(images, labels, str(packed_path(data, split)))
     csv_path = find_csv(data)
     if csv_path is not None:
         return _load_csv_split(csv_path, split)
-    raise DataError(f"{data} has neither a '{split}/' folder of class folders nor a fer2013.csv")
+    raise DataError(f"{data} has neither a '{split}/' folder of class folders, a packed {split}.npz, nor a fer2013.csv")
 
 
 def split_train_val(ds: FaceDataset, fraction: float, seed: int = 0) -> tuple[FaceDataset, FaceDataset]:
