@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, 2)  # bad input: settings, data, checkpoint, an existing run folder
     except (TrainingDiverged, CheckpointWriteError) as exc:
         return _fail(exc, 1)  # the run itself failed; the last good checkpoint is kept
+    except KeyboardInterrupt:  # Ctrl-C, or a time budget's SIGINT (scripts/gpu_train.sh): checkpoints already written stay
+        return _fail(RuntimeError("interrupted; a training run continues from its last.pt with --resume"), 130)
 
 
 def _fail(exc: BaseException, code: int) -> int:
