@@ -2,8 +2,10 @@
 
 Nothing stays on disk: each run works in a folder of its own inside Gradio's cache, from which the results
 are served without copies. The folder and the uploaded file are deleted ``OUTPUT_TTL_S`` after the results
-are shown, and at once when the run is cancelled or fails. The handler is a generator, so a Cancel stops it
-at its next progress update (Gradio closes it) and its ``finally`` cleans up.
+are shown, and at once when the run is cancelled or fails. The Cancel button sets its browser session's
+flag, which the handler checks at every frame: it then shows "Cancelled" as its own last update, so no
+progress update still in flight can overwrite it. A run cancelled by Gradio itself (an API client's
+cancel, a closed page) is closed at its next update; either way its ``finally`` cleans up.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ OUTPUT_TTL_S = 60.0  # results are served this long after they are shown, then d
 PROGRESS_EVERY_S = 0.5  # seconds between progress updates, which are also the points where a Cancel takes effect
 WORK_PREFIX = "emotion-video-"  # name prefix of each run's folder in Gradio's cache
 MAX_EVERY = 10  # the slider's largest "one frame in N"
+CANCELLED = "Cancelled: nothing of this video was kept."
 
 
 class Sweeper:
@@ -101,8 +104,9 @@ def _summary_markdown(result) -> str:
 
 
 def analyze_clip(models: ModelManager, video: Any, every: int, sweeper: Sweeper, cache_root: Path,
-                 progress: gr.Progress | None = None) -> Iterator[tuple]:
-    """A generator of (annotated video, timeline image, files to download, message) updates for one upload.
+                 progress: gr.Progress | None = None, cancelled: threading.Event | None = None) -> Iterator[tuple]:
+    """A generator of (annotated video, timeline image, files to download, message) updates for one upload;
+    once ``cancelled`` is set it stops at the next frame, with the "Cancelled" message as its last update.
 
     Bad input (not a video, empty, truncated, too long, no faces) is shown as a warning, never raised.
     """
@@ -130,6 +134,9 @@ def analyze_clip(models: ModelManager, video: Any, every: int, sweeper: Sweeper,
         last = time.perf_counter()
         start = last
         for item in job:
+            if cancelled is not None and cancelled.is_set():
+                yield None, None, None, CANCELLED
+                return
             now = time.perf_counter()
             if now - last >= PROGRESS_EVERY_S:
                 last = now
@@ -192,12 +199,25 @@ def build_video_tab(models: ModelManager, config: AppConfig) -> None:
         timeline = gr.Image(label="Emotions over time", type="filepath", interactive=False, elem_id="video-timeline")
 
         cache_root = Path(annotated.GRADIO_CACHE)
+        runs: dict[str, threading.Event] = {}  # browser session -> the cancel flag of its run in progress
 
-        def on_run(clip, n, progress=gr.Progress()):
-            yield from analyze_clip(models, clip, n, sweeper, cache_root, progress)
+        def on_run(clip, n, request: gr.Request, progress=gr.Progress()):
+            session = request.session_hash or ""
+            flag = runs[session] = threading.Event()
+            try:
+                yield from analyze_clip(models, clip, n, sweeper, cache_root, progress, flag)
+            finally:
+                if runs.get(session) is flag:
+                    del runs[session]
+
+        def on_cancel(request: gr.Request):
+            flag = runs.get(request.session_hash or "")
+            if flag is None:
+                return gr.skip()  # no run of this page to cancel
+            flag.set()
+            return CANCELLED
 
         # preprocess=False: the handler opens the file itself, so Gradio never converts or probes an upload.
         event = run.click(on_run, inputs=[video, every], outputs=[annotated, timeline, files, message],
                           preprocess=False, api_name="analyze_video", concurrency_limit=1)
-        cancel.click(lambda: "Cancelled: nothing of this video was kept.", outputs=message, cancels=[event],
-                     api_visibility="private")
+        cancel.click(on_cancel, outputs=message, api_visibility="private")
