@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +67,17 @@ ENGINES = ("auto", "torch", "onnxruntime")
 
 def resolve_engine(engine: str, loaded: LoadedModel, device: torch.device, dtype: torch.dtype | None) -> str:
     """The engine that runs the model: ``engine`` itself, or for "auto": ONNX Runtime for the CNN in fp32 on
-    a CPU (1.7x PyTorch's speed on a 2-core AMD EPYC without native bf16), "fastest" for the CNN on a CPU
-    with native bf16 (PyTorch bf16 and ONNX Runtime fp32 are timed when the model loads, since which one
-    wins depends on the CPU), and PyTorch everywhere else (GPUs, CLIP, no onnxruntime installed)."""
+    a CPU (1.7x PyTorch's speed on a 2-core AMD EPYC without native bf16), "fastest" on a CPU with native
+    bf16 (PyTorch bf16, PyTorch fp32 and, for the CNN, ONNX Runtime fp32 are timed when the model loads,
+    since which one wins depends on the CPU), and PyTorch everywhere else (GPUs; CLIP in fp32)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     if engine == "auto":
-        if device.type != "cpu" or loaded.config.kind != "cnn" or not importlib.util.find_spec("onnxruntime"):
+        if device.type != "cpu":
             return "torch"
-        return "onnxruntime" if dtype is None else "fastest"
+        if dtype is not None:
+            return "fastest"
+        return "onnxruntime" if loaded.config.kind == "cnn" and importlib.util.find_spec("onnxruntime") else "torch"
     if engine == "onnxruntime" and device.type != "cpu":
         raise ValueError(f"engine onnxruntime runs on the CPU; got device {device}")
     return engine
@@ -100,7 +102,8 @@ class EmotionClassifier:
         self.channels_last = loaded.config.kind == "cnn"
         if self.channels_last:
             loaded.model.to(memory_format=torch.channels_last)
-        if self.engine in ("onnxruntime", "fastest"):
+        onnx_ok = loaded.config.kind == "cnn" and importlib.util.find_spec("onnxruntime") is not None
+        if self.engine == "onnxruntime" or (self.engine == "fastest" and onnx_ok):
             from .export import OnnxRuntimeForward
 
             try:
@@ -109,30 +112,42 @@ class EmotionClassifier:
                 if engine != "auto":
                     raise
                 log.warning("ONNX Runtime export of %s failed (%s); running on PyTorch", loaded.name, exc)
-                self.engine = "torch"
+                if self.engine == "onnxruntime":  # "fastest" goes on to time PyTorch's precisions
+                    self.engine = "torch"
         if self.engine == "fastest":
-            self.engine = self._time_engines()
+            self.engine = self._time_engines(fp32_too=amp == "auto")
         if self.engine == "onnxruntime":
             self.dtype = None  # the exported graph computes in fp32
 
-    def _time_engines(self) -> str:
-        """Keep whichever of PyTorch (in ``self.dtype``) and ONNX Runtime (fp32) runs one face faster here."""
+    def _time_engines(self, fp32_too: bool) -> str:
+        """Keep whichever runs one face fastest here: PyTorch in ``self.dtype`` (bf16), PyTorch in fp32 (when
+        ``fp32_too``: the precision was not asked for) and ONNX Runtime fp32 (when exported); returns the engine."""
         face = torch.rand(1, 1, 48, 48, generator=torch.Generator().manual_seed(0))
-        onnx, dtype = self._onnx, self.dtype
+        onnx, bf16 = self._onnx, self.dtype
+        options = {f"{self._precision(bf16)} on torch": (None, bf16)}
+        if fp32_too:
+            options["fp32 on torch"] = (None, None)
+        if onnx is not None:
+            options["fp32 on onnxruntime"] = (onnx, None)
+        if len(options) == 1:
+            self._onnx = None
+            return "torch"
 
-        def on_torch() -> None:
-            self._onnx, self.dtype = None, dtype
-            self.predict_tensor(face)
+        def run(setting: tuple) -> Callable[[], None]:
+            def once() -> None:
+                self._onnx, self.dtype = setting
+                self.predict_tensor(face)
+            return once
 
-        def on_onnx() -> None:
-            self._onnx, self.dtype = onnx, None
-            self.predict_tensor(face)
+        winner, seconds = fastest({name: run(setting) for name, setting in options.items()})
+        self._onnx, self.dtype = options[winner]
+        log.info("engine auto: one face takes %s; using %s",
+                 ", ".join(f"{t * 1e3:.1f} ms in {name}" for name, t in seconds.items()), winner)
+        return winner.rsplit(" ", 1)[-1]
 
-        winner, seconds = fastest({"torch": on_torch, "onnxruntime": on_onnx})
-        self._onnx, self.dtype = (onnx, None) if winner == "onnxruntime" else (None, dtype)
-        log.info("engine auto: one face takes %.1f ms on PyTorch %s and %.1f ms on ONNX Runtime fp32; using %s",
-                 seconds["torch"] * 1e3, str(dtype).replace("torch.", ""), seconds["onnxruntime"] * 1e3, winner)
-        return winner
+    @staticmethod
+    def _precision(dtype: torch.dtype | None) -> str:
+        return str(dtype).replace("torch.", "") if dtype is not None else "fp32"
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto", amp: str = "auto",
@@ -148,8 +163,7 @@ class EmotionClassifier:
     @property
     def name(self) -> str:
         """What is running and how, for logs, reports and the UI: e.g. "cnn ensemble of 3 (emotion_cnn.pt), fp32 on onnxruntime"."""
-        precision = str(self.dtype).replace("torch.", "") if self.dtype is not None else "fp32"
-        return f"{self.loaded.name}, {precision} on {self.engine}"
+        return f"{self.loaded.name}, {self._precision(self.dtype)} on {self.engine}"
 
     @property
     def members(self) -> int:

@@ -33,22 +33,22 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def fastest(candidates: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: int = 2) -> tuple[str, dict[str, float]]:
+def fastest(candidates: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 2) -> tuple[str, dict[str, float]]:
     """The name of the quickest of ``candidates`` (callables doing one unit of work) and each one's median
     seconds. A native bf16 flag does not make bf16 fast: on a 2-core Xeon with AVX512-BF16, bf16 trained this
     project's CNN 1.2x slower than fp32 and ran the shipped ensemble 2.6x slower than fp32 on ONNX Runtime,
     where an AMD EPYC with the same flag trained 2.5x faster in bf16; so the "auto" settings time both on
     the machine at hand."""
-    seconds = {}
-    for name, work in candidates.items():
+    for work in candidates.values():
         for _ in range(warmup):
             work()
-        runs = []
-        for _ in range(repeats):
+    runs: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):  # round robin, so a passing load on the machine weighs on every candidate alike
+        for name, work in candidates.items():
             t0 = time.perf_counter()
             work()
-            runs.append(time.perf_counter() - t0)
-        seconds[name] = statistics.median(runs)
+            runs[name].append(time.perf_counter() - t0)
+    seconds = {name: statistics.median(times) for name, times in runs.items()}
     return min(seconds, key=seconds.get), seconds
 
 

@@ -87,13 +87,14 @@ def test_onnxruntime_engine_follows_torch_thread_count(tiny_cnn_checkpoint: Path
     assert torch.allclose(one, clf.predict_tensor(faces), atol=1e-6)
 
 
-def test_auto_engine_picks_onnxruntime_or_a_timing_only_for_the_cnn_on_a_cpu(tiny_cnn_checkpoint: Path, tiny_clip_checkpoint: Path) -> None:
+def test_auto_engine_picks_onnxruntime_for_the_fp32_cnn_and_a_timing_on_a_bf16_cpu(tiny_cnn_checkpoint: Path, tiny_clip_checkpoint: Path) -> None:
     cnn, clip = load_checkpoint(tiny_cnn_checkpoint), load_checkpoint(tiny_clip_checkpoint)
     cpu = torch.device("cpu")
     assert resolve_engine("auto", cnn, cpu, None) == "onnxruntime"
     assert resolve_engine("auto", cnn, cpu, torch.bfloat16) == "fastest"  # native bf16 CPUs: timed at load
     assert resolve_engine("auto", cnn, torch.device("cuda"), None) == "torch"
     assert resolve_engine("auto", clip, cpu, None) == "torch"
+    assert resolve_engine("auto", clip, cpu, torch.bfloat16) == "fastest"
     assert resolve_engine("torch", cnn, cpu, None) == "torch"
     with pytest.raises(ValueError, match="unknown engine"):
         resolve_engine("tensorrt", cnn, cpu, None)
@@ -101,29 +102,42 @@ def test_auto_engine_picks_onnxruntime_or_a_timing_only_for_the_cnn_on_a_cpu(tin
         resolve_engine("onnxruntime", cnn, torch.device("cuda"), None)
 
 
-@pytest.mark.parametrize("winner", ["torch", "onnxruntime"])
-def test_auto_engine_on_a_bf16_cpu_keeps_the_faster_engine(tiny_cnn_checkpoint: Path, winner: str, monkeypatch, caplog) -> None:
+@pytest.mark.parametrize("amp, winner", [("bf16", "bfloat16 on torch"), ("bf16", "fp32 on onnxruntime"),
+                                         ("auto", "fp32 on torch"), ("auto", "fp32 on onnxruntime")])
+def test_auto_engine_on_a_bf16_cpu_keeps_the_fastest_setting(tiny_cnn_checkpoint: Path, amp: str, winner: str,
+                                                             monkeypatch, caplog) -> None:
     import emotion.predict
     import emotion.runtime
 
     timed = []
 
     def rigged(candidates, repeats=5, warmup=2):
-        name, seconds = emotion.runtime.fastest(candidates, repeats=1, warmup=0)  # both engines really run
+        _, seconds = emotion.runtime.fastest(candidates, repeats=1, warmup=0)  # every candidate really runs
         timed.append(sorted(seconds))
-        return winner, {"torch": 0.02, "onnxruntime": 0.01} if winner == "onnxruntime" else {"torch": 0.01, "onnxruntime": 0.02}
+        return winner, {name: 0.01 if name == winner else 0.02 for name in seconds}
 
     monkeypatch.setattr(emotion.predict, "fastest", rigged)
+    monkeypatch.setattr(emotion.predict, "amp_dtype", lambda device, amp: None if amp == "off" else torch.bfloat16)  # a bf16 CPU
     caplog.set_level("INFO", logger="emotion.predict")
-    clf = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="bf16")
-    assert timed == [["onnxruntime", "torch"]] and clf.engine == winner
-    assert clf.name.endswith("fp32 on onnxruntime" if winner == "onnxruntime" else "bfloat16 on torch")
-    assert (clf._onnx is not None) == (winner == "onnxruntime") and f"using {winner}" in caplog.text
+    clf = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp=amp)
+    # An explicit --amp bf16 is kept on PyTorch; "auto" also tries PyTorch in fp32.
+    expected = ["bfloat16 on torch", "fp32 on onnxruntime"] + (["fp32 on torch"] if amp == "auto" else [])
+    assert timed == [sorted(expected)] and clf.name.endswith(winner) and f"using {winner}" in caplog.text
+    assert (clf._onnx is not None) == winner.endswith("onnxruntime")
     faces = torch.from_numpy(_faces(3, 4))
-    probs = clf.predict_tensor(faces)
-    reference = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="bf16" if winner == "torch" else "off",
-                                                  engine=winner)
-    assert torch.allclose(probs, reference.predict_tensor(faces), atol=1e-6)
+    reference = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="bf16" if "bfloat16" in winner else "off",
+                                                  engine=winner.rsplit(" ", 1)[-1])
+    assert torch.allclose(clf.predict_tensor(faces), reference.predict_tensor(faces), atol=1e-6)
+
+
+def test_auto_engine_times_clip_in_both_precisions_on_a_bf16_cpu(tiny_clip_checkpoint: Path, monkeypatch) -> None:
+    import emotion.predict
+
+    seen = []
+    monkeypatch.setattr(emotion.predict, "fastest", lambda candidates, **kw: (seen.append(sorted(candidates)) or "fp32 on torch", {}))
+    monkeypatch.setattr(emotion.predict, "amp_dtype", lambda device, amp: torch.bfloat16)
+    clf = EmotionClassifier.from_checkpoint(tiny_clip_checkpoint, device="cpu")
+    assert seen == [["bfloat16 on torch", "fp32 on torch"]] and clf.engine == "torch" and clf.dtype is None
 
 
 def test_fastest_times_every_candidate_and_picks_the_quickest() -> None:
