@@ -13,6 +13,7 @@ code or take more memory than the faces it claims to hold.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import lzma
@@ -79,13 +80,16 @@ def write_packed(images: torch.Tensor, labels: torch.Tensor, path: str | os.Path
     buffer = io.BytesIO()
     np.savez(buffer, version=np.int64(PACK_VERSION), shape=np.array(faces.shape, dtype=np.int64),
              labels=labels.numpy().astype(np.int64), faces_xz=np.frombuffer(blob, dtype=np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, path)
+    except OSError as exc:  # a file where the folder should be, no permission, a full disk
+        raise PackError(f"could not write {path} ({exc.strerror or exc}); pass an --out folder you can write to") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path.stat().st_size
 
 

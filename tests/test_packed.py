@@ -111,6 +111,8 @@ def test_pack_refuses_no_splits_and_packing_onto_itself(tiny_fer: Path, tmp_path
     assert main(["pack", "--data", str(tiny_fer), "--out", str(tmp_path / "p"), "--splits", " , "]) == 2
     assert main(["pack", "--data", str(tiny_fer), "--out", str(tiny_fer)]) == 2
     assert main(["pack", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p")]) == 2
+    (tmp_path / "a_file").write_text("x")
+    assert main(["pack", "--data", str(tiny_fer), "--out", str(tmp_path / "a_file")]) == 2  # --out is a file: one line
 
 
 def test_write_packed_is_atomic_and_reads_back(tmp_path: Path) -> None:
