@@ -11,6 +11,8 @@ cheek); Haar boxes are converted to that framing, so crops look the same whichev
 from __future__ import annotations
 
 import hashlib
+import atexit
+import contextlib
 import logging
 import math
 import os
@@ -179,6 +181,38 @@ def _clip_box(x0: float, y0: float, x1: float, y1: float, width: int, height: in
     return Box(ix0, iy0, ix1 - ix0, iy1 - iy0, float(score))
 
 
+_unclosed: list = []  # MediaPipe tasks of detectors the garbage collector took, closed at the next safe point
+_exiting = False  # set once the interpreter's exit handlers run, when tasks are closed at once
+
+
+def _close_later(task) -> None:
+    """A collected detector's MediaPipe task: closed now at exit, else queued for ``_close_unclosed``.
+
+    The garbage collector runs finalizers inside whatever allocation triggers it, ThreadPoolExecutor.submit
+    included, whose module-wide lock it then holds; MediaPipe's close() submits to a thread pool itself, so
+    closing there deadlocked the process (seen: the data loader's decoding pool, in the test suite).
+    """
+    if _exiting:
+        with contextlib.suppress(Exception):
+            task.close()
+    else:
+        _unclosed.append(task)
+
+
+def _close_unclosed() -> None:
+    while _unclosed:
+        with contextlib.suppress(Exception):  # a task that fails to close is only memory, never an error
+            _unclosed.pop().close()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close MediaPipe's native tasks before interpreter teardown, when their own __del__ would fail."""
+    global _exiting
+    _exiting = True
+    _close_unclosed()
+
+
 class FaceDetector:
     """Finds faces in RGB frames; create it once and share it (``detect`` is thread-safe).
 
@@ -196,6 +230,8 @@ class FaceDetector:
         self._lock = threading.Lock()  # neither MediaPipe's task nor OpenCV's cascade is documented thread-safe
         self._mp = None
         self._haar = None
+        self._finalizer = None
+        _close_unclosed()  # a safe point: no lock of another library is held here
         if backend == "auto":
             path, description, explicit = _resolve(model_path, allow_download)
         elif backend == "haar":
@@ -212,8 +248,7 @@ class FaceDetector:
                 description = f"OpenCV Haar cascade (fallback: MediaPipe could not load {path})"
         if self._mp is not None:
             self.backend = "mediapipe"
-            # Close MediaPipe's native task before interpreter teardown, when its own __del__ would fail.
-            weakref.finalize(self, self._mp.close)
+            self._finalizer = weakref.finalize(self, _close_later, self._mp)
         else:
             self.backend = "haar"
             self._haar = cv2.CascadeClassifier(str(HAAR_CASCADE))
@@ -278,9 +313,10 @@ class FaceDetector:
         return out
 
     def close(self) -> None:
-        """Release MediaPipe's native resources (also done automatically at exit)."""
-        if self._mp is not None:
+        """Release MediaPipe's native resources (also done after the detector is collected, or at exit)."""
+        if self._finalizer is not None and self._finalizer.detach():
             self._mp.close()
+        _close_unclosed()
 
 
 def _drop_nested(boxes: np.ndarray, votes: np.ndarray) -> np.ndarray:

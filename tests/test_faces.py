@@ -289,3 +289,27 @@ def test_crops_at_the_frame_edge_keep_the_face_centred() -> None:
     assert crop[24, 24] == 200  # the box centre stays the crop centre: the missing part is padded
     (sq,) = square_boxes([Box(0, 0, 40, 40)], rgb.shape)
     assert sq.x == 0 and sq.y == 0 and sq.w <= 100 and sq.h <= 100
+
+
+def test_a_collected_detector_is_closed_at_a_safe_point_never_inside_the_collector(face_model_path: Path) -> None:
+    import concurrent.futures.thread as pool_module
+    import gc
+
+    detector = FaceDetector(str(face_model_path))
+    detector.cycle = detector  # only the cyclic collector can free it, at whatever allocation triggers it
+    task = detector._mp
+    del detector
+
+    def collect_inside_submit() -> None:
+        # ThreadPoolExecutor.submit holds this lock while it allocates; MediaPipe's close() takes it too,
+        # so closing the task from the collector here deadlocked the suite's data loader.
+        with pool_module._global_shutdown_lock:
+            gc.collect()
+
+    worker = threading.Thread(target=collect_inside_submit, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the collector closed MediaPipe's task under ThreadPoolExecutor's lock"
+    assert task in faces_mod._unclosed
+    FaceDetector(str(face_model_path)).close()  # creating or closing a detector is a safe point
+    assert task not in faces_mod._unclosed
