@@ -258,7 +258,7 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
     (``train_cli.py pack``), a folder holding ``fer2013.csv``, or the CSV itself. Folder splits are
     decoded once and cached under ``cache_dir`` (default ``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion``).
     """
-    from .packed import packed_path, read_packed
+    from .packed import packed_path, read_packed  # here, not at the top: packed.py builds on this module
 
     data = Path(data).expanduser()
     if not data.exists():

@@ -133,6 +133,9 @@ def pack_dataset(data: str | os.PathLike, out: str | os.PathLike, splits: tuple[
     out = Path(out)
     if out.resolve() == Path(data).resolve():
         raise DataError(f"--out {out} is the dataset itself; pack into another folder")
+    for split in splits:  # a name such as "../x" would write outside ``out``
+        if not split or not all(c.isalnum() or c in "_-" for c in split):
+            raise PackError(f"split name {split!r} must be letters, digits, '_' or '-', e.g. train or test")
     summary = {}
     for split in splits:
         ds = load_split(data, split, cache_dir)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+log = logging.getLogger(__name__)
+
 
 def cpu_cores() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. a container's share), at least 1."""
@@ -90,8 +92,8 @@ def faster_training_dtype(model: torch.nn.Module, batch: torch.Tensor, device: t
         return run
 
     name, seconds = fastest({"bf16": step(torch.bfloat16), "fp32": step(None)}, repeats=3, warmup=1)
-    logging.getLogger(__name__).info("amp auto: a training step of %d images takes %.0f ms in bf16 and %.0f ms in fp32; training in %s",
-                                     len(batch), seconds["bf16"] * 1e3, seconds["fp32"] * 1e3, name)
+    log.info("amp auto: a training step of %d images takes %.0f ms in bf16 and %.0f ms in fp32; training in %s",
+             len(batch), seconds["bf16"] * 1e3, seconds["fp32"] * 1e3, name)
     return torch.bfloat16 if name == "bf16" else None
 
 

@@ -181,6 +181,25 @@ def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     log.info("starting from network %d of %s", cfg.init_member, cfg.init_from)
 
 
+_PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _cpu_training_dtype(model: nn.Module, preprocess: nn.Module, train_ds: FaceDataset, cfg: TrainConfig,
+                        device: torch.device, last_path: Path) -> torch.dtype | None:
+    """``amp auto`` on a CPU with native bf16: a resumed run keeps the precision its first part timed (so
+    it continues on the same numerics); a new run times a step in bf16 and in fp32 and keeps the faster."""
+    if cfg.resume and last_path.is_file():
+        state = read_checkpoint(last_path).get("training_state") or {}
+        saved = state.get("precision") if isinstance(state, dict) else None
+        if saved in ("fp32", "bfloat16"):
+            log.info("amp auto: --resume keeps the run's precision, %s", saved)
+            return None if saved == "fp32" else torch.bfloat16
+    probe = preprocess(faces_to_input(train_ds.images[: min(cfg.batch_size, 32)], device))
+    if cfg.model.kind == "cnn":
+        probe = probe.contiguous(memory_format=torch.channels_last)
+    return faster_training_dtype(model, probe, device)
+
+
 def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, metrics_path: Path, publish) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -201,10 +220,11 @@ def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, metrics_pat
 
     dtype = amp_dtype(device, cfg.amp)
     if cfg.amp == "auto" and device.type == "cpu" and dtype is not None:  # a native bf16 flag is not always the faster path
-        probe = preprocess(faces_to_input(train_ds.images[: min(cfg.batch_size, 32)], device))
-        if cfg.model.kind == "cnn":
-            probe = probe.contiguous(memory_format=torch.channels_last)
-        dtype = faster_training_dtype(model, probe, device)
+        dtype = _cpu_training_dtype(model, preprocess, train_ds, cfg, device, out / "last.pt")
+        if d.world > 1:  # every process computes in rank 0's choice, so their gradients agree in precision
+            choice = torch.tensor([dtype is not None], dtype=torch.int32, device=device)
+            dist.broadcast(choice, src=0)
+            dtype = torch.bfloat16 if choice.item() else None
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.999), fused=device.type == "cuda")
     for g in optimizer.param_groups:
@@ -327,7 +347,7 @@ def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, metrics_pat
             "val_loss": val_loss, "val_acc": val_acc,
             "lr": {g["name"]: g["lr"] for g in optimizer.param_groups if not g["name"].endswith("_no_decay")},
             "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1), "time": time.time(),
-            "precision": str(dtype).replace("torch.", "") if dtype is not None else "fp32",
+            "precision": _PRECISION_NAMES[dtype],
         }
         if embed_seconds:
             row["embed_seconds"] = round(embed_seconds, 2)  # one-off cost of the embedding cache, not in "seconds"
@@ -335,7 +355,8 @@ def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, metrics_pat
         if is_best:
             best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch}
         if d.main:
-            state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": best}
+            state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": best,
+                     "precision": _PRECISION_NAMES[dtype]}
             if ema is not None:
                 state.update(raw_model={k: v.detach().cpu() for k, v in model.state_dict().items()}, ema_updates=ema.updates)
             history.append(row)

@@ -74,8 +74,9 @@ def test_csv_train_with_val_split_and_evaluate_private(tmp_path):
 
 def test_kill9_then_resume_matches_uninterrupted_run(tiny_fer, tmp_path):
     epochs = 4
-    # One thread in every process: the same float summation order, so the runs can be compared closely.
-    one = ("--no-report", "--threads", "1")
+    # One thread and one precision in every process (amp auto would time bf16 against fp32 in each run):
+    # the same float arithmetic, so the runs can be compared closely.
+    one = ("--no-report", "--threads", "1", "--amp", "off")
     straight = tmp_path / "straight"
     assert train_cli.main(_train_args(tiny_fer, straight, epochs, *one)) == 0
 

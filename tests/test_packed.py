@@ -111,6 +111,8 @@ def test_pack_refuses_no_splits_and_packing_onto_itself(tiny_fer: Path, tmp_path
     assert main(["pack", "--data", str(tiny_fer), "--out", str(tmp_path / "p"), "--splits", " , "]) == 2
     assert main(["pack", "--data", str(tiny_fer), "--out", str(tiny_fer)]) == 2
     assert main(["pack", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p")]) == 2
+    assert main(["pack", "--data", str(tiny_fer), "--out", str(tmp_path / "p"), "--splits", "../escape"]) == 2
+    assert not (tmp_path / "escape.npz").exists()
     (tmp_path / "a_file").write_text("x")
     assert main(["pack", "--data", str(tiny_fer), "--out", str(tmp_path / "a_file")]) == 2  # --out is a file: one line
 
@@ -147,3 +149,23 @@ def test_amp_auto_trains_in_the_precision_that_times_faster(winner: str, dtype, 
     assert got == dtype and seen == [["bf16", "fp32"]]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm statistics included
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_resumed_run_keeps_the_precision_its_first_part_timed(tiny_fer: Path, tmp_path: Path, monkeypatch) -> None:
+    import emotion.train
+    from emotion.models import ModelConfig
+    from emotion.runtime import read_jsonl
+    from emotion.train_config import TrainConfig
+
+    monkeypatch.setattr(emotion.train, "amp_dtype", lambda device, amp: torch.bfloat16)  # a CPU with native bf16
+    monkeypatch.setattr(emotion.train, "faster_training_dtype", lambda *a: torch.bfloat16)  # bf16 timed faster
+    kw = dict(data=str(tiny_fer), out=str(tmp_path / "run"), model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1),
+              batch_size=16, device="cpu")
+    emotion.train.train(TrainConfig(epochs=1, **kw))
+
+    def must_not_time(*a):
+        raise AssertionError("a resumed run timed its precision again")
+
+    monkeypatch.setattr(emotion.train, "faster_training_dtype", must_not_time)
+    emotion.train.train(TrainConfig(epochs=2, resume=True, **kw))
+    assert [r["precision"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == ["bfloat16", "bfloat16"]
