@@ -39,6 +39,9 @@ MAX_WIDTH = 8192  # channels of a CNN stage or units of an adapter layer
 MAX_DEPTH = 16  # CNN conv layers per stage, CNN stages or adapter layers
 MAX_MEMBERS = 8  # networks in an ensemble
 
+SHIP_WEIGHTS = ("fp16", "int8")  # how ship stores weight matrices (see ship_checkpoint)
+SCALE_SUFFIX = "::scale"  # an int8 matrix's per-output-channel scales are stored under its name plus this
+
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.Tensor], model_cfg: ModelConfig, *,
                     train_config: dict | None = None, metrics: dict | None = None, training_state: dict | None = None,
@@ -85,8 +88,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict, validated; raises CheckpointError with a readable one-line reason."""
+def read_checkpoint(path: str | os.PathLike, *, dequantize: bool = True) -> dict:
+    """The checkpoint dict, validated; raises CheckpointError with a readable one-line reason.
+
+    int8 weight matrices (``ship --weights int8``) come back as float32 unless ``dequantize`` is False,
+    which keeps the stored form for rewriting the file as it is."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: train one with `python train_cli.py train` or pick a file that exists")
@@ -104,6 +110,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                                                               for k, v in weights.items()):
         raise CheckpointError(f"{path} has no model weights (its 'model' entry is missing or not a dict of tensors); "
                               "it is damaged or was not written by `train_cli.py train`")
+    if dequantize:
+        blob["model"] = _dequantized(weights, path)
     model_config(blob, path)  # raises for a missing or malformed config
     for key in ("metrics", "train_config"):
         if not isinstance(blob.get(key, {}), dict):
@@ -209,13 +217,18 @@ def member_weights(path: str | os.PathLike, member: int = 1) -> tuple[ModelConfi
     return replace(loaded.config, members=1), dict(member_network(loaded, member - 1).state_dict())
 
 
-def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike, *, tta: str) -> None:
+def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike, *, tta: str,
+                    weights: str = "fp16") -> None:
     """Release trained checkpoints as one file at ``dst``: their weights without optimizer state, with the
     inference setting ``tta``. Several sources (same architecture) become an ensemble whose probabilities
-    are averaged. Weight matrices are stored as float16, which halves the file; 1-d tensors (biases,
+    are averaged. Weight matrices are stored as float16 (``weights="fp16"``), which halves the file, or as
+    int8 with one float32 scale per output channel (``"int8"``), a quarter of it, so that more networks fit
+    a size budget; they are turned back into float32 when the file is loaded. 1-d tensors (biases,
     BatchNorm statistics) stay float32, since their small values would lose precision, and so does any
     matrix beyond float16's range. Evaluate the
     written file (not the sources), since that is what users get, and record it with ``record_evaluation``."""
+    if weights not in SHIP_WEIGHTS:
+        raise CheckpointError(f"weights must be one of {', '.join(SHIP_WEIGHTS)}, got {weights!r}")
     if not 1 <= len(sources) <= MAX_MEMBERS:
         raise CheckpointError(f"ship takes 1-{MAX_MEMBERS} checkpoints, got {len(sources)}")
     blobs = [read_checkpoint(src) for src in sources]
@@ -227,20 +240,22 @@ def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike
                               + "; ".join(f"{src}: {c.to_dict()}" for src, c in zip(sources, cfgs))[:400])
     cfg = replace(cfgs[0], members=len(blobs))
     if len(blobs) == 1:
-        weights = dict(blobs[0]["model"])
+        state = dict(blobs[0]["model"])
     else:
-        weights = {f"members.{i}.{k}": v for i, blob in enumerate(blobs) for k, v in blob["model"].items()}
+        state = {f"members.{i}.{k}": v for i, blob in enumerate(blobs) for k, v in blob["model"].items()}
     try:  # the combined weights must fit the combined config before anything is written
-        build_model(cfg, clip_weights="random")[0].load_state_dict(weights)
+        build_model(cfg, clip_weights="random")[0].load_state_dict(state)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"the weights of {', '.join(map(str, sources))} do not fit their config ({_one_line(exc)[:300]})") from exc
-    weights = {k: _half_if_exact_enough(v) for k, v in weights.items()}
+    stored: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        stored.update(_int8_with_scales(k, v) if weights == "int8" else {k: _half_if_exact_enough(v)})
     if len(blobs) == 1:
         metrics, train_config = blobs[0].get("metrics", {}), blobs[0].get("train_config", {})
     else:  # each member's training, so the card and report can show every run
         metrics = {"members": [{"checkpoint": str(src), **blob.get("metrics", {})} for src, blob in zip(sources, blobs)]}
         train_config = {**blobs[0].get("train_config", {}), "members": [blob.get("train_config", {}) for blob in blobs]}
-    save_checkpoint(dst, weights, cfg, train_config=train_config, metrics=metrics, inference={"tta": tta})
+    save_checkpoint(dst, stored, cfg, train_config=train_config, metrics=metrics, inference={"tta": tta})
 
 
 def _half_if_exact_enough(t: torch.Tensor) -> torch.Tensor:
@@ -250,8 +265,40 @@ def _half_if_exact_enough(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _int8_with_scales(name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A weight matrix as int8 plus the float32 scale of each output channel (symmetric: the largest
+    magnitude of a channel maps to 127); anything else as ``_half_if_exact_enough`` stores it."""
+    if not (t.is_floating_point() and t.dim() > 1 and t.numel() and torch.isfinite(t).all()):
+        return {name: _half_if_exact_enough(t)}
+    t = t.float()
+    scale = t.abs().flatten(1).amax(1).clamp_min(1e-12) / 127
+    q = (t / scale.view(-1, *[1] * (t.dim() - 1))).round().clamp(-127, 127).to(torch.int8)
+    return {name: q, name + SCALE_SUFFIX: scale}
+
+
+def _dequantized(weights: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``weights`` with every int8 matrix and its scales turned back into one float32 tensor; CheckpointError
+    for a scale without its matrix, an int8 matrix without scales, or scales of the wrong shape."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in weights.items():
+        if name.endswith(SCALE_SUFFIX):
+            base = name[: -len(SCALE_SUFFIX)]
+            if weights.get(base) is None or weights[base].dtype != torch.int8:
+                raise CheckpointError(f"{path}: '{name[:100]}' scales a weight that is not an int8 matrix; the file is damaged")
+            continue
+        scale = weights.get(name + SCALE_SUFFIX)
+        if t.dtype != torch.int8:
+            out[name] = t
+        elif scale is None or not scale.is_floating_point() or scale.dim() != 1 or t.dim() < 2 or scale.numel() != t.shape[0]:
+            raise CheckpointError(f"{path}: int8 weight '{name[:100]}' has no scale for each of its {t.shape[0] if t.dim() else 0} "
+                                  "output channels; the file is damaged or was not written by `train_cli.py ship`")
+        else:
+            out[name] = t.float() * scale.float().view(-1, *[1] * (t.dim() - 1))
+    return out
+
+
 def record_evaluation(path: str | os.PathLike, evaluation: dict) -> None:
     """Store ``evaluation`` (e.g. accuracy per TTA mode) in the checkpoint's metrics, rewriting it atomically."""
-    blob = read_checkpoint(path)
+    blob = read_checkpoint(path, dequantize=False)
     blob["metrics"] = {**blob.get("metrics", {}), "evaluation": evaluation}
     _write_atomic(path, blob)

@@ -154,3 +154,47 @@ def test_compare_script_scores_every_subset_and_tta_mode(members, tiny_fer, caps
 def test_malformed_member_histories_draw_nothing_instead_of_failing(tmp_path, members_entry):
     rows = training_history(tmp_path / "model.pt", {"members": members_entry})
     assert plot_curves(rows, tmp_path / "curves.png") is False and not (tmp_path / "curves.png").exists()
+
+
+def test_int8_ship_quarters_the_weights_and_predicts_like_the_members(members, tmp_path, tiny_fer, capsys):
+    half, quarter = tmp_path / "fp16.pt", tmp_path / "int8.pt"
+    ship_checkpoint(members, half, tta="none")
+    assert train_cli.main(["ship", *map(str, members), "--out", str(quarter), "--tta", "none", "--weights", "int8",
+                           "--data", str(tiny_fer)]) == 0
+    assert "int8 weights" in capsys.readouterr().out
+    stored = read_checkpoint(quarter, dequantize=False)["model"]
+    matrices = [k for k, v in stored.items() if v.dim() > 1]
+    assert matrices and {stored[k].dtype for k in matrices} == {torch.int8}
+    assert all(stored[k + "::scale"].shape == (stored[k].shape[0],) for k in matrices)
+    assert read_checkpoint(quarter)["model"][matrices[0]].dtype == torch.float32  # loaders get float weights
+    faces = torch.randint(0, 256, (6, 48, 48), dtype=torch.uint8)
+    probs = EmotionClassifier.from_checkpoint(quarter, device="cpu", amp="off").predict_tensor(faces)
+    singles = [EmotionClassifier.from_checkpoint(p, device="cpu", amp="off", tta="none").predict_tensor(faces) for p in members]
+    assert torch.allclose(probs, torch.stack(singles).mean(0), atol=2e-2)  # int8 steps are 1/254 of each channel's range
+    # The recorded evaluation rewrote the file in its stored form, not as float32.
+    assert "evaluation" in read_checkpoint(quarter)["metrics"] and quarter.stat().st_size < half.stat().st_size
+
+
+@pytest.mark.parametrize("damage", ["drop scale", "short scale", "orphan scale", "int8 without scale"])
+def test_damaged_int8_weights_are_a_checkpoint_error(members, tmp_path, damage):
+    path = tmp_path / "int8.pt"
+    ship_checkpoint(members, path, tta="none", weights="int8")
+    blob = torch.load(path, weights_only=True)
+    weights = blob["model"]
+    name = next(k for k, v in weights.items() if v.dtype == torch.int8)
+    if damage == "drop scale":
+        del weights[name + "::scale"]
+    elif damage == "short scale":
+        weights[name + "::scale"] = weights[name + "::scale"][:1]
+    elif damage == "orphan scale":
+        weights["members.0.head.3.bias::scale"] = torch.ones(7)
+    else:
+        weights["members.0.head.3.bias"] = torch.zeros(7, dtype=torch.int8)
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match="int8|scale"):
+        load_checkpoint(path)
+
+
+def test_ship_refuses_an_unknown_weight_format(members, tmp_path):
+    with pytest.raises(CheckpointError, match="fp16, int8"):
+        ship_checkpoint(members, tmp_path / "x.pt", tta="none", weights="int4")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotion.checkpoint import load_checkpoint, read_checkpoint
+from emotion.checkpoint import SHIP_WEIGHTS, load_checkpoint, read_checkpoint
 from emotion.predict import ENGINES, TTA_VIEWS, EmotionClassifier, tta_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,9 +30,10 @@ def test_tta_views_are_shifts_and_mirrors_of_the_face():
     assert tta_views(faces, "flip").shape == (6, 1, 48, 48)
 
 
-def test_cli_tta_and_engine_choices_match_the_library():
+def test_cli_tta_engine_and_weight_choices_match_the_library():
     assert set(train_cli.TTA_CHOICES) == set(TTA_VIEWS)
     assert train_cli.ENGINE_CHOICES == ENGINES
+    assert train_cli.SHIP_WEIGHTS == SHIP_WEIGHTS
 
 
 def test_tta_averages_view_probabilities(tiny_cnn_checkpoint):
