@@ -48,6 +48,21 @@ def test_tta_averages_view_probabilities(tiny_cnn_checkpoint):
         EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", tta="ten-crop")
 
 
+def test_dataset_evaluation_caps_images_per_forward_with_tta(tiny_cnn_checkpoint, monkeypatch):
+    from emotion.data import FaceDataset
+    from emotion.evaluate import predict_dataset
+
+    shift = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", tta="shift")
+    images = torch.randint(0, 256, (23, 48, 48), dtype=torch.uint8)
+    expected = shift.predict_tensor(images)
+    seen = []
+    forward = shift.predict_tensor
+    monkeypatch.setattr(shift, "predict_tensor", lambda faces: seen.append(len(faces)) or forward(faces))
+    probs = predict_dataset(shift, FaceDataset(images, torch.zeros(23, dtype=torch.long), "synthetic"), batch_size=40)
+    assert max(seen) * len(TTA_VIEWS["shift"]) <= 40 and sum(seen) == 23  # 4 faces x 10 views a pass
+    assert torch.allclose(torch.from_numpy(probs), expected, atol=1e-5)
+
+
 def test_ship_records_the_tta_that_predict_and_evaluate_then_use(tiny_fer, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_cli.main(["train", "--model", "cnn", "--data", str(tiny_fer), "--out", str(run), "--epochs", "1",
