@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from emotion.checkpoint import SHIP_WEIGHTS, load_checkpoint, read_checkpoint
+from emotion.data import FaceDataset
+from emotion.evaluate import predict_dataset
 from emotion.predict import ENGINES, TTA_VIEWS, EmotionClassifier, tta_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,9 +51,6 @@ def test_tta_averages_view_probabilities(tiny_cnn_checkpoint):
 
 
 def test_dataset_evaluation_caps_images_per_forward_with_tta(tiny_cnn_checkpoint, monkeypatch):
-    from emotion.data import FaceDataset
-    from emotion.evaluate import predict_dataset
-
     shift = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", tta="shift")
     images = torch.randint(0, 256, (23, 48, 48), dtype=torch.uint8)
     expected = shift.predict_tensor(images)
