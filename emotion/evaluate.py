@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 def predict_dataset(classifier: EmotionClassifier, ds: FaceDataset, batch_size: int = 256) -> np.ndarray:
     """Class probabilities (N, 7) for every face of ``ds``, at most ``batch_size`` images (faces times TTA
     views) a forward pass."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1 face per forward pass, got {batch_size}; try 256")
     # Each test-time view multiplies the batch, and ONNX Runtime keeps one memory arena per network sized for
     # the largest batch it has seen: 256 faces with shift TTA's 10 views took 23 GB for a 4-network ensemble.
     step = max(1, batch_size // len(TTA_VIEWS[classifier.tta]))

@@ -62,6 +62,14 @@ def test_dataset_evaluation_caps_images_per_forward_with_tta(tiny_cnn_checkpoint
     assert torch.allclose(torch.from_numpy(probs), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [0, -5])
+def test_dataset_evaluation_refuses_a_batch_size_below_one(tiny_cnn_checkpoint, batch_size):
+    classifier = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off")
+    images = torch.zeros(3, 48, 48, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="at least 1"):
+        predict_dataset(classifier, FaceDataset(images, torch.zeros(3, dtype=torch.long), "synthetic"), batch_size=batch_size)
+
+
 def test_ship_records_the_tta_that_predict_and_evaluate_then_use(tiny_fer, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_cli.main(["train", "--model", "cnn", "--data", str(tiny_fer), "--out", str(run), "--epochs", "1",
