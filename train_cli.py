@@ -91,7 +91,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
-                   help="what runs the model: auto (the app's choice: ONNX Runtime for the CNN on a CPU without native bf16, else PyTorch), torch or onnxruntime")
+                   help="what runs the model: auto (the app's choice: the CNN on ONNX Runtime fp32 on a CPU without native bf16; on one with it, whichever of PyTorch bf16, PyTorch fp32 and ONNX Runtime fp32 times fastest on one face; PyTorch on a GPU), torch or onnxruntime")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
