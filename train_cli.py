@@ -61,6 +61,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default=None, help="distil: also learn to match this checkpoint's predictions, e.g. assets/emotion_cnn.pt (an ensemble)")
     p.add_argument("--distill-weight", type=float, default=t.distill_weight, help="with --teacher: share of the loss spent matching the teacher")
     p.add_argument("--distill-temperature", type=float, default=t.distill_temperature, help="with --teacher: softmax temperature of the comparison")
+    p.add_argument("--teacher-cache", action="store_true",
+                   help="with --teacher: predict each training face (and its mirror) once before training, kept in "
+                        "OUT/teacher_targets.pt, instead of on every augmented batch; trains at the student's own speed")
     p.add_argument("--init-from", default=None, help="start from this checkpoint's weights instead of a random initialisation (fine-tuning), e.g. assets/emotion_cnn.pt")
     p.add_argument("--init-member", type=int, default=t.init_member, help="with --init-from: which network of an ensemble file to start from (1-based, in file order)")
     p.add_argument("--dropout", type=float, default=None, help=f"dropout in the adapter (default {m.dropout}) or the CNN head (default {c.model.dropout})")
@@ -189,6 +192,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         val_split=a.val_split, seed=a.seed, amp=a.amp, device=a.device, threads=a.threads, clip_weights=a.clip_weights,
         cache_dir=a.cache_dir, max_images=a.max_images, resume=a.resume, overwrite=a.overwrite,
         teacher=a.teacher, distill_weight=a.distill_weight, distill_temperature=a.distill_temperature,
+        teacher_cache=a.teacher_cache,
         init_from=a.init_from, init_member=a.init_member)
     try:
         widths = tuple(int(w) for w in a.cnn_widths.split(",")) if a.cnn_widths else None

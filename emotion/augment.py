@@ -85,6 +85,7 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = N
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Mixup or CutMix on a batch: returns the mixed images, the partner labels and ``lam``, the weight of ``y``.
+    ``y`` may be any per-image tensor: the trainer passes batch positions, so it learns each face's partner.
 
     The loss is ``lam * CE(logits, y) + (1 - lam) * CE(logits, partner)``. A batch left unmixed (see
     ``mix_prob``) comes back as ``(x, y, 1.0)``. Draws from torch's global generator, which the trainer

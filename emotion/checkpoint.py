@@ -61,10 +61,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, tor
     }
     if training_state is not None:
         blob["training_state"] = training_state
-    _write_atomic(path, blob)
+    write_atomic(path, blob)
 
 
-def _write_atomic(path: str | os.PathLike, blob: dict) -> None:
+def write_atomic(path: str | os.PathLike, blob: dict) -> None:
     """``torch.save`` to a temp file, then rename: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,4 +301,4 @@ def record_evaluation(path: str | os.PathLike, evaluation: dict) -> None:
     """Store ``evaluation`` (e.g. accuracy per TTA mode) in the checkpoint's metrics, rewriting it atomically."""
     blob = read_checkpoint(path, dequantize=False)
     blob["metrics"] = {**blob.get("metrics", {}), "evaluation": evaluation}
-    _write_atomic(path, blob)
+    write_atomic(path, blob)

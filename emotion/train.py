@@ -30,7 +30,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .augment import augment, mix_batch
 from .checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint
 from .data import DataError, FaceDataset, faces_to_input, has_split, load_split, split_train_val
-from .distill import distill_loss, load_teacher, teacher_logits
+from .distill import cached_teacher_targets, distill_loss, load_teacher, mix_targets, teacher_logits
 from .distributed import Dist, all_reduce_sum, finite_everywhere, init_distributed
 from .embedding_cache import embedding_cache
 from .models import build_model, count_parameters
@@ -225,6 +225,10 @@ def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, metrics_pat
             choice = torch.tensor([dtype is not None], dtype=torch.int32, device=device)
             dist.broadcast(choice, src=0)
             dtype = torch.bfloat16 if choice.item() else None
+    targets = None  # with --teacher-cache: the teacher's log-probabilities for every training face
+    if teacher is not None and cfg.teacher_cache:
+        targets = cached_teacher_targets(teacher, cfg.teacher, train_ds.images, out / "teacher_targets.pt", device, dtype, write=d.main)
+        teacher = None  # its predictions are all in hand: free its memory
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.999), fused=device.type == "cuda")
     for g in optimizer.param_groups:
@@ -301,9 +305,13 @@ def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, metrics_pat
                     feats = feats.to(device)
                     logits = step_module(feats)
                 else:
-                    faces, y_mix, lam = mix_batch(augment(faces_to_input(train_ds.images[idx], device), cfg.augment), y, cfg.augment)
+                    faces = augment(faces_to_input(train_ds.images[idx], device), cfg.augment)
+                    faces, partner, lam = mix_batch(faces, torch.arange(len(idx), device=device), cfg.augment)
+                    y_mix = y[partner]
                     if teacher is not None:
                         t_logits = teacher_logits(teacher, faces)
+                    elif targets is not None:
+                        t_logits = mix_targets(targets[idx], partner.cpu(), lam).to(device)
                     x = preprocess(faces)
                     if cfg.model.kind == "cnn":
                         x = x.contiguous(memory_format=torch.channels_last)

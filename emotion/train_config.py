@@ -54,6 +54,7 @@ class TrainConfig:
     teacher: str | None = None  # checkpoint whose predictions the network also learns to match (distillation); None = off
     distill_weight: float = 0.5  # with a teacher: share of the loss spent matching it, the rest on the labels
     distill_temperature: float = 2.0  # with a teacher: softens both distributions so the runner-up classes teach too
+    teacher_cache: bool = False  # with a teacher: predict each training face once (face and mirror) instead of every augmented batch
     init_from: str | None = None  # checkpoint whose weights the network starts from (fine-tuning); None = random initialisation
     init_member: int = 1  # with init_from: which network of an ensemble file to start from (1-based, in file order)
     log_every: float = 2.0  # seconds between status.json updates
@@ -106,6 +107,8 @@ class TrainConfig:
         number("distill_temperature", "distillation temperature (--distill-temperature)", 0, 100, low_open=True)
         if self.teacher is not None and not Path(self.teacher).is_file():
             raise ConfigError(f"--teacher: no checkpoint at {self.teacher}; give a .pt file written by train or ship")
+        if self.teacher_cache and self.teacher is None:
+            raise ConfigError("--teacher-cache caches a teacher's predictions: add --teacher CHECKPOINT")
         if self.teacher is not None and self.model.kind == "clip" and self.embedding_cache and self.unfreeze_epoch != 0:
             raise ConfigError("a teacher needs the faces at every step: add --no-embedding-cache (or --unfreeze-epoch 0)")
         number("init_member", "initial network (--init-member)", 1, MAX_MEMBERS, whole=True)
@@ -138,7 +141,7 @@ class RunExistsError(ValueError):
 
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # a folder holding any of these holds a run's work
-RESTART_FILES = (*RUN_FILES, "embeddings.pt", "status.json")  # removed by --overwrite so nothing stale survives
+RESTART_FILES = (*RUN_FILES, "embeddings.pt", "teacher_targets.pt", "status.json")  # removed by --overwrite so nothing stale survives
 
 
 def claim_run_folder(cfg: TrainConfig, main: bool = True) -> None:
