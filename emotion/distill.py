@@ -77,7 +77,7 @@ def cached_teacher_targets(teacher: LoadedModel, teacher_path: str | os.PathLike
     """``teacher_targets`` for ``images``, kept in ``cache_path`` so a resumed run does not predict them again.
 
     The file is used only when it was made by the same teacher file (its SHA-256) for as many faces, and
-    holds finite log-probabilities; anything else (damaged, foreign, stale) is predicted anew and rewritten.
+    each row is a probability distribution; anything else (damaged, foreign, stale) is predicted anew and rewritten.
     """
     cache_path = Path(cache_path)
     with open(teacher_path, "rb") as fh:
@@ -88,7 +88,7 @@ def cached_teacher_targets(teacher: LoadedModel, teacher_path: str | os.PathLike
             targets = blob["log_probs"]
             if (blob.get("teacher_sha256") == digest and isinstance(targets, torch.Tensor)
                     and targets.shape == (len(images), NUM_CLASSES) and targets.dtype == torch.float32
-                    and not torch.isnan(targets).any() and not torch.isposinf(targets).any()):
+                    and torch.allclose(targets.exp().sum(1), torch.ones(len(targets)), atol=1e-3)):  # NaN fails too
                 log.info("teacher targets: %d faces from %s", len(targets), cache_path)
                 return targets
             log.warning("teacher targets in %s are for another teacher or dataset: predicting them again", cache_path)

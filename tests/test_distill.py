@@ -100,9 +100,13 @@ def test_the_target_cache_is_reused_only_for_the_same_teacher_and_faces(tiny_cnn
     cache = tmp_path / "teacher_targets.pt"
     first = cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None)
     blob = torch.load(cache, weights_only=True)
-    torch.save({**blob, "log_probs": blob["log_probs"] - 1.0}, cache)  # marked, to see whether the file is read
-    assert torch.equal(cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None), first - 1.0)
-    # Another dataset's size, another teacher file, junk and a pickled object: each is predicted again.
+    torch.save({**blob, "log_probs": first.flip(0)}, cache)  # marked, to see whether the file is read
+    assert torch.equal(cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None), first.flip(0))
+    # Rows that are no distributions, another dataset's size, another teacher file, junk and a pickled object:
+    # each is predicted again.
+    for broken in (first + 5.0, first * float("nan")):
+        torch.save({**blob, "log_probs": broken}, cache)
+        assert torch.equal(cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None), first)
     assert torch.equal(cached_teacher_targets(teacher, tiny_cnn_checkpoint, images[:4], cache, torch.device("cpu"), None), first[:4])
     other = tmp_path / "other.pt"
     other.write_bytes(tiny_cnn_checkpoint.read_bytes() + b"\0")
