@@ -68,6 +68,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-member", type=int, default=t.init_member, help="with --init-from: which network of an ensemble file to start from (1-based, in file order)")
     p.add_argument("--dropout", type=float, default=None, help=f"dropout in the adapter (default {m.dropout}) or the CNN head (default {c.model.dropout})")
     p.add_argument("--cnn-widths", default=None, help=f"CNN channels per stage, comma-separated (default {','.join(map(str, c.model.cnn_widths))})")
+    p.add_argument("--cnn-block", choices=("plain", "residual"), default=None,
+                   help="CNN stages: plain (3x3 convs, max-pooling between stages) or residual (a residual block with "
+                        "squeeze-excitation per stage, strided convs) (default plain)")
     p.add_argument("--unfreeze-epoch", type=int, default=t.unfreeze_epoch, help="first epoch (1-based) in which CLIP's last blocks train; 0 = from the start")
     p.add_argument("--unfreeze-blocks", type=int, default=t.unfreeze_blocks, help="CLIP transformer blocks unfrozen, plus the final norm and projection")
     p.add_argument("--no-embedding-cache", action="store_true", help="run the frozen encoder every step instead of caching its embeddings (keeps full augmentation)")
@@ -198,7 +201,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         widths = tuple(int(w) for w in a.cnn_widths.split(",")) if a.cnn_widths else None
     except ValueError:
         raise ValueError(f"--cnn-widths must be whole numbers separated by commas, e.g. 32,64,128,256; got {a.cnn_widths!r}") from None
-    model_overrides = {"clip_model": a.clip_model, "pretrained": a.pretrained, "dropout": a.dropout, "cnn_widths": widths}
+    model_overrides = {"clip_model": a.clip_model, "pretrained": a.pretrained, "dropout": a.dropout, "cnn_widths": widths,
+                       "cnn_block": a.cnn_block}
     cfg.model = replace(cfg.model, **{k: v for k, v in model_overrides.items() if v is not None})
     cfg.augment = replace(cfg.augment, mixup=a.mixup, cutmix=a.cutmix, mix_prob=a.mix_prob)
     cfg.check()  # bad settings stop here, before a run folder is created

@@ -5,14 +5,13 @@ without the embedding cache, and unfrozen), plus a projection of CLIP's frozen p
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .checkpoint import read_checkpoint
 from .labels import CLASS_NAMES
-from .models import ModelConfig
+from .models import ModelConfig, member_config
 from .runtime import read_jsonl
 
 FER_TRAIN_IMAGES = 28709  # FER2013's training split, for projecting the frozen phase to the real dataset
@@ -59,7 +58,7 @@ def training_throughput(name: str, checkpoint: Path, tmp: Path, *, train_images:
         _synthetic_dataset(data, train_images)
     blob = read_checkpoint(checkpoint)
     # One network's training speed: an ensemble's members are trained one by one with the same recipe.
-    model_cfg = replace(ModelConfig.from_dict(blob["model_config"]), members=1)
+    model_cfg = member_config(ModelConfig.from_dict(blob["model_config"]), 0)
     common = dict(data=str(data), data_cache=str(tmp / "data_cache"), model=model_cfg, max_images=train_images,
                   batch_size=min(64, train_images), device=device, amp=amp)
     if name == "cnn":

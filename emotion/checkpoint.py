@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .labels import CLASS_NAMES
-from .models import ModelConfig, Preprocess, build_model
+from .models import CNN_BLOCKS, ModelConfig, Preprocess, build_model, member_config
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def check_model_config(cfg: ModelConfig) -> None:
 
     if cfg.kind not in ("cnn", "clip"):
         raise ValueError(f"kind must be 'cnn' or 'clip', got {cfg.kind!r}")
-    for name in ("clip_model", "pretrained", "cnn_normalize"):
+    for name in ("clip_model", "pretrained", "cnn_normalize", "cnn_block"):
         if not isinstance(getattr(cfg, name), str):
             raise ValueError(f"{name} must be a string, got {getattr(cfg, name)!r}")
     sizes("cnn_widths", cfg.cnn_widths)
@@ -149,6 +149,11 @@ def check_model_config(cfg: ModelConfig) -> None:
     sizes("cnn_convs", (cfg.cnn_convs,))
     if not isinstance(cfg.members, int) or isinstance(cfg.members, bool) or not 1 <= cfg.members <= MAX_MEMBERS:
         raise ValueError(f"members must be a whole number in 1-{MAX_MEMBERS}, got {cfg.members!r}")
+    blocks = cfg.member_blocks
+    if blocks != () and (not isinstance(blocks, tuple) or len(blocks) != cfg.members or cfg.kind != "cnn"
+                         or not all(isinstance(b, str) and b in CNN_BLOCKS for b in blocks)):
+        raise ValueError(f"member_blocks must be empty, or one of {', '.join(CNN_BLOCKS)} for each of the "
+                         f"{cfg.members} networks of a CNN ensemble; got {str(blocks)[:100]}")
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
     if cfg.num_classes != len(CLASS_NAMES):
@@ -214,13 +219,13 @@ def member_weights(path: str | os.PathLike, member: int = 1) -> tuple[ModelConfi
     members = loaded.config.members
     if isinstance(member, bool) or not isinstance(member, int) or not 1 <= member <= members:
         raise CheckpointError(f"{path} holds {members} network(s); pick one of 1-{members}, got {member!r}")
-    return replace(loaded.config, members=1), dict(member_network(loaded, member - 1).state_dict())
+    return member_config(loaded.config, member - 1), dict(member_network(loaded, member - 1).state_dict())
 
 
 def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike, *, tta: str,
                     weights: str = "fp16") -> None:
     """Release trained checkpoints as one file at ``dst``: their weights without optimizer state, with the
-    inference setting ``tta``. Several sources (same architecture) become an ensemble whose probabilities
+    inference setting ``tta``. Several sources (one architecture; CNNs may mix plain and residual stages) become an ensemble whose probabilities
     are averaged. Weight matrices are stored as float16 (``weights="fp16"``), which halves the file, or as
     int8 with one float32 scale per output channel (``"int8"``), a quarter of it, so that more networks fit
     a size budget; they are turned back into float32 when the file is loaded. 1-d tensors (biases,
@@ -235,10 +240,12 @@ def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike
     cfgs = [model_config(blob, src) for blob, src in zip(blobs, sources)]
     if any(c.members != 1 for c in cfgs):
         raise CheckpointError("ship combines single trained networks; one of the checkpoints is already an ensemble")
-    if any(c != cfgs[0] for c in cfgs[1:]):
-        raise CheckpointError("an ensemble needs checkpoints of one architecture; their model configs differ: "
-                              + "; ".join(f"{src}: {c.to_dict()}" for src, c in zip(sources, cfgs))[:400])
-    cfg = replace(cfgs[0], members=len(blobs))
+    # CNNs may differ in the kind of their stages (plain or residual), nothing else: they share preprocessing and input.
+    if any(replace(c, cnn_block=cfgs[0].cnn_block) != cfgs[0] for c in cfgs[1:]):
+        raise CheckpointError("an ensemble needs checkpoints of one architecture (CNNs may mix --cnn-block plain and residual); "
+                              "their model configs differ: " + "; ".join(f"{src}: {c.to_dict()}" for src, c in zip(sources, cfgs))[:400])
+    blocks = tuple(c.cnn_block for c in cfgs)
+    cfg = replace(cfgs[0], members=len(blobs), member_blocks=blocks if len(set(blocks)) > 1 else ())
     if len(blobs) == 1:
         state = dict(blobs[0]["model"])
     else:

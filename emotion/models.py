@@ -1,7 +1,8 @@
 """The model factory: the CLIP + adapter model and the compact offline CNN, each with its preprocessing.
 
 ``build_model(cfg)`` returns ``(model, preprocess)``; with ``cfg.members > 1`` the model is an ensemble
-of that many identically shaped networks, stored in one checkpoint, whose probabilities are averaged.
+of that many networks, stored in one checkpoint, whose probabilities are averaged. They share everything
+but, in a CNN ensemble, the kind of their stages (``member_blocks``): plain and residual networks mix.
 ``preprocess`` turns a batch of 48x48 faces (float in [0, 1], shape (N, 1, 48, 48)) into exactly what
 that model's weights expect, so training, evaluation and the app can never disagree about
 normalisation or input size.
@@ -32,9 +33,11 @@ class ModelConfig:
     dropout: float = 0.3  # dropout after each hidden layer (adapter and CNN head)
     cnn_widths: tuple[int, ...] = (32, 64, 128, 256)  # CNN channels per stage (48, 24, 12, 6 px): 1.17M parameters
     cnn_convs: int = 2  # 3x3 conv layers per CNN stage
+    cnn_block: str = "plain"  # "plain": VGG stages joined by max-pooling; "residual": one residual block with squeeze-excitation per stage, strided
     cnn_normalize: str = "image"  # "image": standardise each face (robust to contrast and lighting); "dataset": fixed mean/std
     num_classes: int = NUM_CLASSES  # output classes (FER2013 has 7)
-    members: int = 1  # networks of this shape in the model; > 1 is an ensemble whose probabilities are averaged
+    members: int = 1  # networks in the model; > 1 is an ensemble whose probabilities are averaged
+    member_blocks: tuple[str, ...] = ()  # an ensemble of plain and residual CNNs: each member's cnn_block; () = all cnn_block
 
     def to_dict(self) -> dict:
         """Plain-JSON form, for checkpoints."""
@@ -142,6 +145,63 @@ class EmotionCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class SqueezeExcite(nn.Module):
+    """Channel attention: rescale each channel by a gate computed from the global average of all channels."""
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class ResidualStage(nn.Module):
+    """``convs`` x (3x3 conv, BatchNorm) with ReLUs between, squeeze-excitation, plus a shortcut; the first
+    conv (and a 1x1 projection on the shortcut) halves the resolution when ``stride`` is 2."""
+
+    def __init__(self, in_ch: int, width: int, convs: int, stride: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(convs):
+            layers += [nn.Conv2d(in_ch if i == 0 else width, width, 3, stride=stride if i == 0 else 1, padding=1, bias=False),
+                       nn.BatchNorm2d(width)]
+            if i < convs - 1:
+                layers.append(nn.ReLU(inplace=True))
+        self.body = nn.Sequential(*layers, SqueezeExcite(width))
+        self.stride = stride
+        # The projection subsamples, then applies a 1x1 conv: the arithmetic of a strided 1x1 conv, which
+        # crashed PyTorch 2.14's channels-last fp32 backward on the CPU (8 -> 16 channels, 48 px).
+        self.shortcut = nn.Identity() if stride == 1 and in_ch == width else nn.Sequential(
+            nn.Conv2d(in_ch, width, 1, bias=False), nn.BatchNorm2d(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        return F.relu(self.body(x) + self.shortcut(skip))
+
+
+class EmotionResNet(nn.Module):
+    """Residual counterpart of ``EmotionCNN`` (``cnn_block="residual"``): a 3x3 stem, then one residual
+    stage per width, each but the first strided where the plain network max-pools, and the same head.
+    Same widths and depth, a different inductive bias: a more diverse ensemble member."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        first = cfg.cnn_widths[0]
+        layers: list[nn.Module] = [nn.Conv2d(1, first, 3, padding=1, bias=False), nn.BatchNorm2d(first), nn.ReLU(inplace=True)]
+        in_ch = first
+        for i, width in enumerate(cfg.cnn_widths):
+            layers.append(ResidualStage(in_ch, width, cfg.cnn_convs, stride=1 if i == 0 else 2))
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(in_ch, cfg.num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 class Ensemble(nn.Module):
     """Networks trained separately, run on the same input; forward returns the log of their mean
     probabilities, so ``softmax`` of the output is the ensemble's prediction and callers need not know."""
@@ -155,6 +215,9 @@ class Ensemble(nn.Module):
         return log_probs.logsumexp(0) - math.log(len(self.members))
 
 
+CNN_BLOCKS = {"plain": EmotionCNN, "residual": EmotionResNet}  # ModelConfig.cnn_block -> network class
+
+
 def build_model(cfg: ModelConfig, clip_weights: str | None = None, cache_dir: str | None = None) -> tuple[nn.Module, Preprocess]:
     """Build the model ``cfg`` describes and the preprocessing its weights expect.
 
@@ -162,20 +225,31 @@ def build_model(cfg: ModelConfig, clip_weights: str | None = None, cache_dir: st
     timing) or None to resolve ``cfg.pretrained`` through the cache or a download (see ``weights``).
     """
     if cfg.members > 1:
-        single = replace(cfg, members=1)
-        built = [_build_single(single, clip_weights, cache_dir) for _ in range(cfg.members)]
+        built = [_build_single(member_config(cfg, i), clip_weights, cache_dir) for i in range(cfg.members)]
         return Ensemble([model for model, _ in built]), built[0][1]
     return _build_single(cfg, clip_weights, cache_dir)
+
+
+def member_config(cfg: ModelConfig, member: int) -> ModelConfig:
+    """The config of network ``member`` (0-based) of the model ``cfg`` describes, as a single network."""
+    if not cfg.member_blocks:
+        return replace(cfg, members=1)
+    if len(cfg.member_blocks) != cfg.members:
+        raise ValueError(f"member_blocks names {len(cfg.member_blocks)} networks, but the ensemble has {cfg.members}")
+    return replace(cfg, members=1, cnn_block=cfg.member_blocks[member], member_blocks=())
 
 
 def _build_single(cfg: ModelConfig, clip_weights: str | None, cache_dir: str | None) -> tuple[nn.Module, Preprocess]:
     if cfg.kind == "cnn":
         if cfg.cnn_normalize not in ("image", "dataset"):
             raise ValueError(f"cnn_normalize must be 'image' or 'dataset', got {cfg.cnn_normalize!r}")
+        if cfg.cnn_block not in CNN_BLOCKS:
+            raise ValueError(f"cnn_block must be one of {', '.join(CNN_BLOCKS)}, got {cfg.cnn_block!r}")
+        net = CNN_BLOCKS[cfg.cnn_block](cfg)
         if cfg.cnn_normalize == "image":
-            return EmotionCNN(cfg), Preprocess(48, (0.0,), (1.0,), "bilinear", per_image=True)
+            return net, Preprocess(48, (0.0,), (1.0,), "bilinear", per_image=True)
         # FER2013 pixel statistics (mean 0.51, std 0.25 over the training set) rounded.
-        return EmotionCNN(cfg), Preprocess(48, (0.5,), (0.25,), "bilinear")
+        return net, Preprocess(48, (0.5,), (0.25,), "bilinear")
     if cfg.kind == "clip":
         from .weights import load_clip_encoder
 

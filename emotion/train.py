@@ -168,12 +168,12 @@ def _diverged(what: str, epoch: int, out: Path) -> TrainingDiverged:
 def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     """Start from network ``cfg.init_member`` of ``cfg.init_from`` (CheckpointError when its architecture differs)."""
     saved, weights = member_weights(cfg.init_from, cfg.init_member)
-    fields = ("kind", "clip_model", "adapter_dims", "cnn_widths", "cnn_convs", "cnn_normalize")
+    fields = ("kind", "clip_model", "adapter_dims", "cnn_widths", "cnn_convs", "cnn_block", "cnn_normalize")
     differ = [f"{name} {getattr(saved, name)} (this run: {getattr(cfg.model, name)})" for name in fields
               if getattr(saved, name) != getattr(cfg.model, name)]
     if differ:
         raise CheckpointError(f"--init-from {cfg.init_from}: its network has {', '.join(differ)}; "
-                              "pass the same model flags (--model, --cnn-widths, ...)")
+                              "pass the same model flags (--model, --cnn-widths, --cnn-block, ...)")
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotion.checkpoint import CheckpointError, load_checkpoint, member_network, save_checkpoint  # noqa: E402
+from emotion.models import member_config  # noqa: E402
 
 
 def unpack(path: str | Path, out: str | Path) -> list[Path]:
     """Write every network of the checkpoint at ``path`` as its own checkpoint under ``out``; returns their paths."""
     loaded = load_checkpoint(path)  # validated once, NaN weights refused
-    single = replace(loaded.config, members=1)
     metrics, configs = _per_network(loaded.metrics), _per_network(loaded.train_config)
     written = []
     for i in range(1, loaded.config.members + 1):
@@ -36,7 +35,7 @@ def unpack(path: str | Path, out: str | Path) -> list[Path]:
         if dst in written:
             dst = Path(out) / f"{name}-network{i}" / "best.pt"
         train_config = configs[i - 1] if i <= len(configs) and isinstance(configs[i - 1], dict) else {}
-        save_checkpoint(dst, member_network(loaded, i - 1), single, train_config=train_config, metrics=own_metrics)
+        save_checkpoint(dst, member_network(loaded, i - 1), member_config(loaded.config, i - 1), train_config=train_config, metrics=own_metrics)
         written.append(dst)
     return written
 
