@@ -174,10 +174,15 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        """Short description for logs and the UI, e.g. 'cnn (emotion_cnn.pt)'."""
+        """Short description for logs and the UI, e.g. 'cnn ensemble of 5 (emotion_cnn.pt)'."""
         arch = "cnn" if self.config.kind == "cnn" else f"clip {self.config.clip_model}"
         if self.config.members > 1:
             arch += f" ensemble of {self.config.members}"
+            blocks = self.config.member_blocks
+            if blocks:  # a mixed ensemble says what it mixes, e.g. "(5 plain, 1 residual)"
+                arch += " (" + ", ".join(f"{blocks.count(b)} {b}" for b in dict.fromkeys(blocks)) + ")"
+        elif self.config.kind == "cnn" and self.config.cnn_block != "plain":
+            arch += f" {self.config.cnn_block}"
         return f"{arch} ({Path(self.path).name})"
 
 

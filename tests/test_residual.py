@@ -68,6 +68,7 @@ def test_train_cli_trains_a_residual_network_and_init_from_needs_the_same_block(
     blob = read_checkpoint(run / "best.pt")
     assert blob["model_config"]["cnn_block"] == "residual" and blob["model_config"]["member_blocks"] == []
     assert isinstance(load_checkpoint(run / "best.pt").model, EmotionResNet)
+    assert load_checkpoint(run / "best.pt").name == "cnn residual (best.pt)"
     refused = tmp_path / "refused"
     assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(refused), *SMALL, "--init-from", str(run / "best.pt")]) == 2
     assert "cnn_block residual (this run: plain)" in capsys.readouterr().err
@@ -85,6 +86,7 @@ def test_a_mixed_ensemble_records_each_networks_block_and_predicts_their_mean(mi
     sources, shipped = mixed
     loaded = load_checkpoint(shipped)
     assert loaded.config.members == 3 and loaded.config.member_blocks == ("plain", "residual", "plain")
+    assert loaded.name == "cnn ensemble of 3 (2 plain, 1 residual) (mixed.pt)"
     assert [type(m) for m in loaded.model.members] == [EmotionCNN, EmotionResNet, EmotionCNN]
     faces = torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8)
     singles = [EmotionClassifier.from_checkpoint(p, device="cpu", amp="off", engine="torch").predict_tensor(faces) for p in sources]
