@@ -154,3 +154,20 @@ def test_a_checkpoint_from_before_residual_networks_loads_as_plain(tmp_path):
     torch.save(blob, path)
     loaded = load_checkpoint(path)
     assert loaded.config.cnn_block == "plain" and isinstance(loaded.model, EmotionCNN)
+
+
+def test_the_training_tab_launches_a_residual_network(tmp_path):
+    from emotion.app.training_runner import TrainingRunner
+    from emotion.app.training_tab import MODEL_CHOICES, start_training
+    from conftest import make_folder_dataset
+
+    assert "cnn-residual" in {value for _, value in MODEL_CHOICES}
+    make_folder_dataset(tmp_path / "data" / "tiny", per_class=4)
+    runner = TrainingRunner(tmp_path / "runs")
+    try:
+        message, _ = start_training(runner, tmp_path / "data", "tiny", "cnn-residual", 1, 8, 1e-3, 1e-5, 0, "", 0)
+        assert message.startswith("Started")
+        args = runner.current.process.args
+        assert args[args.index("--model") + 1] == "cnn" and args[args.index("--cnn-block") + 1] == "residual"
+    finally:
+        runner.stop()

@@ -37,6 +37,7 @@ class TrainRequest:
 
     data: Path  # dataset folder (already checked to lie under the data root)
     model: str = "cnn"  # "cnn" or "clip"
+    cnn_block: str = "plain"  # CNN only: "plain" or "residual" stages
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -51,6 +52,8 @@ class TrainRequest:
                 "--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--lr", repr(self.lr),
                 "--clip-lr", repr(self.clip_lr), "--unfreeze-epoch", str(self.unfreeze_epoch),
                 "--max-images", str(self.max_images)]
+        if self.model == "cnn":
+            args += ["--cnn-block", self.cnn_block]
         if self.clip_weights:
             args += ["--clip-weights", self.clip_weights]
         return args

@@ -24,7 +24,9 @@ from .training_runner import ACTIVE_STATES, PastRun, TrainingRun, TrainingRunner
 log = logging.getLogger(__name__)
 
 POLL_S = 1.5  # how often an open Training tab refreshes while a run is active
-MODEL_CHOICES = [("Compact CNN (offline)", "cnn"), ("CLIP + adapter", "clip")]
+# Values: the trainer's --model, plus -<cnn block> for a CNN whose stages are not plain.
+MODEL_CHOICES = [("Compact CNN (offline)", "cnn"), ("Residual CNN with squeeze-excitation (offline)", "cnn-residual"),
+                 ("CLIP + adapter", "clip")]
 METRIC_COLUMNS = ["class", "precision", "recall", "f1", "support"]
 
 
@@ -87,8 +89,9 @@ def start_training(runner: TrainingRunner, data_root: Path, dataset: str | None,
         numbers = {"epochs": _whole(epochs, "Epochs"), "batch_size": _whole(batch_size, "Batch size"), "lr": _number(lr, "Learning rate"),
                    "clip_lr": _number(clip_lr, "CLIP learning rate"), "unfreeze_epoch": _whole(unfreeze_epoch, "Unfreeze epoch"),
                    "max_images": _whole(max_images or 0, "Max training images")}
-        TrainConfig.for_model(model, **numbers).check()
-        request = TrainRequest(data=resolve_dataset(data_root, dataset), model=model,
+        kind, _, block = model.partition("-")
+        TrainConfig.for_model(kind, **numbers).check()
+        request = TrainRequest(data=resolve_dataset(data_root, dataset), model=kind, cnn_block=block or "plain",
                                clip_weights=resolve_clip_weights(data_root, clip_weights), **numbers)
         run = runner.start(request)
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
