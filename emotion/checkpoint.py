@@ -230,8 +230,8 @@ def member_weights(path: str | os.PathLike, member: int = 1) -> tuple[ModelConfi
 def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike, *, tta: str,
                     weights: str = "fp16") -> None:
     """Release trained checkpoints as one file at ``dst``: their weights without optimizer state, with the
-    inference setting ``tta``. Several sources (one architecture; CNNs may mix plain and residual stages) become an ensemble whose probabilities
-    are averaged. Weight matrices are stored as float16 (``weights="fp16"``), which halves the file, or as
+    inference setting ``tta``. Several sources (one architecture; CNNs may mix plain and residual stages)
+    become an ensemble whose probabilities are averaged. Weight matrices are stored as float16 (``weights="fp16"``), which halves the file, or as
     int8 with one float32 scale per output channel (``"int8"``), a quarter of it, so that more networks fit
     a size budget; they are turned back into float32 when the file is loaded. 1-d tensors (biases,
     BatchNorm statistics) stay float32, since their small values would lose precision, and so does any
