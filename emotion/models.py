@@ -121,6 +121,11 @@ class ClipEmotionModel(nn.Module):
         return params
 
 
+def classifier_head(in_ch: int, cfg: ModelConfig) -> nn.Sequential:
+    """The CNNs' head: global average pooling, dropout, linear to the classes."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(in_ch, cfg.num_classes))
+
+
 class EmotionCNN(nn.Module):
     """Compact VGG-style network for 48x48 grayscale faces.
 
@@ -139,7 +144,7 @@ class EmotionCNN(nn.Module):
             if i < len(cfg.cnn_widths) - 1:
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(in_ch, cfg.num_classes))
+        self.head = classifier_head(in_ch, cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -196,7 +201,7 @@ class EmotionResNet(nn.Module):
             layers.append(ResidualStage(in_ch, width, cfg.cnn_convs, stride=1 if i == 0 else 2))
             in_ch = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(in_ch, cfg.num_classes))
+        self.head = classifier_head(in_ch, cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,17 +41,13 @@ def mixed(tmp_path: Path) -> tuple[list[Path], Path]:
 
 
 def test_residual_network_has_the_plain_networks_widths_with_strided_residual_stages():
-    model, _ = build_model(replace_widths(RESIDUAL, (8, 16, 32)))
+    model, _ = build_model(replace(RESIDUAL, cnn_widths=(8, 16, 32)))
     assert isinstance(model, EmotionResNet)
     assert sum(isinstance(m, SqueezeExcite) for m in model.modules()) == 3
     strides = [m.stride for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     assert strides == [(1, 1)] * 3 + [(2, 2), (1, 1)] * 2  # stem, stage 1 at 48 px, then 24 and 12 px
     assert model.eval()(torch.randn(3, 1, 48, 48)).shape == (3, 7)
     assert isinstance(build_model(PLAIN)[0], EmotionCNN)
-
-
-def replace_widths(cfg: ModelConfig, widths: tuple[int, ...]) -> ModelConfig:
-    return ModelConfig.from_dict({**cfg.to_dict(), "cnn_widths": list(widths)})
 
 
 def test_squeeze_excite_only_rescales_channels():
