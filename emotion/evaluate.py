@@ -111,19 +111,28 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> bool:
         return False
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for member in dict.fromkeys(r.get("member") for r in rows):
+    for i, member in enumerate(dict.fromkeys(r.get("member") for r in rows)):
         mine = [r for r in rows if r.get("member") == member]
         epochs = [r["epoch"] for r in mine]
         suffix = "" if member is None else f", network {member}"
+        # An ensemble gets one colour per network (train dashed, validation solid): with the default
+        # colour per line, networks 1 and 6 of a six-network file would share colours.
+        colour = None if member is None else f"C{i % 10}"
         for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "acc", 100)):
-            for split, label in (("train", "train"), ("val", "validation")):
-                ax.plot(epochs, [r[f"{split}_{key}"] * scale for r in mine], marker="o", ms=3, label=label + suffix)
+            for split, label, style in (("train", "train", "--"), ("val", "validation", "-")):
+                ax.plot(epochs, [r[f"{split}_{key}"] * scale for r in mine], marker="o", ms=3, label=label + suffix,
+                        color=colour, linestyle="-" if member is None else style)
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="%")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+    if i == 0:
+        for ax in (ax_loss, ax_acc):
+            ax.legend(fontsize="small")
+        fig.tight_layout()
+    else:  # an ensemble's legend would cover its curves: one legend below both plots, a column per network
+        fig.legend(*ax_acc.get_legend_handles_labels(), loc="lower center", ncol=i + 1, fontsize="small")
+        fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
