@@ -111,7 +111,8 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> bool:
         return False
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, member in enumerate(dict.fromkeys(r.get("member") for r in rows)):
+    members = list(dict.fromkeys(r.get("member") for r in rows))
+    for i, member in enumerate(members):
         mine = [r for r in rows if r.get("member") == member]
         epochs = [r["epoch"] for r in mine]
         suffix = "" if member is None else f", network {member}"
@@ -126,12 +127,12 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> bool:
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="%")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-    if i == 0:
+    if len(members) == 1:
         for ax in (ax_loss, ax_acc):
             ax.legend(fontsize="small")
         fig.tight_layout()
     else:  # an ensemble's legend would cover its curves: one legend below both plots, a column per network
-        fig.legend(*ax_acc.get_legend_handles_labels(), loc="lower center", ncol=i + 1, fontsize="small")
+        fig.legend(*ax_acc.get_legend_handles_labels(), loc="lower center", ncol=len(members), fontsize="small")
         fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
