@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,11 +137,17 @@ def test_release_script_trains_one_network_per_seed_and_ships_their_ensemble(tin
     assert (out.parent / "report" / "metrics.json").is_file() and (out.parent / "report" / "curves.png").is_file()
 
 
-def test_compare_script_scores_every_subset_and_tta_mode(members, tiny_fer, capsys):
+def _compare_script():
+    """scripts/compare_ensembles.py as a module (scripts/ is not a package)."""
     path = Path(train_cli.__file__).resolve().parent / "scripts" / "compare_ensembles.py"
     spec = importlib.util.spec_from_file_location("compare_ensembles", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_script_scores_every_subset_and_tta_mode(members, tiny_fer, capsys):
+    module = _compare_script()
     assert module.main([*map(str, members[:2]), "--data", str(tiny_fer), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(len(r["networks"]), r["tta"]) for r in rows] == [(n, t) for n in (1, 1, 2) for t in ("none", "flip", "shift")]
@@ -198,3 +205,28 @@ def test_damaged_int8_weights_are_a_checkpoint_error(members, tmp_path, damage):
 def test_ship_refuses_an_unknown_weight_format(members, tmp_path):
     with pytest.raises(CheckpointError, match="fp16, int8"):
         ship_checkpoint(members, tmp_path / "x.pt", tta="none", weights="int4")
+
+
+def test_compare_script_holdout_check_measures_the_lead_of_picking_a_row_on_the_split():
+    module = _compare_script()
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(7), 60)
+    # Row 0, the baseline, is right on 42 of each class's 60 faces; 50 rows of pure chance are each right on a random
+    # 70% of the faces: picking the best of them on one half leads there, and the lead is gone on the other half.
+    correct = rng.random((51, len(labels))) < 0.7
+    correct[0] = np.arange(len(labels)) % 10 < 7
+    noise = module.holdout_check(correct, 0, labels, rounds=40)
+    assert noise["lead_where_picked"] > 0.03 and abs(noise["lead_elsewhere"]) < 0.02
+    # A row that is truly better keeps its lead on the half it was not picked on.
+    better = correct[0] | (rng.random(len(labels)) < 0.5)
+    real = module.holdout_check(np.vstack([correct, better]), 0, labels, rounds=40)
+    assert real["lead_elsewhere"] > 0.1 and real["ahead_elsewhere"] > 0.9
+
+
+def test_compare_script_json_with_holdout_holds_the_rows_and_the_summary(members, tiny_fer, capsys):
+    module = _compare_script()
+    assert module.main([*map(str, members[:2]), "--data", str(tiny_fer), "--json", "--holdout", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["subsets"]) == 9 and out["holdout"]["rounds"] == 3
+    with pytest.raises(SystemExit):
+        module.main([str(members[0]), "--holdout", "-1"])
