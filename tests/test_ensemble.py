@@ -228,5 +228,11 @@ def test_compare_script_json_with_holdout_holds_the_rows_and_the_summary(members
     assert module.main([*map(str, members[:2]), "--data", str(tiny_fer), "--json", "--holdout", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["subsets"]) == 9 and out["holdout"]["rounds"] == 3
-    with pytest.raises(SystemExit):
-        module.main([str(members[0]), "--holdout", "-1"])
+    # Narrowed to pairs without shift, against a given checkpoint.
+    assert module.main([*map(str, members[:2]), "--data", str(tiny_fer), "--json", "--holdout", "2", "--sizes", "2",
+                        "--tta", "none", "flip", "--baseline", str(members[2])]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(len(r["networks"]), r["tta"]) for r in out["subsets"]] == [(2, "none"), (2, "flip")]
+    for bad in (["--holdout", "-1"], ["--sizes", "3"]):
+        with pytest.raises(SystemExit):
+            module.main([*map(str, members[:2]), *bad])
