@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("emotion.cli")
-TTA_CHOICES = ("none", "flip", "shift")  # emotion.predict.TTA_VIEWS, named here so --help needs no torch import
-ENGINE_CHOICES = ("auto", "torch", "onnxruntime")  # emotion.predict.ENGINES
-SHIP_WEIGHTS = ("fp16", "int8")  # emotion.checkpoint.SHIP_WEIGHTS
+TTA_CHOICES = ("none", "flip", "shift")  # emotion.inference.classifier.TTA_VIEWS, named here so --help needs no torch import
+ENGINE_CHOICES = ("auto", "torch", "onnxruntime")  # emotion.inference.classifier.ENGINES
+SHIP_WEIGHTS = ("fp16", "int8")  # emotion.models.checkpoint.SHIP_WEIGHTS
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -34,8 +34,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from emotion.models import ModelConfig
-    from emotion.train_config import TrainConfig
+    from emotion.models.networks import ModelConfig
+    from emotion.training.config import TrainConfig
 
     t, m, c = TrainConfig(), ModelConfig(), TrainConfig.for_model("cnn")
     aug = t.augment
@@ -146,7 +146,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_video(sub: argparse._SubParsersAction) -> None:
-    from emotion.video import VideoConfig
+    from emotion.video.analysis import VideoConfig
 
     v = VideoConfig()
     p = sub.add_parser("video", help="analyze a video file: annotated video, per-frame faces.csv, timeline.png and summary.json", formatter_class=_Help)
@@ -180,10 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from emotion.evaluate import evaluate_dataset, format_table
-    from emotion.predict import EmotionClassifier
-    from emotion.train import load_train_val, train
-    from emotion.train_config import TrainConfig
+    from emotion.evaluation.evaluate import evaluate_dataset, format_table
+    from emotion.inference.classifier import EmotionClassifier
+    from emotion.training.loop import load_train_val, train
+    from emotion.training.config import TrainConfig
 
     from dataclasses import replace
 
@@ -217,8 +217,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from emotion.evaluate import evaluate_checkpoint, format_table
-    from emotion.predict import default_checkpoint
+    from emotion.evaluation.evaluate import evaluate_checkpoint, format_table
+    from emotion.inference.classifier import default_checkpoint
 
     m = evaluate_checkpoint(a.checkpoint or default_checkpoint(), a.data, a.split, a.out, tta=a.tta, device=a.device,
                             batch_size=a.batch_size, engine=a.engine)
@@ -228,10 +228,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from emotion.faces import FaceDetector
-    from emotion.labels import CLASS_NAMES
-    from emotion.predict import EmotionClassifier
-    from emotion.recognizer import Recognizer, predict_files
+    from emotion.inference.faces import FaceDetector
+    from emotion.data.labels import CLASS_NAMES
+    from emotion.inference.classifier import EmotionClassifier
+    from emotion.inference.recognizer import Recognizer, predict_files
 
     classifier = EmotionClassifier.from_checkpoint(a.checkpoint, device=a.device, tta=a.tta)
     detector = None if a.whole_image else FaceDetector(a.face_model)
@@ -253,8 +253,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_ship(a: argparse.Namespace) -> int:
-    from emotion.checkpoint import record_evaluation, ship_checkpoint
-    from emotion.evaluate import evaluate_checkpoint
+    from emotion.models.checkpoint import record_evaluation, ship_checkpoint
+    from emotion.evaluation.evaluate import evaluate_checkpoint
 
     out = Path(a.out)
     staged = out.with_name(f".{out.name}.shipping")  # the release replaces --out only once it is evaluated
@@ -275,8 +275,8 @@ def cmd_ship(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from emotion.export import export_onnx
-    from emotion.predict import default_checkpoint
+    from emotion.models.export import export_onnx
+    from emotion.inference.classifier import default_checkpoint
 
     result = export_onnx(str(a.checkpoint or default_checkpoint()), a.onnx, opset=a.opset)
     print(json.dumps(result, indent=2))
@@ -284,8 +284,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from emotion.bench import BenchConfig, run_benchmark
-    from emotion.bench_report import format_report
+    from emotion.bench.run import BenchConfig, run_benchmark
+    from emotion.bench.report import format_report
 
     cfg = BenchConfig.quick() if a.quick else BenchConfig()
     for key, value in (("frames", a.frames), ("train_images", a.train_images), ("cnn_checkpoint", a.checkpoint),
@@ -303,10 +303,10 @@ def cmd_video(a: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from emotion.faces import FaceDetector
-    from emotion.predict import EmotionClassifier
-    from emotion.recognizer import Recognizer
-    from emotion.video import VideoConfig, VideoError, VideoJob
+    from emotion.inference.faces import FaceDetector
+    from emotion.inference.classifier import EmotionClassifier
+    from emotion.inference.recognizer import Recognizer
+    from emotion.video.analysis import VideoConfig, VideoError, VideoJob
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -333,7 +333,7 @@ def cmd_video(a: argparse.Namespace) -> int:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
-    from emotion.packed import pack_dataset
+    from emotion.data.splits import pack_dataset
 
     splits = tuple(s.strip() for s in a.splits.split(",") if s.strip())
     if not splits:
@@ -352,10 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)
-    from emotion.checkpoint import CheckpointError, CheckpointWriteError
-    from emotion.data import DataError
-    from emotion.train import TrainingDiverged
-    from emotion.weights import WeightsError
+    from emotion.models.checkpoint import CheckpointError, CheckpointWriteError
+    from emotion.data.dataset import DataError
+    from emotion.training.loop import TrainingDiverged
+    from emotion.models.weights import WeightsError
 
     try:
         return COMMANDS[args.command](args)

@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emotion.data import load_split  # noqa: E402
-from emotion.evaluate import compute_metrics, predict_dataset  # noqa: E402
-from emotion.predict import TTA_VIEWS, EmotionClassifier  # noqa: E402
+from emotion.data.splits import load_split  # noqa: E402
+from emotion.evaluation.evaluate import compute_metrics, predict_dataset  # noqa: E402
+from emotion.inference.classifier import TTA_VIEWS, EmotionClassifier  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emotion.checkpoint import CheckpointError, load_checkpoint, member_network, save_checkpoint  # noqa: E402
-from emotion.models import member_config  # noqa: E402
+from emotion.models.checkpoint import CheckpointError, load_checkpoint, member_network, save_checkpoint  # noqa: E402
+from emotion.models.networks import member_config  # noqa: E402
 
 
 def unpack(path: str | Path, out: str | Path) -> list[Path]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emotion.labels import CLASS_NAMES, FER_CSV_CODES
+from emotion.data.labels import CLASS_NAMES, FER_CSV_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -94,8 +94,8 @@ def tiny_cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained, very small CNN checkpoint: loads through the real code path in milliseconds."""
     import torch
 
-    from emotion.checkpoint import save_checkpoint
-    from emotion.models import ModelConfig, build_model
+    from emotion.models.checkpoint import save_checkpoint
+    from emotion.models.networks import ModelConfig, build_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from app import build_parser, main
 from conftest import launched_app
-from emotion.labels import CLASS_NAMES
+from emotion.data.labels import CLASS_NAMES
 from emotion.app import AppConfig, EmotionApp
 from make_clip import face_scene
 

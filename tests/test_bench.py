@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from emotion.bench import BenchConfig, run_benchmark
-from emotion.bench_report import format_report
-from emotion.runtime import cpu_cores
+from emotion.bench.run import BenchConfig, run_benchmark
+from emotion.bench.report import format_report
+from emotion.utils.runtime import cpu_cores
 
 
 def _get(result: dict, dotted: str):

@@ -27,8 +27,8 @@ from PIL import Image
 
 from conftest import launched_app, make_folder_dataset
 from emotion.app import AppConfig, EmotionApp
-from emotion.checkpoint import read_checkpoint
-from emotion.labels import CLASS_NAMES, display
+from emotion.models.checkpoint import read_checkpoint
+from emotion.data.labels import CLASS_NAMES, display
 from make_clip import CLIP_FPS, CODE_BLOCK_PX, CODE_BLOCKS, CODE_HEIGHT_PX, face_scene, load_faces, make_clip
 from test_app_client import free_port
 

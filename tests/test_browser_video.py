@@ -10,7 +10,7 @@ import pytest
 
 from conftest import launched_app
 from emotion.app import AppConfig
-from emotion.video import write_clip
+from emotion.video.analysis import write_clip
 from make_clip import face_scene, load_faces
 from test_app_client import free_port
 from test_browser import CHROMIUM, ROOT, SHIPPED, SHOTS

@@ -13,8 +13,8 @@ import pytest
 
 import train_cli
 from conftest import ROOT, make_csv_dataset
-from emotion.checkpoint import read_checkpoint
-from emotion.runtime import read_jsonl
+from emotion.models.checkpoint import read_checkpoint
+from emotion.utils.runtime import read_jsonl
 
 TINY = ["--model", "clip", "--clip-model", "emotion-tiny-vit", "--clip-weights", "random", "--batch-size", "16"]
 

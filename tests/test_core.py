@@ -11,15 +11,16 @@ import torch.nn as nn
 from PIL import Image
 
 from conftest import make_csv_dataset, make_folder_dataset
-from emotion.augment import AugmentConfig, augment, mix_batch
-from emotion.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from emotion.data import DataError, load_split, split_train_val, to_face48
-from emotion.evaluate import compute_metrics
-from emotion.labels import CLASS_NAMES, canonical_label, display
-from emotion.models import ModelConfig, build_model, count_parameters
-from emotion.optim import lr_factor, param_groups, set_phase
-from emotion.train_config import TrainConfig
-from emotion.weights import WeightsError, resolve_clip_weights
+from emotion.data.augment import AugmentConfig, augment, mix_batch
+from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from emotion.data.dataset import DataError, split_train_val, to_face48
+from emotion.data.splits import load_split
+from emotion.evaluation.evaluate import compute_metrics
+from emotion.data.labels import CLASS_NAMES, canonical_label, display
+from emotion.models.networks import ModelConfig, build_model, count_parameters
+from emotion.training.optim import lr_factor, param_groups, set_phase
+from emotion.training.config import TrainConfig
+from emotion.models.weights import WeightsError, resolve_clip_weights
 
 TINY_CLIP = ModelConfig(kind="clip", clip_model="emotion-tiny-vit")
 
@@ -291,7 +292,7 @@ def test_clip_weights_file_loads(tmp_path):
     """A local weights file (an open_clip state dict) is loaded, not ignored."""
     import open_clip
 
-    from emotion.weights import _open_clip
+    from emotion.models.weights import _open_clip
 
     _open_clip()
     clip = open_clip.create_model("emotion-tiny-vit", pretrained=None)
@@ -327,7 +328,7 @@ def test_checkpoint_with_the_removed_sharpness_field_loads(tmp_path):
 
 
 def test_weight_ema_averages_weights_and_buffers():
-    from emotion.optim import WeightEMA
+    from emotion.training.optim import WeightEMA
 
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     ema = WeightEMA(model, decay=0.5)
@@ -345,7 +346,7 @@ def test_weight_ema_averages_weights_and_buffers():
 
 
 def test_training_with_ema_saves_the_average_and_resumes(tiny_fer, tmp_path):
-    from emotion.train import train
+    from emotion.training.loop import train
 
     # amp "off": on a CPU with native bf16, "auto" times each new run and could pick another precision for run a than b
     kw = dict(data=str(tiny_fer), model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1), batch_size=16, ema_decay=0.9,

@@ -9,10 +9,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotion.checkpoint import read_checkpoint  # noqa: E402
-from emotion.distill import (cached_teacher_targets, distill_loss, load_teacher, mix_targets,  # noqa: E402
+from emotion.models.checkpoint import read_checkpoint  # noqa: E402
+from emotion.training.distill import (cached_teacher_targets, distill_loss, load_teacher, mix_targets,  # noqa: E402
                              teacher_logits, teacher_targets)
-from emotion.models import build_model  # noqa: E402
+from emotion.models.networks import build_model  # noqa: E402
 import train_cli  # noqa: E402
 
 SMALL = ["--model", "cnn", "--epochs", "1", "--batch-size", "16", "--cnn-widths", "8,16", "--no-report"]
@@ -66,8 +66,8 @@ def test_a_missing_or_junk_teacher_is_a_one_line_error(tiny_fer, tmp_path, capsy
 
 
 def test_a_clip_student_with_the_embedding_cache_is_told_how_to_use_a_teacher(tiny_cnn_checkpoint):
-    from emotion.models import ModelConfig
-    from emotion.train_config import ConfigError, TrainConfig
+    from emotion.models.networks import ModelConfig
+    from emotion.training.config import ConfigError, TrainConfig
 
     cfg = TrainConfig(model=ModelConfig(kind="clip"), teacher=str(tiny_cnn_checkpoint))
     with pytest.raises(ConfigError, match="--no-embedding-cache"):

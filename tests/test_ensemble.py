@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import train_cli
-from emotion.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint, ship_checkpoint
-from emotion.data import load_split
-from emotion.evaluate import evaluate_dataset, plot_curves, training_history
-from emotion.models import ModelConfig, build_model
-from emotion.predict import EmotionClassifier
-from emotion.train_config import ConfigError, TrainConfig
+from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint, ship_checkpoint
+from emotion.data.splits import load_split
+from emotion.evaluation.evaluate import evaluate_dataset, plot_curves, training_history
+from emotion.models.networks import ModelConfig, build_model
+from emotion.inference.classifier import EmotionClassifier
+from emotion.training.config import ConfigError, TrainConfig
 
 TINY = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from emotion.checkpoint import load_checkpoint, save_checkpoint
-from emotion.export import PARITY_TOLERANCE, OnnxClassifier, export_onnx
-from emotion.labels import CLASS_NAMES
-from emotion.models import ModelConfig, build_model
-from emotion.predict import EmotionClassifier, resolve_engine
+from emotion.models.checkpoint import load_checkpoint, save_checkpoint
+from emotion.models.export import PARITY_TOLERANCE, OnnxClassifier, export_onnx
+from emotion.data.labels import CLASS_NAMES
+from emotion.models.networks import ModelConfig, build_model
+from emotion.inference.classifier import EmotionClassifier, resolve_engine
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +106,19 @@ def test_auto_engine_picks_onnxruntime_for_the_fp32_cnn_and_a_timing_on_a_bf16_c
                                          ("auto", "fp32 on torch"), ("auto", "fp32 on onnxruntime")])
 def test_auto_engine_on_a_bf16_cpu_keeps_the_fastest_setting(tiny_cnn_checkpoint: Path, amp: str, winner: str,
                                                              monkeypatch, caplog) -> None:
-    import emotion.predict
-    import emotion.runtime
+    import emotion.inference.classifier
+    import emotion.utils.runtime
 
     timed = []
 
     def rigged(candidates, repeats=5, warmup=2):
-        _, seconds = emotion.runtime.fastest(candidates, repeats=1, warmup=0)  # every candidate really runs
+        _, seconds = emotion.utils.runtime.fastest(candidates, repeats=1, warmup=0)  # every candidate really runs
         timed.append(sorted(seconds))
         return winner, {name: 0.01 if name == winner else 0.02 for name in seconds}
 
-    monkeypatch.setattr(emotion.predict, "fastest", rigged)
-    monkeypatch.setattr(emotion.predict, "amp_dtype", lambda device, amp: None if amp == "off" else torch.bfloat16)  # a bf16 CPU
-    caplog.set_level("INFO", logger="emotion.predict")
+    monkeypatch.setattr(emotion.inference.classifier, "fastest", rigged)
+    monkeypatch.setattr(emotion.inference.classifier, "amp_dtype", lambda device, amp: None if amp == "off" else torch.bfloat16)  # a bf16 CPU
+    caplog.set_level("INFO", logger="emotion.inference.classifier")
     clf = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp=amp)
     # An explicit --amp bf16 is kept on PyTorch; "auto" also tries PyTorch in fp32.
     expected = ["bfloat16 on torch", "fp32 on onnxruntime"] + (["fp32 on torch"] if amp == "auto" else [])
@@ -131,11 +131,11 @@ def test_auto_engine_on_a_bf16_cpu_keeps_the_fastest_setting(tiny_cnn_checkpoint
 
 
 def test_auto_engine_times_clip_in_both_precisions_on_a_bf16_cpu(tiny_clip_checkpoint: Path, monkeypatch) -> None:
-    import emotion.predict
+    import emotion.inference.classifier
 
     seen = []
-    monkeypatch.setattr(emotion.predict, "fastest", lambda candidates, **kw: (seen.append(sorted(candidates)) or "fp32 on torch", {}))
-    monkeypatch.setattr(emotion.predict, "amp_dtype", lambda device, amp: torch.bfloat16)
+    monkeypatch.setattr(emotion.inference.classifier, "fastest", lambda candidates, **kw: (seen.append(sorted(candidates)) or "fp32 on torch", {}))
+    monkeypatch.setattr(emotion.inference.classifier, "amp_dtype", lambda device, amp: torch.bfloat16)
     clf = EmotionClassifier.from_checkpoint(tiny_clip_checkpoint, device="cpu")
     assert seen == [["bfloat16 on torch", "fp32 on torch"]] and clf.engine == "torch" and clf.dtype is None
 
@@ -143,7 +143,7 @@ def test_auto_engine_times_clip_in_both_precisions_on_a_bf16_cpu(tiny_clip_check
 def test_fastest_times_every_candidate_and_picks_the_quickest() -> None:
     import time
 
-    from emotion.runtime import fastest
+    from emotion.utils.runtime import fastest
 
     calls = {"slow": 0, "quick": 0}
 
@@ -158,12 +158,12 @@ def test_fastest_times_every_candidate_and_picks_the_quickest() -> None:
 
 
 def test_auto_engine_falls_back_to_torch_when_the_export_fails(tiny_cnn_checkpoint: Path, monkeypatch, caplog) -> None:
-    import emotion.export
+    import emotion.models.export
 
     def broken(loaded):
         raise RuntimeError("operator not supported")
 
-    monkeypatch.setattr(emotion.export, "OnnxRuntimeForward", broken)
+    monkeypatch.setattr(emotion.models.export, "OnnxRuntimeForward", broken)
     clf = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off")
     assert clf.engine == "torch" and "export" in caplog.text
     assert clf.predict_tensor(torch.zeros(1, 48, 48, dtype=torch.uint8)).shape == (1, 7)

@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 import pytest
 
-from emotion import faces as faces_mod
-from emotion.faces import (FACE_MODEL_FILENAME, Box, FaceDetector, as_rgb, crop_faces, download_face_model,
+from emotion.inference import faces as faces_mod
+from emotion.inference.faces import (FACE_MODEL_FILENAME, Box, FaceDetector, as_rgb, crop_faces, download_face_model,
                            resolve_face_model, square_boxes)
-from emotion.labels import CLASS_NAMES
+from emotion.data.labels import CLASS_NAMES
 from make_clip import CLIP_FACES, FER_TEST, clip_frames, load_faces
 
 FACE_PX = 200

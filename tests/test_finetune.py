@@ -9,8 +9,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotion.checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint, ship_checkpoint  # noqa: E402
-from emotion.models import ModelConfig, build_model  # noqa: E402
+from emotion.models.checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint, ship_checkpoint  # noqa: E402
+from emotion.models.networks import ModelConfig, build_model  # noqa: E402
 import train_cli  # noqa: E402
 
 TINY = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2)  # what `train --model cnn --cnn-widths 8,16` builds

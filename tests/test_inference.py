@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotion.checkpoint import SHIP_WEIGHTS, load_checkpoint, read_checkpoint
-from emotion.data import FaceDataset
-from emotion.evaluate import predict_dataset
-from emotion.predict import ENGINES, TTA_VIEWS, EmotionClassifier, tta_views
+from emotion.models.checkpoint import SHIP_WEIGHTS, load_checkpoint, read_checkpoint
+from emotion.data.dataset import FaceDataset
+from emotion.evaluation.evaluate import predict_dataset
+from emotion.inference.classifier import ENGINES, TTA_VIEWS, EmotionClassifier, tta_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cli  # noqa: E402
@@ -102,7 +102,7 @@ def test_training_with_cutmix_and_mixup_records_them(tiny_fer, tmp_path):
 
 @pytest.mark.parametrize("inference", [{"tta": "evil"}, {"tta": ["shift"]}, "shift"])
 def test_a_bad_stored_inference_setting_is_a_checkpoint_error(tiny_cnn_checkpoint, tmp_path, inference):
-    from emotion.checkpoint import CheckpointError
+    from emotion.models.checkpoint import CheckpointError
 
     blob = torch.load(tiny_cnn_checkpoint, weights_only=True)
     blob["inference"] = inference

@@ -18,10 +18,10 @@ from emotion.app.live import MAX_FACE_PANELS, PANEL_TOP, TEXT_EVERY_S, LiveSessi
 from emotion.app.model_panel import ModelManager
 from emotion.app.timeline import GAP_S, SIZE, Timeline
 from emotion.app.training_runner import TrainingRunner, TrainRequest
-from emotion.faces import Box
-from emotion.labels import CLASS_NAMES, display
-from emotion.overlay import CLASS_COLOURS
-from emotion.runtime import cpu_cores
+from emotion.inference.faces import Box
+from emotion.data.labels import CLASS_NAMES, display
+from emotion.inference.overlay import CLASS_COLOURS
+from emotion.utils.runtime import cpu_cores
 from make_clip import face_scene
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from emotion.data import has_split, load_split
-from emotion.packed import PACK_VERSION, PackError, decode_faces, encode_faces, pack_dataset, read_packed, write_packed
+from emotion.data.splits import has_split, load_split
+from emotion.data.packed import PACK_VERSION, PackError, decode_faces, encode_faces, read_packed, write_packed
+from emotion.data.splits import pack_dataset
 from train_cli import main
 
 from conftest import FER_DIR
@@ -131,8 +132,8 @@ def test_write_packed_is_atomic_and_reads_back(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("winner, dtype", [("bf16", torch.bfloat16), ("fp32", None)])
 def test_amp_auto_trains_in_the_precision_that_times_faster(winner: str, dtype, monkeypatch) -> None:
-    import emotion.runtime
-    from emotion.models import ModelConfig, build_model
+    import emotion.utils.runtime
+    from emotion.models.networks import ModelConfig, build_model
 
     model, _ = build_model(ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -144,28 +145,28 @@ def test_amp_auto_trains_in_the_precision_that_times_faster(winner: str, dtype, 
         seen.append(sorted(candidates))
         return winner, {"bf16": 1.0, "fp32": 1.0}
 
-    monkeypatch.setattr(emotion.runtime, "fastest", rigged)
-    got = emotion.runtime.faster_training_dtype(model, torch.rand(4, 1, 48, 48), torch.device("cpu"))
+    monkeypatch.setattr(emotion.utils.runtime, "fastest", rigged)
+    got = emotion.utils.runtime.faster_training_dtype(model, torch.rand(4, 1, 48, 48), torch.device("cpu"))
     assert got == dtype and seen == [["bf16", "fp32"]]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm statistics included
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_a_resumed_run_keeps_the_precision_its_first_part_timed(tiny_fer: Path, tmp_path: Path, monkeypatch) -> None:
-    import emotion.train
-    from emotion.models import ModelConfig
-    from emotion.runtime import read_jsonl
-    from emotion.train_config import TrainConfig
+    import emotion.training.loop
+    from emotion.models.networks import ModelConfig
+    from emotion.utils.runtime import read_jsonl
+    from emotion.training.config import TrainConfig
 
-    monkeypatch.setattr(emotion.train, "amp_dtype", lambda device, amp: torch.bfloat16)  # a CPU with native bf16
-    monkeypatch.setattr(emotion.train, "faster_training_dtype", lambda *a: torch.bfloat16)  # bf16 timed faster
+    monkeypatch.setattr(emotion.training.loop, "amp_dtype", lambda device, amp: torch.bfloat16)  # a CPU with native bf16
+    monkeypatch.setattr(emotion.training.loop, "faster_training_dtype", lambda *a: torch.bfloat16)  # bf16 timed faster
     kw = dict(data=str(tiny_fer), out=str(tmp_path / "run"), model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1),
               batch_size=16, device="cpu")
-    emotion.train.train(TrainConfig(epochs=1, **kw))
+    emotion.training.loop.train(TrainConfig(epochs=1, **kw))
 
     def must_not_time(*a):
         raise AssertionError("a resumed run timed its precision again")
 
-    monkeypatch.setattr(emotion.train, "faster_training_dtype", must_not_time)
-    emotion.train.train(TrainConfig(epochs=2, resume=True, **kw))
+    monkeypatch.setattr(emotion.training.loop, "faster_training_dtype", must_not_time)
+    emotion.training.loop.train(TrainConfig(epochs=2, resume=True, **kw))
     assert [r["precision"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == ["bfloat16", "bfloat16"]

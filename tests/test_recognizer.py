@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from test_faces import compose, inside, triangle_frames
 
-from emotion.faces import Box, FaceDetector
-from emotion.labels import CLASS_NAMES
-from emotion.overlay import draw_faces
-from emotion.predict import EmotionClassifier
-from emotion.recognizer import STAGES, FaceTracker, Recognizer, predict_files
+from emotion.inference.faces import Box, FaceDetector
+from emotion.data.labels import CLASS_NAMES
+from emotion.inference.overlay import draw_faces
+from emotion.inference.classifier import EmotionClassifier
+from emotion.inference.recognizer import STAGES, FaceTracker, Recognizer, predict_files
 
 
 @pytest.fixture(scope="module")

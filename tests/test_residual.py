@@ -11,9 +11,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import train_cli  # noqa: E402
-from emotion.checkpoint import CheckpointError, load_checkpoint, member_weights, read_checkpoint, save_checkpoint, ship_checkpoint  # noqa: E402
-from emotion.models import EmotionCNN, EmotionResNet, ModelConfig, SqueezeExcite, build_model, member_config  # noqa: E402
-from emotion.predict import EmotionClassifier  # noqa: E402
+from emotion.models.checkpoint import CheckpointError, load_checkpoint, member_weights, read_checkpoint, save_checkpoint, ship_checkpoint  # noqa: E402
+from emotion.models.networks import EmotionCNN, EmotionResNet, ModelConfig, SqueezeExcite, build_model, member_config  # noqa: E402
+from emotion.inference.classifier import EmotionClassifier  # noqa: E402
 
 PLAIN = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2)  # what `train --model cnn --cnn-widths 8,16` builds
 RESIDUAL = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2, cnn_block="residual")

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from emotion.checkpoint import save_checkpoint
-from emotion.faces import Box
-from emotion.models import ModelConfig, build_model
-from emotion.predict import EmotionClassifier
-from emotion.recognizer import FaceTracker, Recognizer
-from emotion.video import VideoAnalyzer
-from emotion.video_reader import VideoFrame
+from emotion.models.checkpoint import save_checkpoint
+from emotion.inference.faces import Box
+from emotion.models.networks import ModelConfig, build_model
+from emotion.inference.classifier import EmotionClassifier
+from emotion.inference.recognizer import FaceTracker, Recognizer
+from emotion.video.analysis import VideoAnalyzer
+from emotion.video.reader import VideoFrame
 
 ENSEMBLE = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1, members=3)
 

@@ -35,10 +35,10 @@ from emotion.app.inputs import PhotoError, client_image
 from emotion.app.model_panel import ModelManager
 from emotion.app.training_tab import start_training
 from emotion.app.training_runner import TrainingRunner
-from emotion.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from emotion.data import load_split
-from emotion.models import ModelConfig, build_model
-from emotion.recognizer import ImageTooLargeError, read_rgb
+from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from emotion.data.splits import load_split
+from emotion.models.networks import ModelConfig, build_model
+from emotion.inference.recognizer import ImageTooLargeError, read_rgb
 from make_clip import face_scene
 from test_app_client import free_port
 
@@ -340,7 +340,7 @@ def test_bad_hyperparameters_are_refused_in_the_training_tab(tmp_path: Path, lr:
 
 def test_a_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_fer: Path, tmp_path: Path, capsys,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import emotion.train as train_module
+    import emotion.training.loop as train_module
 
     real = train_module.F.cross_entropy
     calls = {"n": 0}
@@ -450,7 +450,7 @@ def test_the_app_starts_on_the_shipped_model_and_says_why(tiny_cnn_checkpoint: P
     assert models.recognizer is not None and models.active_path == tiny_cnn_checkpoint.resolve()
     assert "could not be loaded" in models.describe() and "no model weights" in models.describe()
     # The real app, as `app.py --checkpoint broken.pt` builds it, falls back to the shipped model.
-    from emotion.predict import DEFAULT_CHECKPOINT
+    from emotion.inference.classifier import DEFAULT_CHECKPOINT
 
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip("the shipped model is not in this checkout")
@@ -462,7 +462,7 @@ def test_the_app_starts_on_the_shipped_model_and_says_why(tiny_cnn_checkpoint: P
 
 def test_a_failed_status_update_is_logged_and_training_goes_on(tiny_fer: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import emotion.train as train_module
+    import emotion.training.loop as train_module
 
     def full_disk(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -478,8 +478,8 @@ def test_a_failed_status_update_is_logged_and_training_goes_on(tiny_fer: Path, t
 @pytest.mark.parametrize("fault", ["full-disk", "read-only"])
 def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_last_good_one(tiny_fer: Path, tmp_path: Path, capsys,
                                                                             monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
-    import emotion.checkpoint as checkpoint_module
-    import emotion.train as train_module
+    import emotion.models.checkpoint as checkpoint_module
+    import emotion.training.loop as train_module
 
     real_save = torch.save
     writes = {"n": 0}

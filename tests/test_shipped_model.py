@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from conftest import FER_DIR
-from emotion.evaluate import compute_metrics
-from emotion.labels import CLASS_NAMES
-from emotion.predict import DEFAULT_CHECKPOINT, EmotionClassifier, default_checkpoint
+from emotion.evaluation.evaluate import compute_metrics
+from emotion.data.labels import CLASS_NAMES
+from emotion.inference.classifier import DEFAULT_CHECKPOINT, EmotionClassifier, default_checkpoint
 
 PER_CLASS = 100  # first 100 files of each class by name: 656 faces (disgust has only 56)
 # Measured on these 656 faces with the shipped setting: 0.6890 (flip TTA, fp32 on ONNX Runtime) for the release of 4 December, night

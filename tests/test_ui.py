@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from conftest import make_folder_dataset
-from emotion.checkpoint import CheckpointError
-from emotion.faces import Box
-from emotion.labels import CLASS_NAMES, display
+from emotion.models.checkpoint import CheckpointError
+from emotion.inference.faces import Box
+from emotion.data.labels import CLASS_NAMES, display
 from emotion.app.training_runner import TrainingRunner, TrainRequest
 from emotion.app.live import FACE_HOLD_FRAMES, LiveSession, analyze_frame
 from emotion.app.upload import MAX_FACE_LABELS, PhotoError, analyze_photo, load_photo

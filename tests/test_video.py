@@ -19,11 +19,11 @@ import pytest
 import torch
 
 import train_cli
-from emotion.faces import FaceDetector
-from emotion.labels import CLASS_NAMES
-from emotion.predict import EmotionClassifier
-from emotion.recognizer import Recognizer
-from emotion.video import VideoAnalyzer, VideoConfig, VideoError, VideoReader, analyze_video, benchmark_fps, write_clip
+from emotion.inference.faces import FaceDetector
+from emotion.data.labels import CLASS_NAMES
+from emotion.inference.classifier import EmotionClassifier
+from emotion.inference.recognizer import Recognizer
+from emotion.video.analysis import VideoAnalyzer, VideoConfig, VideoError, VideoReader, analyze_video, benchmark_fps, write_clip
 from make_clip import face_scene, load_faces
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def read_rows(out: Path) -> list[dict]:
 
 
 def decoded_frames(path: Path) -> Iterator[np.ndarray]:
-    """The clip's frames as RGB, decoded independently of emotion.video."""
+    """The clip's frames as RGB, decoded independently of emotion.video.analysis."""
     cap = cv2.VideoCapture(str(path))
     while True:
         ok, bgr = cap.read()
@@ -378,7 +378,7 @@ def test_package_raises_video_error_for_too_long_videos(recognizer, faces, tmp_p
 
 
 def test_package_refuses_huge_frames_before_decoding(recognizer, faces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from emotion import video_reader
+    from emotion.video import reader as video_reader
 
     clip = one_face_clip(tmp_path / "one.mp4", faces[0], frames=2)
     monkeypatch.setattr(video_reader, "MAX_FRAME_PIXELS", 640 * 480 - 1)

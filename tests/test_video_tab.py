@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import launched_app
-from emotion.video import write_clip
+from emotion.video.analysis import write_clip
 from make_clip import face_scene
 from test_video import FPS, clip_faces, enter_leave_frames, frame_count, one_face_clip, read_rows
 

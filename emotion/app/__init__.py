@@ -1,4 +1,4 @@
-"""The Gradio app, apart from the library: config, page, the Live, Upload and Training tabs, the model panel
+"""The Gradio app (the top layer: may import every other subpackage), apart from the library: config, page, the Live, Upload and Training tabs, the model panel
 and the training process manager. ``EmotionApp(AppConfig(...))`` builds it; importing starts nothing."""
 from .config import AppConfig
 from .page import EmotionApp, build_demo

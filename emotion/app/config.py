@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..predict import default_checkpoint
-from ..runtime import cpu_cores
+from ..inference.classifier import default_checkpoint
+from ..utils.runtime import cpu_cores
 
 REPO = Path(__file__).resolve().parent.parent.parent  # the project root: assets/, runs/ and ../shared sit around it
 MAX_SIDE = 1920  # photos and frames are downscaled to this longer side before analysis

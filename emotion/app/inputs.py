@@ -23,7 +23,7 @@ import numpy as np
 from gradio.utils import get_upload_folder, is_in_or_equal
 from PIL import Image
 
-from ..recognizer import ImageTooLargeError, read_rgb
+from ..inference.recognizer import ImageTooLargeError, read_rgb
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,10 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from ..faces import as_rgb
-from ..labels import CLASS_NAMES, display
-from ..overlay import CLASS_COLOURS, draw_faces
-from ..recognizer import FaceTracker
-
+from ..inference.faces import as_rgb
+from ..data.labels import CLASS_NAMES, display
+from ..inference.overlay import CLASS_COLOURS, draw_faces
+from ..inference.recognizer import FaceTracker
 from .config import IMAGE_HEIGHT, MAX_SIDE, AppConfig
 from .inputs import PhotoError, client_image, result_file
 from .timeline import SIZE as TIMELINE_SIZE, Timeline

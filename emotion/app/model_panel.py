@@ -8,10 +8,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..checkpoint import CheckpointError
-from ..faces import FaceDetector
-from ..predict import EmotionClassifier
-from ..recognizer import Recognizer
+from ..models.checkpoint import CheckpointError
+from ..inference.faces import FaceDetector
+from ..inference.classifier import EmotionClassifier
+from ..inference.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import logging
 import gradio as gr
 import torch
 
-from ..predict import DEFAULT_CHECKPOINT
-from ..runtime import cpu_cores
+from ..inference.classifier import DEFAULT_CHECKPOINT
+from ..utils.runtime import cpu_cores
 from .config import REPO, AppConfig
 from .live import build_live_tab
 from .model_panel import ModelManager, build_model_panel

@@ -10,8 +10,8 @@ from collections import deque
 import cv2
 import numpy as np
 
-from ..labels import CLASS_NAMES, display
-from ..overlay import CLASS_COLOURS
+from ..data.labels import CLASS_NAMES, display
+from ..inference.overlay import CLASS_COLOURS
 
 WINDOW_S = 30.0  # seconds of history shown
 EVERY_S = 0.25  # seconds between redraws: 4 per second looks live and costs the stream next to nothing

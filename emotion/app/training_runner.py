@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime import cpu_cores, read_jsonl
+from ..utils.runtime import cpu_cores, read_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..data import has_split
-from ..labels import CLASS_NAMES, display
-from ..train_config import TrainConfig
+from ..data.splits import has_split
+from ..data.labels import CLASS_NAMES, display
+from ..training.config import TrainConfig
 from .config import AppConfig
 from .model_panel import ModelManager, ModelPanel, refresh_choices, switch_model
 from .training_runner import ACTIVE_STATES, PastRun, TrainingRun, TrainingRunner, TrainRequest

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import numpy as np
 
-from ..faces import as_rgb
-from ..labels import display
-from ..overlay import draw_faces
+from ..inference.faces import as_rgb
+from ..data.labels import display
+from ..inference.overlay import draw_faces
 from .config import IMAGE_HEIGHT, MAX_SIDE, AppConfig
 from .inputs import PhotoError, client_image, read_image_file, result_file
 from .live import fit_within, label_value, no_model_message

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..labels import display
-from ..video import VideoConfig, VideoError, VideoJob
+from ..data.labels import display
+from ..video.analysis import VideoConfig, VideoError, VideoJob
 from .config import AppConfig
 from .live import no_model_message
 

@@ -9,7 +9,7 @@ For a caller's own loop, ``VideoReader`` yields decoded frames and ``VideoAnalyz
         for item in VideoAnalyzer(recognizer).run(reader):
             ...  # item.frame.index, .time_s, .rgb; item.faces (each face dict has a "face_id")
 
-A video is never loaded whole: ``VideoReader`` (emotion.video_reader) decodes a few frames ahead in a
+A video is never loaded whole: ``VideoReader`` (emotion.video.reader) decodes a few frames ahead in a
 background thread while the current one is analyzed, and ``VideoJob`` encodes the annotated video in
 another, so decoding, inference and encoding overlap on two cores. Bad files raise ``VideoError`` with a
 message written for the user. The reader's names are importable from here too.
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .recognizer import FaceTracker, Recognizer
-from .video_reader import VideoError, VideoFrame, VideoInfo, VideoReader, open_capture
-from .video_report import AnnotatedVideoWriter, FacesCsv, Timeline
+from ..inference.recognizer import FaceTracker, Recognizer
+from .reader import VideoError, VideoFrame, VideoInfo, VideoReader, open_capture
+from .report import AnnotatedVideoWriter, FacesCsv, Timeline
 
 __all__ = ["FrameFaces", "VideoAnalyzer", "VideoConfig", "VideoError", "VideoFrame", "VideoInfo", "VideoJob",
            "VideoReader", "VideoResult", "analyze_video", "benchmark_fps", "open_capture", "write_clip"]
@@ -42,7 +42,7 @@ class FrameFaces:
     """A frame with its faces; on frames skipped by ``every`` the faces are those of the last analyzed frame."""
 
     frame: VideoFrame
-    faces: list[dict]  # emotion.predict.face_result dicts plus "face_id", boxes in the pixels of ``frame.rgb``
+    faces: list[dict]  # emotion.inference.classifier.face_result dicts plus "face_id", boxes in the pixels of ``frame.rgb``
     analyzed: bool
 
 

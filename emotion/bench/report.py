@@ -1,6 +1,6 @@
 """The benchmark's report: its targets, judged pass or miss, and its result rendered as readable tables.
 
-``emotion.bench.run_benchmark`` measures and calls ``evaluate_targets``; ``format_report`` turns the
+``emotion.bench.run.run_benchmark`` measures and calls ``evaluate_targets``; ``format_report`` turns the
 result (a JSON-ready dict) into the text ``train_cli.py bench`` prints.
 """
 from __future__ import annotations

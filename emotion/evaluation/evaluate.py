@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import FaceDataset, load_split
-from .labels import CLASS_NAMES, DISPLAY_NAMES
-from .predict import TTA_VIEWS, EmotionClassifier
-from .runtime import read_jsonl, write_json_atomic
+from ..data.dataset import FaceDataset
+from ..data.splits import load_split
+from ..data.labels import CLASS_NAMES, DISPLAY_NAMES
+from ..inference.classifier import TTA_VIEWS, EmotionClassifier
+from ..utils.runtime import read_jsonl, write_json_atomic
 
 log = logging.getLogger(__name__)
 

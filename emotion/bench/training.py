@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import read_checkpoint
-from .labels import CLASS_NAMES
-from .models import ModelConfig, member_config
-from .runtime import read_jsonl
+from ..models.checkpoint import read_checkpoint
+from ..data.labels import CLASS_NAMES
+from ..models.networks import ModelConfig, member_config
+from ..utils.runtime import read_jsonl
 
 FER_TRAIN_IMAGES = 28709  # FER2013's training split, for projecting the frozen phase to the real dataset
 FROZEN_EPOCHS = 9  # epochs 1-9 of the default recipe (unfreeze_epoch=10) train with CLIP frozen
@@ -37,8 +37,8 @@ def _synthetic_dataset(root: Path, train_images: int) -> Path:
 
 
 def _train_rows(tmp: Path, name: str, **overrides) -> list[dict]:
-    from .train import train
-    from .train_config import TrainConfig
+    from ..training.loop import train
+    from ..training.config import TrainConfig
 
     out = tmp / f"train_{name}"
     train(TrainConfig(out=str(out), clip_weights="random", log_every=3600.0, **overrides))

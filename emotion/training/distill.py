@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import LoadedModel, load_checkpoint, write_atomic
-from .data import faces_to_input
-from .labels import NUM_CLASSES
-from .runtime import autocast_for
+from ..models.checkpoint import LoadedModel, load_checkpoint, write_atomic
+from ..data.dataset import faces_to_input
+from ..data.labels import NUM_CLASSES
+from ..utils.runtime import autocast_for
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, load_split
+from .dataset import DataError
 from .labels import CLASS_NAMES
 
 log = logging.getLogger(__name__)
@@ -124,27 +124,3 @@ def read_packed(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
         raise PackError(f"{path}: its compressed faces do not match the declared {n} faces; pack it again")
     images = decode_faces(np.frombuffer(raw, dtype=np.uint8).reshape(n, 48, 48))
     return torch.from_numpy(images), torch.from_numpy(labels.copy())
-
-
-def pack_dataset(data: str | os.PathLike, out: str | os.PathLike, splits: tuple[str, ...] = ("train", "test"),
-                 cache_dir: str | os.PathLike | None = None) -> dict[str, dict]:
-    """Pack ``splits`` of dataset ``data`` (folders, CSV or packed) into ``out/<split>.npz``, checking that
-    each file reads back to exactly the same faces; returns per split the face count and file size."""
-    out = Path(out)
-    if out.resolve() == Path(data).resolve():
-        raise DataError(f"--out {out} is the dataset itself; pack into another folder")
-    for split in splits:  # a name such as "../x" would write outside ``out``
-        if not split or not all(c.isalnum() or c in "_-" for c in split):
-            raise PackError(f"split name {split!r} must be letters, digits, '_' or '-', e.g. train or test")
-    summary = {}
-    for split in splits:
-        ds = load_split(data, split, cache_dir)
-        path = packed_path(out, split)
-        size = write_packed(ds.images, ds.labels, path)
-        images, labels = read_packed(path)
-        if not (torch.equal(images, ds.images) and torch.equal(labels, ds.labels)):
-            path.unlink(missing_ok=True)
-            raise PackError(f"{path} did not read back to the faces of {ds.source}; nothing was kept")
-        summary[split] = {"faces": len(ds), "bytes": size, "path": str(path), "source": ds.source}
-        log.info("packed %d %s faces from %s into %s (%.1f MB)", len(ds), split, ds.source, path, size / 1e6)
-    return summary

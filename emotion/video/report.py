@@ -1,6 +1,6 @@
 """The outputs of a video analysis: the annotated video, faces.csv, timeline.png and summary.json.
 
-Each writer takes frames or faces as ``emotion.video`` produces them and keeps only what its file needs:
+Each writer takes frames or faces as ``emotion.video.analysis`` produces them and keeps only what its file needs:
 the video writer encodes in a background thread, the CSV is written row by row, and ``Timeline`` keeps
 seven probabilities per face per analyzed frame (about 1 MB for an hour of one face at 30 fps).
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .labels import CLASS_NAMES, display
-from .overlay import CLASS_COLOURS, draw_faces
-from .runtime import write_json_atomic
+from ..data.labels import CLASS_NAMES, display
+from ..inference.overlay import CLASS_COLOURS, draw_faces
+from ..utils.runtime import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ CSV_COLUMNS = ("frame", "time_s", "face_id", "x", "y", "w", "h", "label", "score
 
 
 class AnnotatedVideoWriter:
-    """Draws each frame's faces (``emotion.overlay``) and encodes the frames in a background thread.
+    """Draws each frame's faces (``emotion.inference.overlay``) and encodes the frames in a background thread.
 
     ``size`` is (width, height) of the RGB frames given to ``write``; ``draw=False`` writes them as they are.
     Raises ValueError for an unsupported suffix and OSError when OpenCV cannot create the file.

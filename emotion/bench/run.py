@@ -1,7 +1,7 @@
 """Speed benchmark: the live pipeline per stage, forward-pass variants, training throughput and memory.
 
 ``run_benchmark(BenchConfig())`` returns one JSON-ready dict (the layout is in ``run_benchmark``'s
-docstring), its targets judged by ``emotion.bench_report``, whose ``format_report`` renders it as tables. CLIP is
+docstring), its targets judged by ``emotion.bench.report``, whose ``format_report`` renders it as tables. CLIP is
 timed with random weights: speed does not depend on the weights' values. Figures are wall-clock
 medians and 90th percentiles on whatever else the machine is doing; ``machine.load_avg_1m`` says
 how busy it was.
@@ -24,16 +24,16 @@ import numpy as np
 import onnxruntime
 import torch
 
-from .bench_report import evaluate_targets
-from .bench_train import training_throughput
-from .checkpoint import save_checkpoint
-from .models import ModelConfig, build_model
-from .predict import EmotionClassifier, default_checkpoint
-from .runtime import autocast_for, cpu_cores, cpu_has_native_bf16, pick_device
+from .report import evaluate_targets
+from .training import training_throughput
+from ..models.checkpoint import save_checkpoint
+from ..models.networks import ModelConfig, build_model
+from ..inference.classifier import EmotionClassifier, default_checkpoint
+from ..utils.runtime import autocast_for, cpu_cores, cpu_has_native_bf16, pick_device
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHARED_FER = REPO.parent / "shared" / "fer2013"
 FRAME_SIZE = (480, 640)  # (height, width) of the synthetic camera frame
 
@@ -49,7 +49,7 @@ class BenchConfig:
     models: tuple[str, ...] = ("cnn", "clip")  # models to time: the offline CNN and/or CLIP
     cnn_checkpoint: str | None = None  # None: predict.default_checkpoint() if it exists, else an untrained default CNN
     clip_model: str = "ViT-B-32"  # open_clip architecture, timed with random weights
-    face_model: str | None = None  # BlazeFace .tflite; None resolves as emotion.faces does (../shared copy first)
+    face_model: str | None = None  # BlazeFace .tflite; None resolves as emotion.inference.faces does (../shared copy first)
     fer_dir: str | None = None  # FER2013 folder whose test/ faces compose the frames; None: ../shared/fer2013 beside the repo
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     amp: str = "auto"  # the app's autocast setting: fp32 on CPUs without native bf16 (see runtime.amp_dtype)
@@ -195,7 +195,7 @@ def _forward_variants(clf: EmotionClassifier, cfg: BenchConfig) -> dict:
 
 def _onnx_forward(name: str, checkpoint: Path, clf: EmotionClassifier, cfg: BenchConfig, tmp: Path) -> dict:
     """ONNX Runtime vs PyTorch, both through their classifier's ``predict_tensor`` (uint8 faces in, probabilities out)."""
-    from .export import OnnxClassifier, export_onnx
+    from ..models.export import OnnxClassifier, export_onnx
 
     info = export_onnx(checkpoint, tmp / f"{name}.onnx")
     ort_clf, ort_1_thread = OnnxClassifier(info["path"]), OnnxClassifier(info["path"], threads=1)
@@ -259,8 +259,8 @@ def compose_frames(detector, fer_dir: Path) -> dict[int, np.ndarray]:
 def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig, rotate: bool = True) -> dict:
     """Per-stage and total wall time of one live frame: recognizer stages, then the overlay. ``rotate`` False
     runs every network of an ensemble on every frame instead of one per frame, as the live view does."""
-    from .overlay import draw_faces
-    from .recognizer import FaceTracker
+    from ..inference.overlay import draw_faces
+    from ..inference.recognizer import FaceTracker
 
     tracker = FaceTracker(rotate=rotate)  # as in the live view, where each stream smooths its faces over time
     samples: dict[str, list[float]] = {}
@@ -284,9 +284,9 @@ def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig, rotate: bool
 
 def memory_probe(checkpoint: str, face_model: str, device: str, frame_path: str) -> dict:
     """Load the app's parts (classifier, detector, recognizer), run a frame and report RSS; run in a fresh process."""
-    from .faces import FaceDetector
-    from .overlay import draw_faces
-    from .recognizer import Recognizer
+    from ..inference.faces import FaceDetector
+    from ..inference.overlay import draw_faces
+    from ..inference.recognizer import Recognizer
 
     detector = FaceDetector(face_model or None, allow_download=False)
     recognizer = Recognizer(EmotionClassifier.from_checkpoint(checkpoint, device=device), detector)
@@ -303,7 +303,7 @@ def _memory(checkpoint: Path, face_model: str | None, frame: np.ndarray, cfg: Be
     """``memory_probe`` in a fresh interpreter, so this process's own allocations do not count."""
     frame_path = tmp / "frame.npy"
     np.save(frame_path, frame)
-    code = "import json, sys; from emotion.bench import memory_probe; print(json.dumps(memory_probe(*sys.argv[1:])))"
+    code = "import json, sys; from emotion.bench.run import memory_probe; print(json.dumps(memory_probe(*sys.argv[1:])))"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", code, str(checkpoint), face_model or "", cfg.device, str(frame_path)],
                           capture_output=True, text=True, env=env, timeout=900)
@@ -315,7 +315,7 @@ def _memory(checkpoint: Path, face_model: str | None, frame: np.ndarray, cfg: Be
 # ---------------------------------------------------------------- the benchmark
 
 def _face_model(cfg: BenchConfig) -> str | None:
-    """cfg.face_model, else the copy in ../shared, else None (emotion.faces resolves it: env, cache, download)."""
+    """cfg.face_model, else the copy in ../shared, else None (emotion.inference.faces resolves it: env, cache, download)."""
     if cfg.face_model:
         return cfg.face_model
     shared = REPO.parent / "shared" / "models" / "face_detection_short_range.tflite"
@@ -325,7 +325,7 @@ def _face_model(cfg: BenchConfig) -> str | None:
 def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, frames: dict[int, np.ndarray],
                  cfg: BenchConfig, tmp: Path, result: dict) -> None:
     """Every measurement of one model, written into ``result``."""
-    from .recognizer import Recognizer
+    from ..inference.recognizer import Recognizer
 
     t0 = time.perf_counter()
     clf = EmotionClassifier.from_checkpoint(checkpoint, device=cfg.device, amp=cfg.amp)
@@ -353,7 +353,7 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
         "four_vs_one_face": round(four["total_ms"]["median"] / one["total_ms"]["median"], 2),
     }
     if name == "cnn" and cfg.video_frames:
-        from .video import benchmark_fps
+        from ..video.analysis import benchmark_fps
 
         torch.set_num_threads(1)  # as `train_cli.py video` runs by default: the other core decodes and encodes
         try:
@@ -379,7 +379,7 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
 
 def _detectors(detector, frames: dict[int, np.ndarray], cfg: BenchConfig) -> dict:
     """Each face detector alone on the 640x480 frames: BlazeFace (when its model was found) and the Haar fallback."""
-    from .faces import FaceDetector
+    from ..inference.faces import FaceDetector
 
     detectors = {"haar": FaceDetector(backend="haar")}
     if detector.backend == "mediapipe":
@@ -406,7 +406,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     (peak RSS of a fresh app process); ``video`` (``fps`` of ``train_cli.py video`` end to end on a 640x480
     one-face clip, CNN, 1 thread); ``targets`` (one entry per target, with ``pass``).
     """
-    from .faces import FaceDetector
+    from ..inference.faces import FaceDetector
 
     device = pick_device(cfg.device)
     result: dict = {"machine": machine_info(device), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},

@@ -4,7 +4,7 @@ The exported graph takes faces as float (N, 1, 48, 48) in [0, 1] and returns cla
 (N, 7); the model's own ``Preprocess`` (channel repeat, resize, normalisation) is part of the
 graph, so the file cannot disagree with the normalisation its weights were trained with. The batch
 dimension is dynamic. ``OnnxClassifier`` has the ``predict_tensor`` / ``predict_faces`` interface of
-``emotion.predict.EmotionClassifier`` and runs on ONNX Runtime, without PyTorch in the loop.
+``emotion.inference.classifier.EmotionClassifier`` and runs on ONNX Runtime, without PyTorch in the loop.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import LoadedModel, load_checkpoint, member_network
-from .data import to_face48
-from .labels import CLASS_NAMES
+from ..data.dataset import to_face48
+from ..data.labels import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .labels import CLASS_NAMES
-from .models import CNN_BLOCKS, ModelConfig, Preprocess, build_model, member_config
+from ..data.labels import CLASS_NAMES
+from .networks import CNN_BLOCKS, ModelConfig, Preprocess, build_model, member_config
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .data import FaceDataset, faces_to_input
+from ..data.dataset import FaceDataset, faces_to_input
 from .distributed import Dist
-from .models import ClipEmotionModel
-from .runtime import autocast_for
-from .train_config import TrainConfig
+from ..models.networks import ClipEmotionModel
+from ..utils.runtime import autocast_for
+from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 

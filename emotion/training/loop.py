@@ -27,16 +27,17 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
-from .augment import augment, mix_batch
-from .checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint
-from .data import DataError, FaceDataset, faces_to_input, has_split, load_split, split_train_val
+from ..data.augment import augment, mix_batch
+from ..models.checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint
+from ..data.dataset import DataError, FaceDataset, faces_to_input, split_train_val
+from ..data.splits import has_split, load_split
 from .distill import cached_teacher_targets, distill_loss, load_teacher, mix_targets, teacher_logits
 from .distributed import Dist, all_reduce_sum, finite_everywhere, init_distributed
 from .embedding_cache import embedding_cache
-from .models import build_model, count_parameters
+from ..models.networks import build_model, count_parameters
 from .optim import WeightEMA, lr_factor, param_groups, set_phase
-from .runtime import amp_dtype, autocast_for, faster_training_dtype, read_jsonl, write_json_atomic
-from .train_config import TrainConfig, claim_run_folder
+from ..utils.runtime import amp_dtype, autocast_for, faster_training_dtype, read_jsonl, write_json_atomic
+from .config import TrainConfig, claim_run_folder
 
 log = logging.getLogger(__name__)
 

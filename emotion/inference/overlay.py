@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from .faces import as_rgb
-from .labels import display
+from ..data.labels import display
 
 # One RGB colour per class, chosen to be told apart at a glance (and not to rely on red/green alone).
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {

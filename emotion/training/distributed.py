@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .runtime import pick_device
+from ..utils.runtime import pick_device
 
 
 @dataclass

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from .data import MAX_DECODE_PIXELS, WIDE_MODES, to_face48, wide_to_uint8
+from ..data.dataset import MAX_DECODE_PIXELS, WIDE_MODES, to_face48, wide_to_uint8
 from .faces import Box, FaceDetector, as_rgb, crop_faces
-from .predict import EmotionClassifier, face_result
+from .classifier import EmotionClassifier, face_result
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Recognizer:
 
     def analyze(self, rgb: np.ndarray, *, whole_image: bool = False, tracker: FaceTracker | None = None,
                 timings: dict[str, float] | None = None) -> list[dict]:
-        """Emotions of every face in an image, largest face first, as ``emotion.predict.face_result`` dicts.
+        """Emotions of every face in an image, largest face first, as ``emotion.inference.classifier.face_result`` dicts.
 
         ``rgb`` is an RGB, RGBA or grayscale array of any size. ``whole_image`` classifies the whole image
         as one face instead of detecting faces. ``tracker`` smooths results across video frames and, for an

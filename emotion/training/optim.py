@@ -8,8 +8,8 @@ import math
 import torch
 import torch.nn as nn
 
-from .models import ClipEmotionModel
-from .train_config import TrainConfig
+from ..models.networks import ClipEmotionModel
+from .config import TrainConfig
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .labels import NUM_CLASSES
+from ..data.labels import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 

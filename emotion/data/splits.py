@@ -1,4 +1,4 @@
-"""FER2013-style data: image folders or the original fer2013.csv, decoded once into a cached uint8 tensor.
+"""FER2013-style splits: image folders, packed files or the original fer2013.csv, decoded once into a cached uint8 tensor.
 
 Every image becomes a 48x48 grayscale face, as in FER2013. A split is held in memory as
 ``images`` (N, 48, 48) uint8 and ``labels`` (N,) int64, which is about 66 MB for all of FER2013.
@@ -11,94 +11,32 @@ import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .dataset import MAX_DECODE_PIXELS, WIDE_MODES, DataError, FaceDataset, to_face48, wide_to_uint8
 from .labels import CLASS_NAMES, FER_CSV_CODES, canonical_label
+from .packed import PackError, packed_path, read_packed, write_packed
 
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 48  # FER2013's face crops are 48x48 grayscale
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 # Split names accepted for the CSV's Usage column; the image-folder layout uses the folder names.
 CSV_USAGE = {"train": "Training", "test": "PublicTest", "val": "PublicTest", "private": "PrivateTest"}
 CACHE_VERSION = 1  # bump when the decoded format changes
-MAX_DECODE_PIXELS = 40_000_000  # about 7300x5500; bigger images are decoded at reduced scale (JPEG) or refused
-# Modes whose pixels are wider than 8 bits: PIL's convert("RGB") clips them, turning a 16-bit photo white.
-WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
-class DataError(ValueError):
-    """A dataset path or file is not what the loader expects; the message says what to fix."""
 
 
-@dataclass
-class FaceDataset:
-    """One split held in memory: uint8 faces, int64 labels and where they came from."""
-
-    images: torch.Tensor  # (N, 48, 48) uint8
-    labels: torch.Tensor  # (N,) int64, indices into CLASS_NAMES
-    source: str  # path the split was read from
-    skipped: int = 0  # unreadable files or bad CSV rows left out
-
-    def __len__(self) -> int:
-        return int(self.labels.numel())
-
-    def subset(self, index: torch.Tensor) -> FaceDataset:
-        """The faces at ``index`` as a new dataset."""
-        return FaceDataset(self.images[index], self.labels[index], self.source, 0)
-
-    def class_counts(self) -> list[int]:
-        """Number of faces per class, in CLASS_NAMES order."""
-        return torch.bincount(self.labels, minlength=len(CLASS_NAMES)).tolist()
 
 
-def faces_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N, 48, 48) -> float (N, 1, 48, 48) in [0, 1] on ``device``."""
-    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
 
 
-def to_face48(image: Image.Image | np.ndarray) -> np.ndarray:
-    """Any PIL image or HxW(xC) array, any mode or size, as a 48x48 uint8 grayscale face.
-
-    Non-square images are centre-cropped to a square first so faces are not distorted.
-    """
-    if isinstance(image, np.ndarray):
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = image[:, :, :3]
-        image = Image.fromarray(np.ascontiguousarray(image.astype(np.uint8)))
-    if image.mode in ("RGBA", "LA", "P"):
-        # Composite transparency on white rather than letting it turn black.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    gray = image.convert("L")
-    if gray.size != (FACE_SIZE, FACE_SIZE):
-        gray = ImageOps.fit(gray, (FACE_SIZE, FACE_SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(gray, dtype=np.uint8)
 
 
-def wide_to_uint8(im: Image.Image) -> np.ndarray:
-    """A 16-bit, 32-bit integer or float grayscale image as uint8, scaled by its bit depth (floats by their range)."""
-    arr = np.asarray(im)
-    if arr.dtype.kind == "f":
-        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        top = float(arr.max()) if arr.size else 1.0
-        # Float images are [0, 1] or [0, 255] by convention; anything else is stretched to its own range.
-        if top <= 1.0 and arr.min() >= 0.0:
-            arr = arr * 255.0
-        elif top > 255.0 or arr.min() < 0.0:
-            low = float(arr.min())
-            arr = (arr - low) * (255.0 / max(top - low, 1e-12))
-        return np.clip(arr, 0, 255).round().astype(np.uint8)
-    top = int(arr.max()) if arr.size else 0
-    # 16-bit files hold 0..65535; a 32-bit "I" image from an 8-bit source stays within 0..255.
-    bits = 8 if top <= 255 and im.mode == "I" else 16 if top <= 65535 else 32
-    return (arr.astype(np.uint64) >> (bits - 8)).astype(np.uint8) if bits > 8 else arr.astype(np.uint8)
 
 
 def _read_face(path: Path) -> np.ndarray | None:
@@ -242,8 +180,6 @@ def find_csv(data: Path) -> Path | None:
 
 def has_split(data: str | os.PathLike, split: str) -> bool:
     """Whether ``data`` provides ``split`` (a sub-folder, a packed ``<split>.npz``, or rows in the CSV)."""
-    from .packed import packed_path
-
     data = Path(data)
     if (data / split).is_dir() or packed_path(data, split).is_file():
         return True
@@ -258,8 +194,6 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
     (``train_cli.py pack``), a folder holding ``fer2013.csv``, or the CSV itself. Folder splits are
     decoded once and cached under ``cache_dir`` (default ``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion``).
     """
-    from .packed import packed_path, read_packed  # here, not at the top: packed.py builds on this module
-
     data = Path(data).expanduser()
     if not data.exists():
         raise DataError(f"dataset path {data} does not exist: pass a folder with train/ and test/ class folders, or fer2013.csv")
@@ -275,20 +209,25 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
     raise DataError(f"{data} has neither a '{split}/' folder of class folders, a packed {split}.npz, nor a fer2013.csv")
 
 
-def split_train_val(ds: FaceDataset, fraction: float, seed: int = 0) -> tuple[FaceDataset, FaceDataset]:
-    """Carve a stratified validation set of about ``fraction`` of each class, reproducibly for a seed."""
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"val split must be between 0 and 1, got {fraction}")
-    gen = torch.Generator().manual_seed(seed)
-    val_idx = []
-    for c in range(len(CLASS_NAMES)):
-        idx = torch.nonzero(ds.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        val_idx.append(idx[: int(round(len(idx) * fraction))])
-    val = torch.cat(val_idx).sort().values
-    mask = torch.ones(len(ds), dtype=torch.bool)
-    mask[val] = False
-    train_part, val_part = ds.subset(torch.nonzero(mask).flatten()), ds.subset(val)
-    if len(val_part) == 0 or len(train_part) == 0:
-        raise DataError(f"val split {fraction} of {len(ds)} faces leaves an empty train or validation set")
-    return train_part, val_part
+def pack_dataset(data: str | os.PathLike, out: str | os.PathLike, splits: tuple[str, ...] = ("train", "test"),
+                 cache_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Pack ``splits`` of dataset ``data`` (folders, CSV or packed) into ``out/<split>.npz``, checking that
+    each file reads back to exactly the same faces; returns per split the face count and file size."""
+    out = Path(out)
+    if out.resolve() == Path(data).resolve():
+        raise DataError(f"--out {out} is the dataset itself; pack into another folder")
+    for split in splits:  # a name such as "../x" would write outside ``out``
+        if not split or not all(c.isalnum() or c in "_-" for c in split):
+            raise PackError(f"split name {split!r} must be letters, digits, '_' or '-', e.g. train or test")
+    summary = {}
+    for split in splits:
+        ds = load_split(data, split, cache_dir)
+        path = packed_path(out, split)
+        size = write_packed(ds.images, ds.labels, path)
+        images, labels = read_packed(path)
+        if not (torch.equal(images, ds.images) and torch.equal(labels, ds.labels)):
+            path.unlink(missing_ok=True)
+            raise PackError(f"{path} did not read back to the faces of {ds.source}; nothing was kept")
+        summary[split] = {"faces": len(ds), "bytes": size, "path": str(path), "source": ds.source}
+        log.info("packed %d %s faces from %s into %s (%.1f MB)", len(ds), split, ds.source, path, size / 1e6)
+    return summary

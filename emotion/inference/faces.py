@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import to_face48
+from ..data.dataset import to_face48
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .augment import AugmentConfig
-from .checkpoint import MAX_MEMBERS, check_model_config
-from .models import ModelConfig
+from ..data.augment import AugmentConfig
+from ..models.checkpoint import MAX_MEMBERS, check_model_config
+from ..models.networks import ModelConfig
 
 log = logging.getLogger(__name__)
 

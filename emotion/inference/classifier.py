@@ -11,14 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, LoadedModel, load_checkpoint, member_network
-from .data import to_face48
-from .labels import CLASS_NAMES
-from .runtime import amp_dtype, autocast_for, fastest, pick_device
+from ..models.checkpoint import CheckpointError, LoadedModel, load_checkpoint, member_network
+from ..data.dataset import to_face48
+from ..data.labels import CLASS_NAMES
+from ..utils.runtime import amp_dtype, autocast_for, fastest, pick_device
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "emotion_cnn.pt"  # the offline CNN trained on FER2013 and shipped with the project
 ENV_CHECKPOINT = "EMOTION_CHECKPOINT"
 
@@ -104,7 +104,7 @@ class EmotionClassifier:
             loaded.model.to(memory_format=torch.channels_last)
         onnx_ok = loaded.config.kind == "cnn" and importlib.util.find_spec("onnxruntime") is not None
         if self.engine == "onnxruntime" or (self.engine == "fastest" and onnx_ok):
-            from .export import OnnxRuntimeForward
+            from ..models.export import OnnxRuntimeForward
 
             try:
                 self._onnx = OnnxRuntimeForward(loaded)
