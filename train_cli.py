@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(a: argparse.Namespace) -> int:
     from emotion.evaluation.evaluate import evaluate_dataset, format_table
     from emotion.inference.classifier import EmotionClassifier
-    from emotion.training.loop import load_train_val, train
+    from emotion.training.loop import train
+    from emotion.training.setup import load_train_val
     from emotion.training.config import TrainConfig
 
     from dataclasses import replace

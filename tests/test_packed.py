@@ -154,12 +154,13 @@ def test_amp_auto_trains_in_the_precision_that_times_faster(winner: str, dtype, 
 
 def test_a_resumed_run_keeps_the_precision_its_first_part_timed(tiny_fer: Path, tmp_path: Path, monkeypatch) -> None:
     import emotion.training.loop
+    import emotion.training.setup
     from emotion.models.networks import ModelConfig
     from emotion.utils.runtime import read_jsonl
     from emotion.training.config import TrainConfig
 
-    monkeypatch.setattr(emotion.training.loop, "amp_dtype", lambda device, amp: torch.bfloat16)  # a CPU with native bf16
-    monkeypatch.setattr(emotion.training.loop, "faster_training_dtype", lambda *a: torch.bfloat16)  # bf16 timed faster
+    monkeypatch.setattr(emotion.training.setup, "amp_dtype", lambda device, amp: torch.bfloat16)  # a CPU with native bf16
+    monkeypatch.setattr(emotion.training.setup, "faster_training_dtype", lambda *a: torch.bfloat16)  # bf16 timed faster
     kw = dict(data=str(tiny_fer), out=str(tmp_path / "run"), model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1),
               batch_size=16, device="cpu")
     emotion.training.loop.train(TrainConfig(epochs=1, **kw))
@@ -167,6 +168,6 @@ def test_a_resumed_run_keeps_the_precision_its_first_part_timed(tiny_fer: Path, 
     def must_not_time(*a):
         raise AssertionError("a resumed run timed its precision again")
 
-    monkeypatch.setattr(emotion.training.loop, "faster_training_dtype", must_not_time)
+    monkeypatch.setattr(emotion.training.setup, "faster_training_dtype", must_not_time)
     emotion.training.loop.train(TrainConfig(epochs=2, resume=True, **kw))
     assert [r["precision"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == ["bfloat16", "bfloat16"]
