@@ -24,20 +24,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from .checkpoint import LoadedModel, member_network
 from .data import FACE_SIZE, to_face48
 from .faces import Box, _fer_square, as_rgb, crop_faces
 from .labels import CLASS_NAMES
 from .predict import TTA_VIEWS, EmotionClassifier, resolve_tta, tta_views
+from .runtime import amp_dtype, autocast_for
 
 log = logging.getLogger(__name__)
 
 OVERLAY_ALPHA = 0.4  # weight of the colour map where it covers a face; the face stays recognisable under it
 CROP_MARGIN = 0.25  # faces.crop_faces' default margin: the crop the recognizer classified
+# The convolutional stages run in this autocast setting ("auto": bf16 on a CPU with native bf16, fp16 on CUDA, else
+# fp32); the heads and gradients stay fp32. bf16 was 2-3x faster than fp32 for the shipped six networks on a 2-core
+# AMD EPYC, and a map of 6x6 cells shows nothing of its rounding.
+FEATURES_AMP = "auto"
 MAX_NAME_CHARS = 100  # output file names are cut to this many characters of the input's name
 
 
@@ -116,7 +121,7 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
 
 def _network_pass(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(activations of the last conv stage as a leaf that requires grad, logits built from them with a graph)."""
-    with torch.no_grad():
+    with torch.no_grad(), autocast_for(x.device, amp_dtype(x.device, FEATURES_AMP)):
         acts = net.features(x)
     # A fresh leaf: the backward pass stops at it, so it never reaches (or fills .grad of) the shared weights.
     acts = acts.detach().float().contiguous().requires_grad_(True)
