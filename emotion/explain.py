@@ -53,7 +53,7 @@ class ExplainError(ValueError):
 def _resolve(model: EmotionClassifier | LoadedModel, tta: str | None) -> tuple[LoadedModel, str]:
     """The loaded model and the TTA mode to explain with: the classifier's own, or the checkpoint's setting."""
     if isinstance(model, EmotionClassifier):
-        return model.loaded, tta or model.tta
+        return model.loaded, model.tta if tta is None else resolve_tta(tta, model.loaded)
     if isinstance(model, LoadedModel):
         return model, resolve_tta(tta, model)
     raise TypeError(f"gradcam explains an EmotionClassifier or a LoadedModel, got {type(model).__name__}")
@@ -79,7 +79,10 @@ def check_explainable(model: EmotionClassifier | LoadedModel) -> None:
 
 def _face_batch(faces: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
     """48x48 uint8 crops as a float tensor (N, 1, 48, 48) in [0, 1]; ValueError for anything else."""
-    arr = faces.cpu().numpy() if isinstance(faces, torch.Tensor) else np.asarray(faces) if len(faces) else np.zeros((0, 48, 48), np.uint8)
+    try:
+        arr = faces.cpu().numpy() if isinstance(faces, torch.Tensor) else np.asarray(faces) if len(faces) else np.zeros((0, 48, 48), np.uint8)
+    except (TypeError, ValueError) as exc:  # e.g. crops of different sizes
+        raise ValueError(f"gradcam takes 48x48 uint8 face crops (N, 48, 48): {exc}") from exc
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != (FACE_SIZE, FACE_SIZE):
         raise ValueError(f"gradcam takes 48x48 uint8 face crops (N, 48, 48), got {arr.dtype} of shape {arr.shape}")
     return torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(1).float().div_(255.0)
@@ -153,9 +156,11 @@ def gradcam(model: EmotionClassifier | LoadedModel, faces: Sequence[np.ndarray] 
             probs = torch.stack([logits.detach().softmax(-1) for _, logits in passes]).mean(0)  # (V * N, classes)
             wanted = probs.view(-1, n, probs.shape[-1]).mean(0).argmax(-1).cpu()
         target = wanted.to(device).repeat(len(x) // n)
+        # One backward pass for every network (each score depends on its own activations only): one engine run, not six.
+        score = sum(logits.gather(1, target[:, None]).sum() for _, logits in passes)
+        all_grads = torch.autograd.grad(score, [acts for acts, _ in passes])
         maps = []
-        for acts, logits in passes:
-            (grads,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), acts)
+        for (acts, _), grads in zip(passes, all_grads):
             cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts.detach()).sum(1))  # (V * N, h, w)
             cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # each network and view has an equal say
             cam = F.interpolate(cam[:, None], size=(FACE_SIZE, FACE_SIZE), mode="bilinear", align_corners=False)[:, 0]

@@ -225,3 +225,11 @@ def test_predict_explain_whole_image(tiny_cnn_checkpoint: Path, real_faces, tmp_
     assert train_cli.main(["predict", "--checkpoint", str(tiny_cnn_checkpoint), "--whole-image", "--explain",
                            str(tmp_path / "out"), str(face)]) == 0
     assert np.asarray(Image.open(tmp_path / "out" / "crop.png")).shape == (48, 48, 3)
+
+
+def test_bench_times_a_photo_without_and_with_gradcam(models: ModelManager, scene: np.ndarray) -> None:
+    from emotion.bench import BenchConfig, explain_timings
+
+    r = explain_timings(models.recognizer, {1: scene}, BenchConfig(frames=1, warmup=0))["1_face"]
+    assert r["faces_detected"] == 1 and r["plain_ms"]["median"] > 0 and r["explained_ms"]["median"] > 0
+    assert isinstance(r["explain_ms_per_face"], float)
