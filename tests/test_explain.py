@@ -189,7 +189,10 @@ def test_upload_with_explain_on_a_clip_model_warns_instead_of_failing(models: Mo
 
 
 def test_predict_explain_writes_one_png_per_image_and_keeps_the_json(tiny_cnn_checkpoint: Path, face_model_path: Path,
-                                                                      scene: np.ndarray, tmp_path: Path, capsys) -> None:
+                                                                      scene: np.ndarray, tmp_path: Path, capsys,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # One engine for both runs: on a CPU with native bf16, "auto" times the engines and may pick another each time.
+    monkeypatch.setattr("emotion.predict.amp_dtype", lambda *args, **kwargs: None)
     (tmp_path / "a").mkdir()
     images = [tmp_path / "a" / "face.jpg", tmp_path / "face.png", tmp_path / "broken.jpg"]
     Image.fromarray(scene).save(images[0])
