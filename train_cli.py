@@ -110,6 +110,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", choices=TTA_CHOICES, default=None,
                    help="test-time augmentation: none, flip (face + mirror) or shift (10 shifted and mirrored views); default: the checkpoint's own setting")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--explain", default=None, metavar="OUT_DIR",
+                   help="also write one PNG per image into OUT_DIR (created if missing): boxes, labels and each face's "
+                        "Grad-CAM saliency (CNN models only); the printed output is unchanged")
 
 
 def _add_ship(sub: argparse._SubParsersAction) -> None:
@@ -234,9 +237,23 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from emotion.inference.classifier import EmotionClassifier
     from emotion.inference.recognizer import Recognizer, predict_files
 
+    out_dir = None
+    if a.explain is not None:  # a bad folder stops before any model is loaded
+        from emotion.inference.explain import prepare_out_dir
+
+        out_dir = prepare_out_dir(a.explain)
     classifier = EmotionClassifier.from_checkpoint(a.checkpoint, device=a.device, tta=a.tta)
+    if out_dir is not None:
+        from emotion.inference.explain import check_explainable
+
+        check_explainable(classifier)  # CLIP: a clear error before the images are analyzed
     detector = None if a.whole_image else FaceDetector(a.face_model)
     results = predict_files(a.images, Recognizer(classifier, detector), whole_image=a.whole_image)
+    if out_dir is not None:
+        from emotion.inference.explain import write_explanations
+
+        written = write_explanations(results, classifier, out_dir, whole_image=a.whole_image)
+        log.info("wrote %d explained picture(s) to %s", len(written), out_dir)
     if a.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -15,6 +15,7 @@ import numpy as np
 from ..inference.faces import as_rgb
 from ..data.labels import display
 from ..inference.overlay import draw_faces
+from ..inference.explain import ExplainError, explain_image
 from .config import IMAGE_HEIGHT, MAX_SIDE, AppConfig
 from .inputs import PhotoError, client_image, read_image_file, result_file
 from .live import fit_within, label_value, no_model_message
@@ -54,10 +55,11 @@ def _hidden_labels(count: int = MAX_FACE_LABELS) -> list:
 
 
 def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, max_side: int = MAX_SIDE, *,
-                  from_client: bool = False) -> tuple:
+                  from_client: bool = False, explain: bool = False) -> tuple:
     """A photo -> (annotated image, message, faces JSON, one gr.Label update per face panel).
 
     Faces are largest first; ``whole_image`` classifies the whole picture as one face (for face crops).
+    ``explain`` overlays each face's Grad-CAM saliency (what the label rests on) under the boxes.
     ``from_client``: ``photo`` is a request's unprocessed payload, so only an uploaded file (or inline
     image data) is opened, never another path on the server (see ``inputs.client_image``).
     """
@@ -73,12 +75,13 @@ def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, m
         return rgb, no_model_message(models), [], *_hidden_labels()
     try:
         faces = recognizer.analyze(rgb, whole_image=whole_image)
-        annotated = draw_faces(rgb, faces)
+        shown, note = _explained(recognizer, rgb, faces, whole_image) if explain and faces else (rgb, None)
+        annotated = draw_faces(shown, faces)
     except Exception:
         log.exception("photo analysis failed")
         gr.Warning("Something went wrong analyzing this photo; the details are in the server log.")
         return rgb, "⚠️ This photo could not be analyzed.", [], *_hidden_labels()
-    notes = []
+    notes = [note] if note else []
     if max(width, height) > max(rgb.shape[:2]):
         notes.append(f"Analyzed at {rgb.shape[1]}×{rgb.shape[0]} (downscaled from {width}×{height}).")
     if not faces:
@@ -102,13 +105,28 @@ def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, m
     return annotated, " ".join([message, *notes]), faces, *labels
 
 
-def analyze_upload(models: ModelManager, payload: Any, whole_image: bool = False, max_side: int = MAX_SIDE) -> tuple:
+def _explained(recognizer: Any, rgb: np.ndarray, faces: list[dict], whole_image: bool) -> tuple[np.ndarray, str | None]:
+    """(``rgb`` with each face's saliency overlaid, None), or (``rgb``, why not) with a toast when it cannot be explained."""
+    try:
+        return explain_image(recognizer.classifier, rgb, faces, whole_image=whole_image), None
+    except ExplainError as exc:  # e.g. a CLIP model: no convolutional stage to explain
+        gr.Warning(str(exc))
+        return rgb, f"No explanation: {exc}"
+    except Exception:
+        log.exception("Grad-CAM failed")
+        gr.Warning("The explanation could not be computed; the details are in the server log.")
+        return rgb, "No explanation: it could not be computed."
+
+
+def analyze_upload(models: ModelManager, payload: Any, whole_image: bool = False, max_side: int = MAX_SIDE,
+                   explain: bool = False) -> tuple:
     """The Upload tab's event handler: ``analyze_photo`` for a client's request, with the result in a file of its own.
 
     ``payload`` is Gradio's unprocessed input: only a file the client uploaded (or inline image data)
     is opened; anything else, such as a path to another file on the server, is refused with a message.
     """
-    annotated, *rest = analyze_photo(models, payload, whole_image, max_side, from_client=True)
+    annotated, *rest = analyze_photo(models, payload, whole_image, max_side, from_client=True,
+                                     explain=explain is True)  # unprocessed: only a real true turns it on
     return result_file(annotated, RESULT_FORMAT), *rest
 
 
@@ -122,6 +140,8 @@ def build_upload_tab(models: ModelManager, config: AppConfig) -> None:
                 photo = gr.Image(sources=["upload", "clipboard"], type="filepath", label="Photo", height=IMAGE_HEIGHT,
                              elem_id="upload-photo")
                 whole = gr.Checkbox(False, label="Classify the whole image", info="skip face detection (for photos that are one face crop)")
+                explain = gr.Checkbox(False, label="Explain (Grad-CAM)", elem_id="upload-explain",
+                                      info="colour each face by how much each part of it drove its label (red: most)")
                 run = gr.Button("Analyze", variant="primary")
             with gr.Column():
                 annotated = gr.Image(label="Result", interactive=False, height=IMAGE_HEIGHT, elem_id="upload-annotated")
@@ -131,6 +151,7 @@ def build_upload_tab(models: ModelManager, config: AppConfig) -> None:
         with gr.Accordion("Faces as JSON", open=False):
             faces_json = gr.JSON(label="Faces", elem_id="upload-json")
 
-        gr.on([photo.upload, run.click], lambda p, w: analyze_upload(models, p, w, config.max_side),
-              inputs=[photo, whole], outputs=[annotated, message, faces_json, *labels], preprocess=False,
+        # explain is the last input, with a default: API callers that send (photo, whole image) keep working.
+        gr.on([photo.upload, run.click], lambda p, w, e=False: analyze_upload(models, p, w, config.max_side, e),
+              inputs=[photo, whole, explain], outputs=[annotated, message, faces_json, *labels], preprocess=False,
               api_name="analyze_photo", concurrency_limit=2)

@@ -93,6 +93,11 @@ def format_report(result: dict) -> str:
     if rows:
         out += ["predict_tensor: PyTorch vs ONNX Runtime, ms median"]
         out += _table(["model", "faces", "pytorch", "onnxruntime", "onnxruntime 1 thread", "max |diff|"], rows) + [""]
+    rows = [[name, _faces(n), f"{e['plain_ms']['median']:.1f}", f"{e['explained_ms']['median']:.1f}", e["explain_ms_per_face"]]
+            for name, frames in result.get("explain", {}).items() for n, e in frames.items()]
+    if rows:
+        out += ["photo analysis + overlay (every network, the checkpoint's TTA), without and with Grad-CAM, ms median"]
+        out += _table(["model", "faces", "without", "with Grad-CAM", "Grad-CAM ms per face"], rows) + [""]
     rows = [[name, phase, t.get("precision", ""), t["images_per_s"], t["seconds"], t.get("embed_seconds", "")]
             for name, phases in result["training"].items() for phase, t in phases.items() if "images_per_s" in t]
     if rows:

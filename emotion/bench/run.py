@@ -280,6 +280,27 @@ def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig, rotate: bool
     return {"faces_detected": len(faces)} | {f"{stage}_ms": _summary(ms) for stage, ms in samples.items()}
 
 
+def explain_timings(recognizer, frames: dict[int, np.ndarray], cfg: BenchConfig) -> dict:
+    """Per frame of ``frames`` (faces -> frame): a photo's analysis (every network, the checkpoint's TTA) plus the
+    overlay, without and with Grad-CAM (``emotion.explain``), in ms, and the extra ms per face the explanation costs."""
+    from ..inference.explain import explain_image
+    from ..inference.overlay import draw_faces
+
+    out = {}
+    for n, frame in frames.items():
+        faces = recognizer.analyze(frame)
+        plain = _time_ms(lambda frame=frame: draw_faces(frame, recognizer.analyze(frame)), cfg)
+
+        def explained(frame=frame) -> None:
+            found = recognizer.analyze(frame)
+            draw_faces(explain_image(recognizer.classifier, frame, found), found)
+
+        with_cam = _time_ms(explained, cfg)
+        out[f"{n}_face"] = {"faces_detected": len(faces), "plain_ms": plain, "explained_ms": with_cam,
+                            "explain_ms_per_face": round((with_cam["median"] - plain["median"]) / max(1, len(faces)), 2)}
+    return out
+
+
 # ---------------------------------------------------------------- memory
 
 def memory_probe(checkpoint: str, face_model: str, device: str, frame_path: str) -> dict:
@@ -360,6 +381,8 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
             result["video"] = benchmark_fps(recognizer, frames[1], frames=cfg.video_frames)
         finally:
             torch.set_num_threads(default_threads)
+    if clf.loaded.config.kind == "cnn":  # Grad-CAM needs convolutional stages: CLIP has none
+        result["explain"][name] = explain_timings(recognizer, frames, cfg)
     result["forward"][name] = _forward_variants(clf, cfg)
     if cfg.onnx:
         result["onnx"][name] = _onnx_forward(name, checkpoint, clf, cfg, tmp)
@@ -404,14 +427,15 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     ``training.<model>.<phase>`` with ``images_per_s`` (CNN: full; CLIP: frozen_cached,
     frozen_uncached, unfrozen, plus the frozen_phase projection); ``memory.<model>_app_rss_mb``
     (peak RSS of a fresh app process); ``video`` (``fps`` of ``train_cli.py video`` end to end on a 640x480
-    one-face clip, CNN, 1 thread); ``targets`` (one entry per target, with ``pass``).
+    one-face clip, CNN, 1 thread); ``explain.<model>.<n>_face`` (a photo's analysis + overlay without and with
+    Grad-CAM, ``plain_ms``/``explained_ms`` and ``explain_ms_per_face``; CNNs only); ``targets`` (one entry per target, with ``pass``).
     """
     from ..inference.faces import FaceDetector
 
     device = pick_device(cfg.device)
     result: dict = {"machine": machine_info(device), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
                     "detector": {}, "pipeline": {}, "pipeline_1_thread": {}, "pipeline_all_networks": {}, "ratios": {}, "forward": {}, "onnx": {},
-                    "training": {}, "memory": {}, "video": {}}
+                    "explain": {}, "training": {}, "memory": {}, "video": {}}
     face_model = _face_model(cfg)
     detector = FaceDetector(face_model, allow_download=False)
     result["machine"]["face_detector"] = detector.source
