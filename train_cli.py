@@ -171,6 +171,8 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the stratified held-out split (default: the checkpoint's training seed "
                    "with its own --val-split, else 0)")
     p.add_argument("--dry-run", action="store_true", help="fit and report only; leave the checkpoint unchanged")
+    p.add_argument("--allow-seen", action="store_true", help="write the temperature even when the networks may have trained on "
+                   "the held-out faces (a checkpoint trained without --val-split); such a T tends to be too low for new faces")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="inference engine, as for evaluate")
 
@@ -350,13 +352,20 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from emotion.calibration import calibrate_checkpoint
 
     r = calibrate_checkpoint(a.checkpoint, a.data, holdout=a.holdout, seed=a.seed, device=a.device, engine=a.engine,
-                             write=not a.dry_run)
+                             write=not a.dry_run, allow_seen=a.allow_seen)
     seen = "unseen in training" if r["unseen_in_training"] else "possibly SEEN in training (the networks trained on all of train)"
     print(f"held out: {r['faces']} train faces ({r['holdout']:g} of each class, seed {r['seed']}), {seen}; tta {r['tta']}; "
           f"accuracy {r['accuracy'] * 100:.2f}%")
     print(f"temperature {r['temperature']:.4f}: NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, "
           f"ECE ({r['bins']} bins) {r['ece_before']:.4f} -> {r['ece_after']:.4f}")
-    print("dry run: checkpoint unchanged" if a.dry_run else f"wrote temperature {r['temperature']:.4f} into {a.checkpoint}")
+    if r["written"]:
+        print(f"wrote temperature {r['temperature']:.4f} into {a.checkpoint}")
+    elif a.dry_run:
+        print("dry run: checkpoint unchanged")
+    else:
+        print("not written: the networks may have trained on these faces, where they are more accurate than on new ones, "
+              "so this temperature would not hold for new faces; train with --val-split to calibrate on unseen faces, "
+              "or pass --allow-seen to write it anyway")
     return 0
 
 

@@ -150,9 +150,12 @@ def test_calibrate_then_evaluate_end_to_end(tmp_path, tiny_cnn_checkpoint, capsy
     before = ckpt.read_bytes()
     assert train_cli.main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--holdout", "0.3", "--dry-run"]) == 0
     assert "dry run" in capsys.readouterr().out and ckpt.read_bytes() == before
-    assert train_cli.main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--holdout", "0.3", "--seed", "4"]) == 0
+    assert train_cli.main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--holdout", "0.3"]) == 0
+    assert "not written" in capsys.readouterr().out and ckpt.read_bytes() == before  # faces it may have trained on
+    assert train_cli.main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--holdout", "0.3", "--seed", "4",
+                           "--allow-seen"]) == 0
     out = capsys.readouterr().out
-    assert "possibly SEEN" in out and "temperature" in out
+    assert "possibly SEEN" in out and "wrote temperature" in out
     inference = read_checkpoint(ckpt)["inference"]
     record = inference["calibration"]
     assert 0.05 <= inference["temperature"] <= 20 and record["faces"] == 21 and record["seed"] == 4
