@@ -26,7 +26,8 @@ def predict_dataset(classifier: EmotionClassifier, ds: FaceDataset, batch_size: 
     # Each test-time view multiplies the batch, and ONNX Runtime keeps one memory arena per network sized for
     # the largest batch it has seen: 256 faces with shift TTA's 10 views took 23 GB for a 4-network ensemble.
     step = max(1, batch_size // len(TTA_VIEWS[classifier.tta]))
-    out = [classifier.predict_tensor(ds.images[i : i + step], calibrated=calibrated) for i in range(0, len(ds), step)]
+    kwargs = {} if calibrated else {"calibrated": False}
+    out = [classifier.predict_tensor(ds.images[i : i + step], **kwargs) for i in range(0, len(ds), step)]
     return torch.cat(out).numpy()
 
 

@@ -167,7 +167,10 @@ class Recognizer:
         member = tracker.next_member(members) if tracker is not None else None
         # With a tracker, the raw outputs are smoothed (and an ensemble's networks averaged across frames) and the
         # temperature is applied to the result, as to the whole model's mean: a still face gets exactly its bars.
-        probs = self.classifier.predict_faces(crops, member, calibrated=tracker is None)
+        if tracker is None:
+            probs = self.classifier.predict_faces(crops, member)
+        else:
+            probs = self.classifier.predict_faces(crops, member, calibrated=False)
         t3 = time.perf_counter()
         if tracker is not None:
             probs = self.classifier.calibrate(tracker.update(boxes, probs, member, members))
