@@ -106,7 +106,7 @@ def _nll_at(log_p: np.ndarray, y: np.ndarray, temperature: float) -> float:
 
 def fit_temperature(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, tol: float = 1e-4) -> float:
     """The temperature in [T_MIN, T_MAX] that minimises the NLL of ``p ** (1/T)`` (renormalised) on these held-out
-    faces: golden-section search over log T, to ``tol`` in log T. Pass log-probabilities' source, never a test split."""
+    faces: golden-section search over log T, to ``tol`` in log T. Never fit it on a test split."""
     p = _as_probs(probs)
     y = _as_labels(labels, len(p))
     if len(p) == 0:
