@@ -164,6 +164,22 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads; 1 leaves the other core to decoding and encoding, which run alongside; 0 = one per core")
 
 
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="fit a temperature on held-out training faces so the probabilities mean what they say, "
+                       "and store it in the checkpoint", formatter_class=_Help)
+    p.add_argument("--checkpoint", required=True, help="checkpoint to calibrate; rewritten in place (atomically) unless --dry-run")
+    p.add_argument("--data", default="../shared/fer2013", help="dataset whose TRAIN split provides the held-out faces (never the test split)")
+    p.add_argument("--holdout", type=float, default=None, help="fraction of each class of train to fit on (default: the checkpoint's own "
+                   "--val-split when it was trained with one, so the faces are truly unseen; else 0.1)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the stratified held-out split (default: the checkpoint's training seed "
+                   "with its own --val-split, else 0)")
+    p.add_argument("--dry-run", action="store_true", help="fit and report only; leave the checkpoint unchanged")
+    p.add_argument("--allow-seen", action="store_true", help="write the temperature even when the networks may have trained on "
+                   "the held-out faces (a checkpoint trained without --val-split); such a T tends to be too low for new faces")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="inference engine, as for evaluate")
+
+
 def _add_pack(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pack", help="pack dataset splits into small lossless files (<split>.npz) that load like the folders",
                        formatter_class=_Help)
@@ -177,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train_cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_predict, _add_ship, _add_export, _add_bench, _add_video, _add_pack):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_ship, _add_export, _add_bench, _add_video, _add_pack, _add_calibrate):
         add(sub)
     return parser
 
@@ -350,6 +366,27 @@ def cmd_video(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from emotion.evaluation.evaluate import calibrate_checkpoint
+
+    r = calibrate_checkpoint(a.checkpoint, a.data, holdout=a.holdout, seed=a.seed, device=a.device, engine=a.engine,
+                             write=not a.dry_run, allow_seen=a.allow_seen)
+    seen = "unseen in training" if r["unseen_in_training"] else "possibly SEEN in training (the networks trained on all of train)"
+    print(f"held out: {r['faces']} train faces ({r['holdout']:g} of each class, seed {r['seed']}), {seen}; tta {r['tta']}; "
+          f"accuracy {r['accuracy'] * 100:.2f}%")
+    print(f"temperature {r['temperature']:.4f}: NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, "
+          f"ECE ({r['bins']} bins) {r['ece_before']:.4f} -> {r['ece_after']:.4f}")
+    if r["written"]:
+        print(f"wrote temperature {r['temperature']:.4f} into {a.checkpoint}")
+    elif a.dry_run:
+        print("dry run: checkpoint unchanged")
+    else:
+        print("not written: the networks may have trained on these faces, where they are more accurate than on new ones, "
+              "so this temperature would not hold for new faces; train with --val-split to calibrate on unseen faces, "
+              "or pass --allow-seen to write it anyway")
+    return 0
+
+
 def cmd_pack(a: argparse.Namespace) -> int:
     from emotion.data.splits import pack_dataset
 
@@ -362,7 +399,7 @@ def cmd_pack(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "ship": cmd_ship, "export": cmd_export,
-            "bench": cmd_bench, "video": cmd_video, "pack": cmd_pack}
+            "bench": cmd_bench, "video": cmd_video, "pack": cmd_pack, "calibrate": cmd_calibrate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,7 +111,7 @@ def test_a_still_face_in_a_stream_gets_the_ensembles_prediction(ensemble_checkpo
     whole = clf.predict_faces([face])[0]
     calls = []
     original = clf.predict_faces
-    monkeypatch.setattr(clf, "predict_faces", lambda crops, member=None: calls.append(member) or original(crops, member))
+    monkeypatch.setattr(clf, "predict_faces", lambda crops, member=None, **kw: calls.append(member) or original(crops, member, **kw))
     recognizer, tracker = Recognizer(clf, None), FaceTracker(alpha=1.0)
     results = [recognizer.analyze(face, whole_image=True, tracker=tracker)[0] for _ in range(4)]
     assert calls == [0, 1, 2, 0]  # one network per frame
@@ -126,7 +126,7 @@ def test_video_rotates_only_when_it_smooths(ensemble_checkpoint, monkeypatch):
     clf = EmotionClassifier.from_checkpoint(ensemble_checkpoint, device="cpu", amp="off")
     calls = []
     original = clf.predict_faces
-    monkeypatch.setattr(clf, "predict_faces", lambda crops, member=None: calls.append(member) or original(crops, member))
+    monkeypatch.setattr(clf, "predict_faces", lambda crops, member=None, **kw: calls.append(member) or original(crops, member, **kw))
     recognizer = Recognizer(clf, _OneFace())
     frame = VideoFrame(index=0, time_s=0.0, rgb=np.zeros((48, 48, 3), np.uint8))
     for smoothing, expected in ((0.5, [0, 1, 2]), (1.0, [None, None, None])):

@@ -15,6 +15,7 @@ from ..models.checkpoint import CheckpointError, LoadedModel, load_checkpoint, m
 from ..data.dataset import to_face48
 from ..data.labels import CLASS_NAMES
 from ..utils.runtime import amp_dtype, autocast_for, fastest, pick_device
+from ..models.temperature import apply_temperature, resolve_temperature
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class EmotionClassifier:
         self.device = device
         self.dtype = amp_dtype(device, amp)
         self.tta = resolve_tta(tta, loaded)  # None: the setting the checkpoint's accuracy was measured with
+        self.temperature = resolve_temperature(loaded)  # 1.0 unless `train_cli.py calibrate` stored one
         self.engine = resolve_engine(engine, loaded, device, self.dtype)
         self._onnx = None
         self.channels_last = loaded.config.kind == "cnn"
@@ -171,9 +173,10 @@ class EmotionClassifier:
         return self.loaded.config.members
 
     @torch.inference_mode()
-    def predict_tensor(self, faces: torch.Tensor, member: int | None = None) -> torch.Tensor:
+    def predict_tensor(self, faces: torch.Tensor, member: int | None = None, calibrated: bool = True) -> torch.Tensor:
         """Probabilities (N, 7) for faces given as uint8 (N, 48, 48) or float (N, 1, 48, 48) in [0, 1];
-        ``member`` (0-based) runs one network of an ensemble alone (the live view's rotation)."""
+        ``member`` (0-based) runs one network of an ensemble alone (the live view's rotation); ``calibrated``
+        False returns them before the checkpoint's temperature (see ``calibrate``)."""
         model = self.loaded.model if member is None else member_network(self.loaded, member)
         if faces.dtype == torch.uint8:
             faces = faces.unsqueeze(1).float().div_(255.0)
@@ -189,15 +192,24 @@ class EmotionClassifier:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(self.device, self.dtype):
                 probs = model(x).float().softmax(-1)
-        return probs.view(-1, n, probs.shape[-1]).mean(0).cpu()
+        probs = probs.view(-1, n, probs.shape[-1]).mean(0).cpu()
+        return self.calibrate(probs) if calibrated else probs
 
-    def predict_faces(self, faces: Sequence[np.ndarray] | np.ndarray, member: int | None = None) -> np.ndarray:
+    def calibrate(self, probs: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """The checkpoint's temperature applied to final probabilities (after the ensemble's and TTA's mean, on
+        either engine, so both agree); the predicted class never changes. See ``emotion.calibration``."""
+        if isinstance(probs, np.ndarray):
+            return apply_temperature(torch.from_numpy(probs), self.temperature).numpy()
+        return apply_temperature(probs, self.temperature)
+
+    def predict_faces(self, faces: Sequence[np.ndarray] | np.ndarray, member: int | None = None,
+                      calibrated: bool = True) -> np.ndarray:
         """Probabilities (N, 7) for face crops of any size and colour (HxW or HxWxC uint8 arrays, RGB);
-        ``member`` as in ``predict_tensor``."""
+        ``member`` and ``calibrated`` as in ``predict_tensor``."""
         if len(faces) == 0:
             return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
         batch = torch.from_numpy(np.stack([f if f.shape == (48, 48) and f.dtype == np.uint8 else to_face48(f) for f in faces]))
-        return self.predict_tensor(batch, member).numpy()
+        return self.predict_tensor(batch, member, calibrated).numpy()
 
 
 def face_result(box: Sequence[int], probs: np.ndarray) -> dict:

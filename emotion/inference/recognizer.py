@@ -165,10 +165,15 @@ class Recognizer:
         t2 = time.perf_counter()
         members = self.classifier.members
         member = tracker.next_member(members) if tracker is not None else None
-        probs = self.classifier.predict_faces(crops, member)
+        # With a tracker, the raw outputs are smoothed (and an ensemble's networks averaged across frames) and the
+        # temperature is applied to the result, as to the whole model's mean: a still face gets exactly its bars.
+        if tracker is None:
+            probs = self.classifier.predict_faces(crops, member)
+        else:
+            probs = self.classifier.predict_faces(crops, member, calibrated=False)
         t3 = time.perf_counter()
         if tracker is not None:
-            probs = tracker.update(boxes, probs, member, members)
+            probs = self.classifier.calibrate(tracker.update(boxes, probs, member, members))
         t4 = time.perf_counter()
         if timings is not None:
             for stage, start, end in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4)):

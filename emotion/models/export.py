@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .temperature import apply_temperature, check_temperature, resolve_temperature
 from .checkpoint import LoadedModel, load_checkpoint, member_network
 from ..data.dataset import to_face48
 from ..data.labels import CLASS_NAMES
@@ -115,7 +116,9 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, opse
     proto = onnx.load_from_string(onnx_graph(loaded, opset))
     # Self-description, like the checkpoints: what the file predicts and what it was made from.
     meta = {"class_names": json.dumps(list(CLASS_NAMES)), "model_config": json.dumps(loaded.config.to_dict()),
-            "source_checkpoint": Path(checkpoint).name, "input": "faces float32 (N, 1, 48, 48) in [0, 1], grayscale"}
+            "source_checkpoint": Path(checkpoint).name, "input": "faces float32 (N, 1, 48, 48) in [0, 1], grayscale",
+            # The graph outputs raw probabilities (parity with PyTorch); OnnxClassifier applies this after them.
+            "temperature": json.dumps(resolve_temperature(loaded))}
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(out))
@@ -151,6 +154,10 @@ class OnnxClassifier:
         if names is not None and names != list(CLASS_NAMES):
             raise ValueError(f"{path} predicts classes {names}, expected {list(CLASS_NAMES)}")
         self.kind = json.loads(meta.get("model_config", "{}")).get("kind", "unknown")
+        try:  # files exported before calibration existed have none: 1.0
+            self.temperature = check_temperature(json.loads(meta.get("temperature", "1.0")), "its temperature")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+            raise ValueError(f"{path}: {exc}; export it again with `train_cli.py export`") from None
         log.info("ONNX emotion model %s on %s", self.path, self.session.get_providers()[0])
 
     @property
@@ -163,7 +170,8 @@ class OnnxClassifier:
         x = faces.numpy() if isinstance(faces, torch.Tensor) else np.asarray(faces)
         if len(x) == 0:
             return torch.zeros(0, len(CLASS_NAMES))
-        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: _as_input(x)})[0])
+        probs = torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: _as_input(x)})[0])
+        return apply_temperature(probs, self.temperature)
 
     def predict_faces(self, faces: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Probabilities (N, 7) for face crops of any size and colour (HxW or HxWxC uint8 arrays, RGB)."""
