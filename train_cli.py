@@ -318,7 +318,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from emotion.bench.run import BenchConfig, run_benchmark
+    from emotion.bench.run import run_benchmark
+    from emotion.bench.timing import BenchConfig
     from emotion.bench.report import format_report
 
     cfg = BenchConfig.quick() if a.quick else BenchConfig()

@@ -3,8 +3,8 @@
     python scripts/explain_demo.py --time --frames 20                       # ms per photo/face without and with Grad-CAM
     python scripts/explain_demo.py --screenshot docs/screenshots/explain.png  # FER2013 test faces in a frame, explained
 
-Timing uses the benchmark's 640x480 frames (1 and 4 real FER2013 test faces, ``emotion.bench.run.compose_frames``) and
-``emotion.bench.run.explain_timings``, also part of ``train_cli.py bench``.
+Timing uses the benchmark's 640x480 frames (1 and 4 real FER2013 test faces, ``emotion.bench.pipeline.compose_frames``) and
+``emotion.bench.pipeline.explain_timings``, also part of ``train_cli.py bench``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from emotion.bench.run import SHARED_FER, BenchConfig, compose_frames, explain_timings
+from emotion.bench.pipeline import compose_frames, explain_timings
+from emotion.bench.timing import SHARED_FER, BenchConfig
 from emotion.inference.explain import explain_image
 from emotion.inference.faces import FaceDetector
 from emotion.inference.overlay import draw_faces

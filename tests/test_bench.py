@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from emotion.bench.run import BenchConfig, run_benchmark
+from emotion.bench.run import run_benchmark
+from emotion.bench.timing import BenchConfig
 from emotion.bench.report import format_report
 from emotion.utils.runtime import cpu_cores
 

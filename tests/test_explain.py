@@ -231,7 +231,8 @@ def test_predict_explain_whole_image(tiny_cnn_checkpoint: Path, real_faces, tmp_
 
 
 def test_bench_times_a_photo_without_and_with_gradcam(models: ModelManager, scene: np.ndarray) -> None:
-    from emotion.bench.run import BenchConfig, explain_timings
+    from emotion.bench.pipeline import explain_timings
+    from emotion.bench.timing import BenchConfig
 
     r = explain_timings(models.recognizer, {1: scene}, BenchConfig(frames=1, warmup=0))["1_face"]
     assert r["faces_detected"] == 1 and r["plain_ms"]["median"] > 0 and r["explained_ms"]["median"] > 0

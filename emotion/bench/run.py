@@ -9,105 +9,26 @@ how busy it was.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import torch
 
+from .pipeline import memory_in_fresh_process, time_pipeline, compose_frames, explain_timings
 from .report import evaluate_targets
+from .timing import REPO, SHARED_FER, BenchConfig, machine_info, time_ms
 from .training import training_throughput
 from ..models.checkpoint import save_checkpoint
 from ..models.networks import ModelConfig, build_model
 from ..inference.classifier import EmotionClassifier, default_checkpoint
-from ..utils.runtime import autocast_for, cpu_cores, cpu_has_native_bf16, pick_device
+from ..utils.runtime import autocast_for, cpu_cores, pick_device
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[2]
-SHARED_FER = REPO.parent / "shared" / "fer2013"
-FRAME_SIZE = (480, 640)  # (height, width) of the synthetic camera frame
-
-
-@dataclass
-class BenchConfig:
-    """What to benchmark and how long; the defaults take a few minutes on a 2-core CPU."""
-
-    frames: int = 50  # timed repetitions of each measurement (pipeline frames, forward passes)
-    warmup: int = 5  # untimed repetitions first: oneDNN primitive caches, allocator and lazy initialisation
-    video_frames: int = 300  # frames of the synthetic 640x480 one-face clip timed end to end by video analysis (0 = skip)
-    train_images: int = 512  # training images per throughput measurement (plus a quarter as many for validation, FER2013's ratio)
-    models: tuple[str, ...] = ("cnn", "clip")  # models to time: the offline CNN and/or CLIP
-    cnn_checkpoint: str | None = None  # None: predict.default_checkpoint() if it exists, else an untrained default CNN
-    clip_model: str = "ViT-B-32"  # open_clip architecture, timed with random weights
-    face_model: str | None = None  # BlazeFace .tflite; None resolves as emotion.inference.faces does (../shared copy first)
-    fer_dir: str | None = None  # FER2013 folder whose test/ faces compose the frames; None: ../shared/fer2013 beside the repo
-    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    amp: str = "auto"  # the app's autocast setting: fp32 on CPUs without native bf16 (see runtime.amp_dtype)
-    memory: bool = True  # measure the app's peak RSS with each model in a fresh subprocess
-    training: bool = True  # measure training throughput with the real trainer
-    onnx: bool = True  # export each model to ONNX and time ONNX Runtime against PyTorch
-    compile: bool = False  # also time torch.compile on the CNN (compiling costs about a minute on a small CPU)
-    threads: int = 0  # torch threads for the pipeline; 0 = every core, as the app uses (AppConfig.threads); it is also timed on 1 thread
-
-    @classmethod
-    def quick(cls) -> BenchConfig:
-        """Tiny sizes that exercise every code path in seconds; the figures mean nothing."""
-        return cls(frames=2, warmup=1, train_images=64, video_frames=10, clip_model="emotion-tiny-vit")
-
-
-def _summary(samples_ms: list[float]) -> dict:
-    # The minimum is what the hardware can do; median and p90 include what other processes take from it.
-    a = np.asarray(samples_ms, dtype=np.float64)
-    return {f: round(float(v), 4) for f, v in (("median", np.median(a)), ("p90", np.percentile(a, 90)), ("min", a.min()))} | {"n": len(a)}
-
-
-def _time_ms(fn: Callable[[], object], cfg: BenchConfig, sync: Callable[[], None] = lambda: None) -> dict:
-    """Median and p90 wall time of ``fn`` over ``cfg.frames`` calls after ``cfg.warmup`` untimed ones."""
-    samples = []
-    for i in range(cfg.warmup + cfg.frames):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        if i >= cfg.warmup:
-            samples.append((time.perf_counter() - t0) * 1000)
-    return _summary(samples)
-
-
-def _proc_status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmHWM = peak RSS, VmRSS = current) in MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource  # no /proc (macOS): only the peak is available
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def machine_info(device: torch.device) -> dict:
-    """CPU, cores, library versions and how busy the machine is, so figures can be put in context."""
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "native_bf16": cpu_has_native_bf16(), "device": str(device), "load_avg_1m": round(os.getloadavg()[0], 2)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 # ---------------------------------------------------------------- models under test
@@ -185,7 +106,7 @@ def _forward_variants(clf: EmotionClassifier, cfg: BenchConfig) -> dict:
                     with autocast_for(device, dtype):
                         return model(y)
 
-                out[name][f"{n}_face"] = _time_ms(step, cfg, sync)
+                out[name][f"{n}_face"] = time_ms(step, cfg, sync)
         finally:
             torch.set_num_threads(default_threads)
     if "fp32_compiled" in out:
@@ -205,132 +126,11 @@ def _onnx_forward(name: str, checkpoint: Path, clf: EmotionClassifier, cfg: Benc
            "file_mb": round(info["bytes"] / 2**20, 1)}
     for n in (1, 4):
         faces = torch.randint(0, 256, (n, 48, 48), dtype=torch.uint8)
-        out[f"{n}_face"] = {"torch_ms": _time_ms(lambda: clf.predict_tensor(faces), cfg),
-                            "onnxruntime_ms": _time_ms(lambda: ort_clf.predict_tensor(faces), cfg),
-                            "onnxruntime_1_thread_ms": _time_ms(lambda: ort_1_thread.predict_tensor(faces), cfg)}
+        out[f"{n}_face"] = {"torch_ms": time_ms(lambda: clf.predict_tensor(faces), cfg),
+                            "onnxruntime_ms": time_ms(lambda: ort_clf.predict_tensor(faces), cfg),
+                            "onnxruntime_1_thread_ms": time_ms(lambda: ort_1_thread.predict_tensor(faces), cfg)}
     Path(info["path"]).unlink()  # a ViT-B/32 export is ~350 MB; the benchmark only needed its timing
     return out
-
-
-# ---------------------------------------------------------------- live pipeline
-
-def _fer_faces(fer_dir: Path) -> list[np.ndarray]:
-    """Candidate real faces: the first few test faces of the expressive classes, as 48x48 uint8."""
-    from PIL import Image
-
-    test = fer_dir / "test"
-    if not test.is_dir():
-        raise FileNotFoundError(f"{test} does not exist: the pipeline benchmark composes its frames from real FER2013 "
-                                "test faces; pass BenchConfig.fer_dir (a folder with test/<class>/*.jpg)")
-    files = [f for cls in ("happy", "neutral", "surprise", "sad", "angry") for f in sorted((test / cls).glob("*"))[:6]]
-    return [np.asarray(Image.open(f).convert("L")) for f in files]
-
-
-def _paste(canvas: np.ndarray, face: np.ndarray, cx: int, cy: int, side: int) -> None:
-    import cv2
-
-    big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-    y0, x0 = cy - side // 2, cx - side // 2
-    canvas[y0 : y0 + side, x0 : x0 + side] = big[:, :, None]
-
-
-def compose_frames(detector, fer_dir: Path) -> dict[int, np.ndarray]:
-    """640x480 RGB frames with 1 and 4 real faces (150-200 px) on grey, using faces the detector finds alone."""
-    layouts = {1: [(320, 240, 190)], 4: [(160, 120, 200), (480, 120, 180), (160, 360, 160), (480, 360, 150)]}
-    usable = []
-    for face in _fer_faces(fer_dir):
-        probe = np.full((*FRAME_SIZE, 3), 128, np.uint8)
-        _paste(probe, face, 320, 240, 176)
-        if len(detector.detect(probe)) == 1:
-            usable.append(face)
-        if len(usable) == 4:
-            break
-    if len(usable) < 4:
-        raise RuntimeError(f"the face detector found only {len(usable)} of the FER2013 test faces it was shown; is it {detector.source}?")
-    frames = {}
-    for n, spots in layouts.items():
-        frame = np.full((*FRAME_SIZE, 3), 128, np.uint8)
-        for face, (cx, cy, side) in zip(usable, spots):
-            _paste(frame, face, cx, cy, side)
-        frames[n] = frame
-    return frames
-
-
-def _time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig, rotate: bool = True) -> dict:
-    """Per-stage and total wall time of one live frame: recognizer stages, then the overlay. ``rotate`` False
-    runs every network of an ensemble on every frame instead of one per frame, as the live view does."""
-    from ..inference.overlay import draw_faces
-    from ..inference.recognizer import FaceTracker
-
-    tracker = FaceTracker(rotate=rotate)  # as in the live view, where each stream smooths its faces over time
-    samples: dict[str, list[float]] = {}
-    faces: list = []
-    for i in range(cfg.warmup + cfg.frames):
-        stages: dict[str, float] = {}
-        t0 = time.perf_counter()
-        faces = recognizer.analyze(frame, tracker=tracker, timings=stages)
-        t1 = time.perf_counter()
-        draw_faces(frame, faces)
-        t2 = time.perf_counter()
-        if i < cfg.warmup:
-            continue
-        stages |= {"overlay": (t2 - t1) * 1000, "total": (t2 - t0) * 1000}
-        for stage, ms in stages.items():
-            samples.setdefault(stage, []).append(ms)
-    return {"faces_detected": len(faces)} | {f"{stage}_ms": _summary(ms) for stage, ms in samples.items()}
-
-
-def explain_timings(recognizer, frames: dict[int, np.ndarray], cfg: BenchConfig) -> dict:
-    """Per frame of ``frames`` (faces -> frame): a photo's analysis (every network, the checkpoint's TTA) plus the
-    overlay, without and with Grad-CAM (``emotion.explain``), in ms, and the extra ms per face the explanation costs."""
-    from ..inference.explain import explain_image
-    from ..inference.overlay import draw_faces
-
-    out = {}
-    for n, frame in frames.items():
-        faces = recognizer.analyze(frame)
-        plain = _time_ms(lambda frame=frame: draw_faces(frame, recognizer.analyze(frame)), cfg)
-
-        def explained(frame=frame) -> None:
-            found = recognizer.analyze(frame)
-            draw_faces(explain_image(recognizer.classifier, frame, found), found)
-
-        with_cam = _time_ms(explained, cfg)
-        out[f"{n}_face"] = {"faces_detected": len(faces), "plain_ms": plain, "explained_ms": with_cam,
-                            "explain_ms_per_face": round((with_cam["median"] - plain["median"]) / max(1, len(faces)), 2)}
-    return out
-
-
-# ---------------------------------------------------------------- memory
-
-def memory_probe(checkpoint: str, face_model: str, device: str, frame_path: str) -> dict:
-    """Load the app's parts (classifier, detector, recognizer), run a frame and report RSS; run in a fresh process."""
-    from ..inference.faces import FaceDetector
-    from ..inference.overlay import draw_faces
-    from ..inference.recognizer import Recognizer
-
-    detector = FaceDetector(face_model or None, allow_download=False)
-    recognizer = Recognizer(EmotionClassifier.from_checkpoint(checkpoint, device=device), detector)
-    frame = np.load(frame_path)
-    for _ in range(3):
-        draw_faces(frame, recognizer.analyze(frame))
-    out = {"peak_rss_mb": round(_proc_status_mb("VmHWM"), 1), "rss_mb": round(_proc_status_mb("VmRSS"), 1)}
-    if torch.cuda.is_available() and pick_device(device).type == "cuda":
-        out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
-
-
-def _memory(checkpoint: Path, face_model: str | None, frame: np.ndarray, cfg: BenchConfig, tmp: Path) -> dict:
-    """``memory_probe`` in a fresh interpreter, so this process's own allocations do not count."""
-    frame_path = tmp / "frame.npy"
-    np.save(frame_path, frame)
-    code = "import json, sys; from emotion.bench.run import memory_probe; print(json.dumps(memory_probe(*sys.argv[1:])))"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", code, str(checkpoint), face_model or "", cfg.device, str(frame_path)],
-                          capture_output=True, text=True, env=env, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory probe for {checkpoint} failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -360,7 +160,7 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
     for key, threads, rotate in runs:
         torch.set_num_threads(threads)
         try:
-            pipe = {f"{n}_face": _time_pipeline(recognizer, frame, cfg, rotate) for n, frame in frames.items()}
+            pipe = {f"{n}_face": time_pipeline(recognizer, frame, cfg, rotate) for n, frame in frames.items()}
         finally:
             torch.set_num_threads(default_threads)
         pipe |= {"threads": threads, "model": clf.name,
@@ -394,7 +194,7 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
                                                        device=cfg.device, amp=cfg.amp)
         log.info("%s: training throughput took %.0fs", name, time.perf_counter() - t0)
     if cfg.memory:
-        mem = _memory(checkpoint, face_model, frames[1], cfg, tmp)
+        mem = memory_in_fresh_process(checkpoint, face_model, frames[1], cfg, tmp)
         result["memory"] |= {f"{name}_app_rss_mb": mem["peak_rss_mb"], f"{name}_app_rss_now_mb": mem["rss_mb"]}
         if "gpu_peak_mb" in mem:
             result["memory"][f"{name}_app_gpu_peak_mb"] = mem["gpu_peak_mb"]
@@ -409,8 +209,8 @@ def _detectors(detector, frames: dict[int, np.ndarray], cfg: BenchConfig) -> dic
         detectors["blazeface"] = detector
     out = {}
     for name, det in detectors.items():
-        out[name] = {"ms": _time_ms(lambda det=det: det.detect(frames[1]), cfg),
-                     "ms_4_face": _time_ms(lambda det=det: det.detect(frames[4]), cfg),
+        out[name] = {"ms": time_ms(lambda det=det: det.detect(frames[1]), cfg),
+                     "ms_4_face": time_ms(lambda det=det: det.detect(frames[4]), cfg),
                      "faces_found": {f"{n}_face": len(det.detect(frame)) for n, frame in frames.items()}}
     return out
 
