@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from emotion.bench.pipeline import compose_frames, explain_timings
-from emotion.bench.timing import SHARED_FER, BenchConfig
-from emotion.inference.explain import explain_image
-from emotion.inference.faces import FaceDetector
-from emotion.inference.overlay import draw_faces
-from emotion.inference.classifier import EmotionClassifier
-from emotion.inference.recognizer import Recognizer
+from emotion.bench.pipeline import compose_frames, explain_timings  # noqa: E402
+from emotion.bench.timing import SHARED_FER, BenchConfig  # noqa: E402
+from emotion.inference.explain import explain_image  # noqa: E402
+from emotion.inference.faces import FaceDetector  # noqa: E402
+from emotion.inference.overlay import draw_faces  # noqa: E402
+from emotion.inference.classifier import EmotionClassifier  # noqa: E402
+from emotion.inference.recognizer import Recognizer  # noqa: E402
 
 FACE_MODEL = ROOT.parent / "shared" / "models" / "face_detection_short_range.tflite"
 
@@ -40,7 +40,7 @@ def screenshot(recognizer: Recognizer, path: Path) -> None:
     faces, side = load_faces(), 190  # BlazeFace short range finds faces from about a quarter of the frame's width
     spots = ((160, 120), (480, 120), (160, 360), (480, 360))
     frame = face_scene(faces[0], face_px=side, centre=spots[0])
-    for face, (cx, cy) in zip(faces[1:], spots[1:]):
+    for face, (cx, cy) in zip(faces[1:], spots[1:], strict=False):
         frame[cy - side // 2 : cy + side // 2, cx - side // 2 : cx + side // 2] = cv2.resize(
             face, (side, side), interpolation=cv2.INTER_CUBIC)[:, :, None]
     found = recognizer.analyze(frame)

@@ -96,7 +96,7 @@ def test_kill9_then_resume_matches_uninterrupted_run(tiny_fer, tmp_path):
     assert "resumed from" in (out / "train.log").read_text()
     resumed, reference = read_jsonl(out / "metrics.jsonl"), read_jsonl(straight / "metrics.jsonl")
     assert [r["epoch"] for r in resumed] == list(range(1, epochs + 1))
-    for a, b in zip(resumed, reference):
+    for a, b in zip(resumed, reference, strict=False):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4), "resumed run diverged from the uninterrupted one"
 
 

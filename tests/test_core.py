@@ -94,7 +94,7 @@ def test_csv_dataset_uses_original_codes(tmp_path):
     private = load_split(csv_path, "private")
     assert len(train) == len(test) == len(private) == 14
     # conftest draws a band at a row that encodes the label: the CSV's codes must map back onto it.
-    for img, label in zip(train.images, train.labels):
+    for img, label in zip(train.images, train.labels, strict=False):
         assert img[3 + 6 * int(label) + 2, 20] == 220
 
 
@@ -217,7 +217,7 @@ def test_schedule_values():
     assert lr_factor(55, total, warmup, 0.0) == pytest.approx(0.5)
     assert lr_factor(100, total, warmup, 0.01) == pytest.approx(0.01)
     values = [lr_factor(s, total, warmup, 0.01) for s in range(warmup, total)]
-    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone cosine decay
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))  # monotone cosine decay
     assert lr_factor(32, total, warmup, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 22 / 90)))
 
 

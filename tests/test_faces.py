@@ -35,7 +35,7 @@ def compose(faces: list[np.ndarray], positions: list[tuple[int, int]], size: int
     """An RGB frame with ``faces`` enlarged to ``size`` px at ``positions``, and where they were placed."""
     canvas = np.full(shape, 128, np.uint8)
     placed = []
-    for face, (x, y) in zip(faces, positions):
+    for face, (x, y) in zip(faces, positions, strict=False):
         canvas[y : y + size, x : x + size] = cv2.resize(face, (size, size), interpolation=cv2.INTER_CUBIC)
         placed.append(Box(x, y, size, size))
     return np.repeat(canvas[:, :, None], 3, axis=2), placed

@@ -22,7 +22,7 @@ def test_tta_views_are_shifts_and_mirrors_of_the_face():
     faces = torch.rand(3, 1, 48, 48)
     views = tta_views(faces, "shift").view(len(TTA_VIEWS["shift"]), 3, 1, 48, 48)
     assert torch.equal(views[0], faces)  # the face itself comes first
-    for v, (dx, dy, mirror) in zip(views, TTA_VIEWS["shift"]):
+    for v, (dx, dy, mirror) in zip(views, TTA_VIEWS["shift"], strict=False):
         expect = faces.flip(-1) if mirror else faces
         if (dx, dy, mirror) == (2, 0, False):  # content moves left by 2 px; the border repeats the edge column
             assert torch.equal(v[..., :, :-2], faces[..., :, 2:]) and torch.equal(v[..., -1], faces[..., -1])

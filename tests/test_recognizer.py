@@ -162,7 +162,7 @@ def test_analyze_with_tracker(recognizer: Recognizer, real_faces: dict) -> None:
     first = recognizer.analyze(rgb, tracker=tracker)
     again = recognizer.analyze(rgb, tracker=tracker)  # a still scene: smoothing changes nothing
     assert [f["box"] for f in again] == [f["box"] for f in first]
-    for f, g in zip(first, again):
+    for f, g in zip(first, again, strict=False):
         assert np.allclose(list(f["probabilities"].values()), list(g["probabilities"].values()), atol=1e-5)
     assert len(tracker.tracks) == len(first)
 

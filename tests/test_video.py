@@ -119,7 +119,7 @@ def assert_rows_match_single_images(rows: list[dict], clip: Path, recognizer: Re
         got = by_frame.get(index, [])
         assert [r["label"] for r in got] == [f["label"] for f in expected], f"frame {index}"
         assert [[int(r[k]) for k in "xywh"] for r in got] == [f["box"] for f in expected], f"frame {index}"
-        for r, f in zip(got, expected):
+        for r, f in zip(got, expected, strict=False):
             assert [float(r[c]) for c in CLASS_NAMES] == pytest.approx([f["probabilities"][c] for c in CLASS_NAMES], abs=1e-3)
 
 
@@ -165,7 +165,7 @@ def test_faces_that_enter_and_leave(recognizer, faces, tmp_path: Path) -> None:
     summary = json.loads(result.summary.read_text())
     assert summary["video"]["frames"] == 45 and summary["video"]["width"] == 640
     assert [f["face_id"] for f in summary["faces"]] == [1, 2]
-    for face, first, last in zip(summary["faces"], (0, 15), (29, 44)):
+    for face, first, last in zip(summary["faces"], (0, 15), (29, 44), strict=False):
         assert face["first_s"] == pytest.approx(first / FPS, abs=1e-3) and face["last_s"] == pytest.approx(last / FPS, abs=1e-3)
         assert sum(face["share"].values()) == pytest.approx(1.0, abs=1e-3)
         assert face["dominant"] == max(CLASS_NAMES, key=lambda c: face["share"][c])

@@ -79,7 +79,8 @@ def label_value(face: dict) -> dict[str, float]:
 
 
 def _hex(name: str) -> str:
-    return "#%02x%02x%02x" % CLASS_COLOURS.get(name, (128, 128, 128))
+    r, g, b = CLASS_COLOURS.get(name, (128, 128, 128))
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _panel(number: int, face: dict) -> str:

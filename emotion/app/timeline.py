@@ -71,7 +71,7 @@ class Timeline:
             return []
         times, rows = np.array(self.times), np.stack(self.probs)
         cuts = np.flatnonzero(np.diff(times) > GAP_S) + 1
-        return list(zip(np.split(times, cuts), np.split(rows, cuts)))
+        return list(zip(np.split(times, cuts), np.split(rows, cuts), strict=False))
 
     def render(self, now: float) -> np.ndarray:
         """The chart (``SIZE``, RGB uint8): one line per emotion in its colour, time axis in seconds ago."""

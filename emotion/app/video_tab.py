@@ -201,7 +201,7 @@ def build_video_tab(models: ModelManager, config: AppConfig) -> None:
         cache_root = Path(annotated.GRADIO_CACHE)
         runs: dict[str, threading.Event] = {}  # browser session -> the cancel flag of its run in progress
 
-        def on_run(clip, n, request: gr.Request, progress=gr.Progress()):
+        def on_run(clip, n, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - how Gradio injects a progress bar
             session = request.session_hash or ""
             flag = runs[session] = threading.Event()
             try:
@@ -218,6 +218,6 @@ def build_video_tab(models: ModelManager, config: AppConfig) -> None:
             return CANCELLED
 
         # preprocess=False: the handler opens the file itself, so Gradio never converts or probes an upload.
-        event = run.click(on_run, inputs=[video, every], outputs=[annotated, timeline, files, message],
+        run.click(on_run, inputs=[video, every], outputs=[annotated, timeline, files, message],
                           preprocess=False, api_name="analyze_video", concurrency_limit=1)
         cancel.click(on_cancel, outputs=message, api_visibility="private")

@@ -54,7 +54,7 @@ def compose_frames(detector, fer_dir: Path) -> dict[int, np.ndarray]:
     frames = {}
     for n, spots in layouts.items():
         frame = np.full((*FRAME_SIZE, 3), 128, np.uint8)
-        for face, (cx, cy, side) in zip(usable, spots):
+        for face, (cx, cy, side) in zip(usable, spots, strict=False):
             _paste(frame, face, cx, cy, side)
         frames[n] = frame
     return frames

@@ -47,7 +47,7 @@ def evaluate_targets(result: dict) -> list[dict]:
 def _table(headers: list[str], rows: list[list]) -> list[str]:
     cells = [headers] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))) for r in cells]
     return [lines[0], "-" * len(lines[0])] + lines[1:]
 
 

@@ -61,7 +61,7 @@ def reliability_bins(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torc
     acc_sum = np.bincount(index, weights=correct, minlength=bins)
 
     def mean(sums: np.ndarray) -> list[float | None]:
-        return [float(v / c) if c else None for v, c in zip(sums, count)]
+        return [float(v / c) if c else None for v, c in zip(sums, count, strict=False)]
 
     edges = np.linspace(0.0, 1.0, bins + 1)
     return {"lower": edges[:-1].round(6).tolist(), "upper": edges[1:].round(6).tolist(), "count": count.tolist(),
@@ -75,7 +75,7 @@ def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndar
     n = sum(r["count"])
     if n == 0:
         return 0.0
-    return float(sum(c * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"]) if c) / n)
+    return float(sum(c * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"], strict=False) if c) / n)
 
 
 def negative_log_likelihood(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:

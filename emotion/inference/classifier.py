@@ -219,5 +219,5 @@ def face_result(box: Sequence[int], probs: np.ndarray) -> dict:
         "box": [int(v) for v in box],
         "label": CLASS_NAMES[best],
         "score": float(probs[best]),
-        "probabilities": {name: float(p) for name, p in zip(CLASS_NAMES, probs)},
+        "probabilities": {name: float(p) for name, p in zip(CLASS_NAMES, probs, strict=False)},
     }

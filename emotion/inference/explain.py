@@ -160,7 +160,7 @@ def gradcam(model: EmotionClassifier | LoadedModel, faces: Sequence[np.ndarray] 
         score = sum(logits.gather(1, target[:, None]).sum() for _, logits in passes)
         all_grads = torch.autograd.grad(score, [acts for acts, _ in passes])
         maps = []
-        for (acts, _), grads in zip(passes, all_grads):
+        for (acts, _), grads in zip(passes, all_grads, strict=False):
             cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts.detach()).sum(1))  # (V * N, h, w)
             cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # each network and view has an equal say
             cam = F.interpolate(cam[:, None], size=(FACE_SIZE, FACE_SIZE), mode="bilinear", align_corners=False)[:, 0]
@@ -221,7 +221,7 @@ def overlay_heatmaps(rgb: np.ndarray, boxes: Sequence[Box | Sequence[int]], heat
         raise ValueError(f"expected one 48x48 heatmap per box ({len(boxes)}), got an array of shape {heatmaps.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    for box, heat in zip(boxes, heatmaps):
+    for box, heat in zip(boxes, heatmaps, strict=False):
         _blend_one(out, heat, crop_to_frame(box, out.shape, whole_image=whole_image), alpha)
     return out
 

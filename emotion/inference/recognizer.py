@@ -176,9 +176,9 @@ class Recognizer:
             probs = self.classifier.calibrate(tracker.update(boxes, probs, member, members))
         t4 = time.perf_counter()
         if timings is not None:
-            for stage, start, end in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4)):
+            for stage, start, end in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=False):
                 timings[stage] = (end - start) * 1000.0
-        return [face_result((b.x, b.y, b.w, b.h), p) for b, p in zip(boxes, probs)]
+        return [face_result((b.x, b.y, b.w, b.h), p) for b, p in zip(boxes, probs, strict=False)]
 
 
 class ImageTooLargeError(ValueError):

@@ -242,13 +242,13 @@ def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike
     if not 1 <= len(sources) <= MAX_MEMBERS:
         raise CheckpointError(f"ship takes 1-{MAX_MEMBERS} checkpoints, got {len(sources)}")
     blobs = [read_checkpoint(src) for src in sources]
-    cfgs = [model_config(blob, src) for blob, src in zip(blobs, sources)]
+    cfgs = [model_config(blob, src) for blob, src in zip(blobs, sources, strict=False)]
     if any(c.members != 1 for c in cfgs):
         raise CheckpointError("ship combines single trained networks; one of the checkpoints is already an ensemble")
     # CNNs may differ in the kind of their stages (plain or residual), nothing else: they share preprocessing and input.
     if any(replace(c, cnn_block=cfgs[0].cnn_block) != cfgs[0] for c in cfgs[1:]):
         raise CheckpointError("an ensemble needs checkpoints of one architecture (CNNs may mix --cnn-block plain and residual); "
-                              "their model configs differ: " + "; ".join(f"{src}: {c.to_dict()}" for src, c in zip(sources, cfgs))[:400])
+                              "their model configs differ: " + "; ".join(f"{src}: {c.to_dict()}" for src, c in zip(sources, cfgs, strict=False))[:400])
     blocks = tuple(c.cnn_block for c in cfgs)
     cfg = replace(cfgs[0], members=len(blobs), member_blocks=blocks if len(set(blocks)) > 1 else ())
     if len(blobs) == 1:
@@ -265,7 +265,7 @@ def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike
     if len(blobs) == 1:
         metrics, train_config = blobs[0].get("metrics", {}), blobs[0].get("train_config", {})
     else:  # each member's training, so the card and report can show every run
-        metrics = {"members": [{"checkpoint": str(src), **blob.get("metrics", {})} for src, blob in zip(sources, blobs)]}
+        metrics = {"members": [{"checkpoint": str(src), **blob.get("metrics", {})} for src, blob in zip(sources, blobs, strict=False)]}
         train_config = {**blobs[0].get("train_config", {}), "members": [blob.get("train_config", {}) for blob in blobs]}
     save_checkpoint(dst, stored, cfg, train_config=train_config, metrics=metrics, inference={"tta": tta})
 

@@ -62,7 +62,7 @@ class WeightEMA:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
         self.updates = 0
-        self._pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        self._pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=False))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

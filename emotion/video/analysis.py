@@ -65,7 +65,7 @@ class VideoAnalyzer:
     def analyze(self, frame: VideoFrame) -> list[dict]:
         """The faces of one frame, largest first, each with its ``face_id``."""
         faces = self.recognizer.analyze(frame.rgb, tracker=self.tracker)
-        for face, face_id in zip(faces, self.tracker.ids):
+        for face, face_id in zip(faces, self.tracker.ids, strict=False):
             face["face_id"] = face_id
         return faces
 

@@ -137,8 +137,8 @@ class Timeline:
                 "first_s": round(track.times[0], 3),
                 "last_s": round(track.times[-1], 3),
                 "dominant": CLASS_NAMES[dominant],
-                "share": {name: round(float(s), 4) for name, s in zip(CLASS_NAMES, share)},
-                "mean_probabilities": {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, mean)},
+                "share": {name: round(float(s), 4) for name, s in zip(CLASS_NAMES, share, strict=False)},
+                "mean_probabilities": {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, mean, strict=False)},
             })
         return out
 
@@ -159,7 +159,7 @@ class Timeline:
             axes[0].text(0.5, 0.5, "No face found in the analyzed frames", ha="center", va="center", transform=axes[0].transAxes)
             axes[0].set_axis_off()
         summaries = {s["face_id"]: s for s in self.summary()}
-        for ax, face_id in zip(axes, shown):
+        for ax, face_id in zip(axes, shown, strict=False):
             times, probs = _with_gaps(np.array(self.faces[face_id].times), np.stack(self.faces[face_id].probs))
             for i, name in enumerate(CLASS_NAMES):
                 ax.plot(times, probs[:, i], color=np.array(CLASS_COLOURS[name]) / 255.0, linewidth=1.4, label=display(name, with_emoji=False))
