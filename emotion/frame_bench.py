@@ -144,7 +144,9 @@ def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg:
     order = rng.permutation(len(images))
     if cfg.limit is not None:
         order = order[: max(0, cfg.limit)]
-    direct = recognizer.classifier.predict_faces(np.asarray(images)[order]).argmax(1) if len(order) else []
+    # In chunks: ONNX Runtime sizes each network's memory arena for the largest batch it sees (GBs for a whole split).
+    chunks = [recognizer.classifier.predict_faces(np.asarray(images)[order[i : i + 128]]) for i in range(0, len(order), 128)]
+    direct = np.concatenate(chunks).argmax(1) if chunks else []
     rows, t0 = [], time.perf_counter()
     for k, i in enumerate(order):
         frame, how = draw_frame(np.asarray(images[i]), rng, cfg)
