@@ -237,9 +237,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_frames(a: argparse.Namespace) -> int:
+    from emotion import frame_bench
     from emotion.data import load_split
     from emotion.faces import FaceDetector
-    from emotion.frame_bench import FrameBenchConfig, format_frames_table, run_frame_benchmark, write_frames_report
     from emotion.predict import EmotionClassifier, default_checkpoint
     from emotion.recognizer import Recognizer
 
@@ -248,10 +248,11 @@ def cmd_evaluate_frames(a: argparse.Namespace) -> int:
     classifier = EmotionClassifier.from_checkpoint(a.checkpoint or default_checkpoint(), device=a.device, tta=a.tta, engine=a.engine)
     ds = load_split(a.data, a.split)
     recognizer = Recognizer(classifier, FaceDetector(a.face_model))
-    report = run_frame_benchmark(recognizer, ds.images.numpy(), ds.labels.numpy(), FrameBenchConfig(seed=a.seed, limit=a.limit))
-    out = write_frames_report(report, a.out or f"reports/frames-{a.split}")
+    cfg = frame_bench.FrameBenchConfig(seed=a.seed, limit=a.limit)
+    report = frame_bench.run_frame_benchmark(recognizer, ds.images.numpy(), ds.labels.numpy(), cfg)
+    out = frame_bench.write_frames_report(report, a.out or f"reports/frames-{a.split}")
     print(f"model: {report['model']}  tta: {report['tta']}  faces: {report['detector']}  data: {ds.source}")
-    print(format_frames_table(report))
+    print(frame_bench.format_frames_table(report))
     print(f"written to {out}/frames.json and frames.md ({report['seconds']} s)")
     return 0
 

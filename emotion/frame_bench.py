@@ -14,6 +14,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -107,7 +108,7 @@ def _match(faces: list[dict], cx: float, cy: float, side: float) -> dict | None:
 
 
 def _bin_label(value: float, edges: tuple[float, ...], fmt) -> str:
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in pairwise(edges):
         if value < hi or hi == edges[-1]:
             return f"{fmt(lo)}-{fmt(hi)}"
     return f"{fmt(edges[-2])}-{fmt(edges[-1])}"
@@ -125,7 +126,7 @@ def summarize(rows: list[dict]) -> dict:
     """Faces, found share, accuracy on found faces and direct-crop accuracy (on the found faces and on all)."""
     n = len(rows)
     found = [r for r in rows if r["found"]]
-    acc = lambda rs, key: (sum(r[key] == r["label"] for r in rs) / len(rs)) if rs else None  # noqa: E731
+    acc = lambda rs, key: (sum(r[key] == r["label"] for r in rs) / len(rs)) if rs else None
     return {"faces": n, "found": len(found), "found_rate": len(found) / n if n else None,
             "accuracy_found": acc(found, "pred_frame"), "direct_accuracy_found": acc(found, "pred_direct"),
             "direct_accuracy_all": acc(rows, "pred_direct"),
@@ -159,8 +160,8 @@ def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg:
                      **{key: round(v, 3) if isinstance(v, float) else v for key, v in how.items()}})
         if (k + 1) % 500 == 0:
             log.info("frame benchmark: %d/%d faces, %.1f s", k + 1, len(order), time.perf_counter() - t0)
-    scales = [_scale_bin(math.sqrt(a * b)) for a, b in zip(SCALE_BINS[:-1], SCALE_BINS[1:])]
-    rotations = [_rotation_bin((a + b) / 2) for a, b in zip(ROTATION_BINS[:-1], ROTATION_BINS[1:])]
+    scales = [_scale_bin(math.sqrt(a * b)) for a, b in pairwise(SCALE_BINS)]
+    rotations = [_rotation_bin((a + b) / 2) for a, b in pairwise(ROTATION_BINS)]
     return {"config": asdict(cfg), "detector": getattr(recognizer.detector, "source", None),
             "model": recognizer.classifier.name, "tta": recognizer.classifier.tta,
             "seconds": round(time.perf_counter() - t0, 1), "overall": summarize(rows),

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from emotion.faces import FaceDetector  # noqa: E402
+from emotion.faces import FaceDetector
 
 UPSCALE = 4  # 48 px faces are too small for BlazeFace at 640x480; 192 px is a typical webcam face
 FRAME_H, FRAME_W = 480, 640
@@ -46,7 +46,7 @@ def measure_one(detector: FaceDetector, face48: np.ndarray) -> dict | None:
     if len(boxes) != 1 or boxes[0].eyes is None:
         return None
     box = boxes[0]
-    to48 = lambda x, y: ((x - x0) / UPSCALE, (y - y0) / UPSCALE)  # noqa: E731
+    to48 = lambda x, y: ((x - x0) / UPSCALE, (y - y0) / UPSCALE)
     rx, ry = to48(*box.eyes[:2])  # the eye on the image's left (the subject's right)
     lx, ly = to48(*box.eyes[2:])
     bx, by = to48(box.x, box.y)

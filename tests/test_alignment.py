@@ -10,17 +10,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import FER_DIR
 from PIL import Image
 
 import train_cli
 from emotion import align
 from emotion.faces import Box, FaceDetector, crop_faces
-from emotion.frame_bench import FrameBenchConfig, place_face, run_frame_benchmark, write_frames_report
+from emotion.frame_bench import (
+    FrameBenchConfig,
+    place_face,
+    run_frame_benchmark,
+    write_frames_report,
+)
 from emotion.labels import CLASS_NAMES
 from emotion.predict import EmotionClassifier
 from emotion.recognizer import Recognizer
-
-from conftest import FER_DIR
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
