@@ -130,7 +130,8 @@ def test_crop_to_frame_maps_the_crop_back_where_crop_faces_cut_it() -> None:
     yy, xx = np.mgrid[0:300, 0:400]
     grey = (128 + 100 * np.sin(xx / 13.0) * np.cos(yy / 17.0)).astype(np.uint8)
     frame = np.repeat(grey[:, :, None], 3, axis=2)
-    for box in (Box(150, 100, 96, 96), Box(0, 0, 80, 70)):  # the second one's square reaches past the frame
+    tilted = Box(150, 100, 96, 96, eyes=(175.0, 135.0, 218.0, 146.0))  # an eye-aligned crop, rotated about 14 degrees
+    for box in (Box(150, 100, 96, 96), Box(0, 0, 80, 70), tilted):  # the second one's square reaches past the frame
         crop = crop_faces(frame, [box])[0].astype(np.float32)
         matrix = crop_to_frame(box, frame.shape)
         resampled = cv2.warpAffine(grey, matrix, (48, 48), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,

@@ -28,7 +28,7 @@ def recognizer(classifier: EmotionClassifier, face_model_path: Path) -> Recogniz
 
 def check_face(face: dict, frame_shape: tuple[int, ...]) -> None:
     """One result follows the JSON schema and describes a box inside the frame."""
-    assert set(face) == {"box", "label", "score", "probabilities"}
+    assert set(face) == {"box", "eyes", "label", "score", "probabilities"}
     x, y, w, h = face["box"]
     assert all(isinstance(v, int) for v in face["box"]) and w > 0 and h > 0
     assert x >= 0 and y >= 0 and x + w <= frame_shape[1] and y + h <= frame_shape[0]

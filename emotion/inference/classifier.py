@@ -212,11 +212,13 @@ class EmotionClassifier:
         return self.predict_tensor(batch, member, calibrated).numpy()
 
 
-def face_result(box: Sequence[int], probs: np.ndarray) -> dict:
-    """One face in the JSON schema: box [x, y, w, h], label, score and per-class probabilities."""
+def face_result(box: Sequence[int], probs: np.ndarray, eyes: Sequence[float] | None = None) -> dict:
+    """One face in the JSON schema: box [x, y, w, h], eyes [right x, y, left x, y] in frame pixels (the points its
+    crop was aligned on; None when the crop was framed from the box alone), label, score and per-class probabilities."""
     best = int(np.argmax(probs))
     return {
         "box": [int(v) for v in box],
+        "eyes": None if eyes is None else [round(float(v), 1) for v in eyes],
         "label": CLASS_NAMES[best],
         "score": float(probs[best]),
         "probabilities": {name: float(p) for name, p in zip(CLASS_NAMES, probs, strict=False)},

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..models.checkpoint import LoadedModel, member_network
 from ..data.dataset import FACE_SIZE, to_face48
+from .align import fer_transform
 from .faces import Box, _fer_square, as_rgb, crop_faces
 from ..data.labels import CLASS_NAMES
 from .classifier import TTA_VIEWS, EmotionClassifier, resolve_tta, tta_views
@@ -183,10 +184,26 @@ def crop_to_frame(box: Box | Sequence[int], frame_shape: Sequence[int], *, whole
         x0, y0 = (width - side) / 2, (height - side) / 2
     else:
         b = box if isinstance(box, Box) else Box(*(int(v) for v in box[:4]))
+        aligned = _aligned_crop_to_frame(b.eyes) if b.eyes is not None else None
+        if aligned is not None:
+            return aligned
         x0, y0, side = _fer_square(b, margin)
     s = side / FACE_SIZE
     # Crop pixel u covers frame [x0 + u*s, x0 + (u+1)*s): its centre u maps to x0 + (u + 0.5)*s - 0.5.
     return np.array([[s, 0.0, x0 + 0.5 * s - 0.5], [0.0, s, y0 + 0.5 * s - 0.5]], dtype=np.float64)
+
+
+def _aligned_crop_to_frame(eyes: tuple[float, float, float, float]) -> np.ndarray | None:
+    """The crop-pixel -> frame-pixel matrix of an eye-aligned crop (``align.aligned_crop``); None where that crop
+    falls back to the box's square (eyes that are not two distinct points)."""
+    try:
+        frame_to_crop = fer_transform(eyes)
+    except ValueError:
+        return None
+    inverse = cv2.invertAffineTransform(frame_to_crop)  # continuous coordinates, (0, 0) at a corner
+    a, t = inverse[:, :2], inverse[:, 2]
+    # Crop pixel u's centre is at u + 0.5 in continuous units; frame pixel x's centre is at x + 0.5.
+    return np.hstack([a, (a @ np.array([0.5, 0.5]) + t - 0.5)[:, None]])
 
 
 def _blend_one(out: np.ndarray, heat: np.ndarray, matrix: np.ndarray, alpha: float) -> None:
@@ -226,6 +243,13 @@ def overlay_heatmaps(rgb: np.ndarray, boxes: Sequence[Box | Sequence[int]], heat
     return out
 
 
+def _face_box(face: dict) -> Box:
+    """The Box a result of ``Recognizer.analyze`` was cropped from, eyes included when it has usable ones."""
+    eyes = face.get("eyes")
+    usable = isinstance(eyes, (list, tuple)) and len(eyes) == 4 and all(isinstance(v, (int, float)) for v in eyes)
+    return Box(*(int(v) for v in face["box"][:4]), eyes=tuple(float(v) for v in eyes) if usable else None)
+
+
 def explain_image(classifier: EmotionClassifier, rgb: np.ndarray, faces: Sequence[dict], *,
                   whole_image: bool = False) -> np.ndarray:
     """``rgb`` with the saliency of each face of ``Recognizer.analyze``'s result (``faces``) overlaid, explaining
@@ -233,7 +257,7 @@ def explain_image(classifier: EmotionClassifier, rgb: np.ndarray, faces: Sequenc
     image = as_rgb(rgb)
     if not faces:
         return image.copy()
-    boxes = [Box(*(int(v) for v in f["box"][:4])) for f in faces]
+    boxes = [_face_box(f) for f in faces]
     crops = [to_face48(image)] if whole_image else crop_faces(image, boxes, CROP_MARGIN)  # as the recognizer cut them
     heat = gradcam(classifier, np.stack(crops), [f["label"] for f in faces])
     return overlay_heatmaps(image, boxes, heat, whole_image=whole_image)

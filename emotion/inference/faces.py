@@ -21,13 +21,14 @@ import threading
 import urllib.request
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..data.dataset import to_face48
+from .align import aligned_crop, estimate_eyes
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,18 @@ _urlopen = urllib.request.urlopen  # module attribute so tests can stand in for 
 
 @dataclass(frozen=True)
 class Box:
-    """A face box in frame pixels, with the detector's confidence (1.0 for Haar, which has none)."""
+    """A face box in frame pixels, with the detector's confidence (1.0 for Haar, which has none).
+
+    ``eyes`` is (x, y) of the subject's right eye then left eye, in frame pixels (a MediaPipe box's keypoints;
+    a Haar box's are estimated from the box); crops are aligned on them. None: framed from the box alone.
+    """
 
     x: int
     y: int
     w: int
     h: int
     score: float = 1.0
+    eyes: tuple[float, float, float, float] | None = None
 
 
 def cache_dir() -> Path:
@@ -277,27 +283,34 @@ class FaceDetector:
         with self._lock:
             raw = self._detect_mediapipe(small) if self._mp is not None else self._detect_haar(small)
         boxes = []
-        for x, y, w, h, score in raw:
+        for x, y, w, h, score, eyes in raw:
             box = _clip_box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, width, height, score)
             if box is not None and min(box.w, box.h) >= self.min_face_px:
-                boxes.append(box)
+                eyes = (eyes[0] * sx, eyes[1] * sy, eyes[2] * sx, eyes[3] * sy)
+                boxes.append(replace(box, eyes=tuple(float(v) for v in eyes)))
         boxes.sort(key=lambda b: b.w * b.h, reverse=True)
         if len(boxes) > self.max_faces:
             log.info("%d faces found; keeping the %d largest", len(boxes), self.max_faces)
         return boxes[: self.max_faces]
 
-    def _detect_mediapipe(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+    def _detect_mediapipe(self, rgb: np.ndarray) -> list[tuple]:
         import mediapipe as mp
 
         result = self._mp.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb)))
+        height, width = rgb.shape[:2]
         out = []
         for det in result.detections:
             b = det.bounding_box
             score = det.categories[0].score if det.categories else 1.0
-            out.append((b.origin_x, b.origin_y, b.width, b.height, score))
+            kps = det.keypoints or []
+            if len(kps) >= 2:  # keypoints 0 and 1: the subject's right and left eye, relative to the image size
+                eyes = (kps[0].x * width, kps[0].y * height, kps[1].x * width, kps[1].y * height)
+            else:
+                eyes = estimate_eyes(b.origin_x, b.origin_y, b.width, b.height)
+            out.append((b.origin_x, b.origin_y, b.width, b.height, score, eyes))
         return out
 
-    def _detect_haar(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+    def _detect_haar(self, rgb: np.ndarray) -> list[tuple]:
         # No histogram equalisation: on frames with large flat areas it found a third fewer faces.
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         factor = max(1, round(max(gray.shape) / HAAR_SCAN_SIDE))
@@ -309,7 +322,8 @@ class FaceDetector:
         for x, y, w, h in _drop_nested(np.asarray(found, dtype=np.float64).reshape(-1, 4), np.ravel(votes)) * factor:
             side = w * _HAAR_TO_BLAZE_SCALE
             cx, cy = x + w / 2, y + h / 2 + _HAAR_TO_BLAZE_SHIFT * h
-            out.append((cx - side / 2, cy - side / 2, side, side, 1.0))
+            x0, y0 = cx - side / 2, cy - side / 2
+            out.append((x0, y0, side, side, 1.0, estimate_eyes(x0, y0, side, side)))  # no keypoints: FER2013's ratios
         return out
 
     def close(self) -> None:
@@ -357,13 +371,18 @@ def square_boxes(boxes: Sequence[Box], frame_shape: Sequence[int], margin: float
 def crop_faces(rgb: np.ndarray, boxes: Sequence[Box], margin: float = 0.25) -> list[np.ndarray]:
     """48x48 uint8 grayscale crops framed like FER2013 training faces, one per box.
 
-    Parts of the square that fall outside the frame are filled by replicating the edge, which keeps the
-    face centred as in FER2013 rather than shifted or squashed.
+    A box with ``eyes`` is cropped by ``emotion.align.aligned_crop`` (scale, centre and tilt from the eyes);
+    one without is the square around the box. Parts of the square that fall outside the frame are filled by
+    replicating the edge, which keeps the face centred as in FER2013 rather than shifted or squashed.
     """
     rgb = as_rgb(rgb)
     height, width = rgb.shape[:2]
     crops = []
     for box in boxes:
+        aligned = aligned_crop(rgb, box.eyes) if box.eyes is not None else None
+        if aligned is not None:
+            crops.append(aligned)
+            continue
         x0, y0, side = _fer_square(box, margin)
         cx0, cy0 = max(0, x0), max(0, y0)
         cx1, cy1 = min(width, x0 + side), min(height, y0 + side)

@@ -178,7 +178,7 @@ class Recognizer:
         if timings is not None:
             for stage, start, end in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=False):
                 timings[stage] = (end - start) * 1000.0
-        return [face_result((b.x, b.y, b.w, b.h), p) for b, p in zip(boxes, probs, strict=False)]
+        return [face_result((b.x, b.y, b.w, b.h), p, b.eyes) for b, p in zip(boxes, probs, strict=False)]
 
 
 class ImageTooLargeError(ValueError):
