@@ -125,7 +125,7 @@ def _raw_call(url: str, endpoint: str, data: list) -> tuple[str, object]:
 def test_server_files_are_never_opened_for_a_request(served: str, secret: Path, endpoint: str, form: str) -> None:
     value = {"unmarked-dict": {"path": str(secret)}, "bare-string": str(secret),
              "marked-outside-cache": {"path": str(secret), "meta": {"_type": "gradio.FileData"}}}[form]
-    data = [value, False] if endpoint == "analyze_photo" else [value]
+    data = [value, False, False] if endpoint == "analyze_photo" else [value]  # photo, whole image, explain
     event, result = _raw_call(served, endpoint, data)
     if event == "complete":  # our handler answered: no image, and a message saying why
         assert result[0] is None
