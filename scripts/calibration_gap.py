@@ -6,6 +6,7 @@ on both sets (ECE over 15 bins, NLL). Never touches a test split.
 
     python scripts/calibration_gap.py runs/x/best.pt --data ../shared/fer2013
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,17 +18,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emotion.models.temperature import apply_temperature
+from emotion.data.dataset import split_train_val
+from emotion.data.splits import load_split
 from emotion.evaluation.calibration import (
     default_held_out,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
 )
-from emotion.data.splits import load_split
-from emotion.data.dataset import split_train_val
 from emotion.evaluation.evaluate import predict_dataset
 from emotion.inference.classifier import EmotionClassifier
+from emotion.models.temperature import apply_temperature
 
 
 def main() -> int:
@@ -41,7 +42,10 @@ def main() -> int:
     clf = EmotionClassifier.from_checkpoint(a.checkpoint, device="cpu", tta=a.tta)
     held = default_held_out(clf.loaded.train_config, None, None)
     if not held.unseen:
-        print("error: this checkpoint was not trained with --val-split; it has no truly unseen training faces", file=sys.stderr)
+        print(
+            "error: this checkpoint was not trained with --val-split; it has no truly unseen training faces",
+            file=sys.stderr,
+        )
         return 2
     train_part, unseen = split_train_val(load_split(a.data, "train"), held.fraction, held.seed)
     pick = torch.randperm(len(train_part), generator=torch.Generator().manual_seed(held.seed))[: len(unseen)]
@@ -49,14 +53,19 @@ def main() -> int:
     probs = {name: torch.from_numpy(predict_dataset(clf, ds, calibrated=False)) for name, ds in sets.items()}
     labels = {name: ds.labels.numpy() for name, ds in sets.items()}
     temps = {"1 (raw)": 1.0, **{f"fit on {name}": fit_temperature(probs[name], labels[name]) for name in sets}}
-    print(f"{clf.name}, tta {clf.tta}: {len(unseen)} unseen faces (val split {held.fraction:g}, seed {held.seed}), "
-          f"{len(unseen)} seen faces of its training part")
+    print(
+        f"{clf.name}, tta {clf.tta}: {len(unseen)} unseen faces (val split {held.fraction:g}, seed {held.seed}), "
+        f"{len(unseen)} seen faces of its training part"
+    )
     for name in sets:
         print(f"accuracy on {name}: {(probs[name].argmax(1).numpy() == labels[name]).mean() * 100:.2f}%")
     print(f"{'temperature':<22}{'T':>8}" + "".join(f"{'ECE ' + n:>13}{'NLL ' + n:>13}" for n in sets))
     for label, t in temps.items():
-        row = "".join(f"{expected_calibration_error(apply_temperature(probs[n], t), labels[n]):>13.4f}"
-                      f"{negative_log_likelihood(apply_temperature(probs[n], t), labels[n]):>13.4f}" for n in sets)
+        row = "".join(
+            f"{expected_calibration_error(apply_temperature(probs[n], t), labels[n]):>13.4f}"
+            f"{negative_log_likelihood(apply_temperature(probs[n], t), labels[n]):>13.4f}"
+            for n in sets
+        )
         print(f"{label:<22}{t:>8.4f}{row}")
     return 0
 

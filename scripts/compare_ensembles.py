@@ -11,6 +11,7 @@ networks, or ``--baseline``, e.g. the shipped file). ``--sizes`` and ``--tta`` n
 
     python scripts/compare_ensembles.py runs/a/best.pt runs/b/best.pt runs/c/best.pt --data ../shared/fer2013
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="../shared/fer2013", help="dataset folder or fer2013.csv")
     p.add_argument("--split", default="test", help="split to score")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON rows instead of a table (with --holdout: {\"subsets\": rows, \"holdout\": summary})")
-    p.add_argument("--holdout", type=int, default=0,
-                   help="also check N random half splits: pick the best row on one half, score it on the other (try 200)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON rows instead of a table (with --holdout: {"subsets": rows, "holdout": summary})',
+    )
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        help="also check N random half splits: pick the best row on one half, score it on the other (try 200)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the --holdout halves")
-    p.add_argument("--baseline", help="--holdout compares with this checkpoint without TTA, e.g. assets/emotion_cnn.pt "
-                                      "(default: the ensemble of every checkpoint given, without TTA)")
+    p.add_argument(
+        "--baseline",
+        help="--holdout compares with this checkpoint without TTA, e.g. assets/emotion_cnn.pt "
+        "(default: the ensemble of every checkpoint given, without TTA)",
+    )
     p.add_argument("--sizes", type=int, nargs="+", help="only subsets of these sizes (default: every size)")
-    p.add_argument("--tta", nargs="+", choices=list(TTA_VIEWS), default=list(TTA_VIEWS),
-                   help="only these TTA modes (default: all; shift runs each network 10 times)")
+    p.add_argument(
+        "--tta",
+        nargs="+",
+        choices=list(TTA_VIEWS),
+        default=list(TTA_VIEWS),
+        help="only these TTA modes (default: all; shift runs each network 10 times)",
+    )
     a = p.parse_args(argv)
     if a.holdout < 0:
         p.error(f"--holdout must be 0 (off) or a number of half splits, got {a.holdout}")
@@ -71,12 +87,18 @@ def main(argv: list[str] | None = None) -> int:
             for mode in a.tta:
                 preds = np.mean([probs[path, mode] for path in subset], axis=0).argmax(1)
                 m = compute_metrics(labels, preds)
-                rows.append({"networks": list(subset), "tta": mode, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]})
+                rows.append(
+                    {"networks": list(subset), "tta": mode, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+                )
                 correct.append(preds == labels)
     summary = None
     if a.holdout:
         # The default baseline involves no choice: every network given, no TTA. It is also a candidate row: keeping it.
-        base = scored(a.baseline, "none") if a.baseline else np.mean([scored(path, "none") for path in a.checkpoints], axis=0)
+        base = (
+            scored(a.baseline, "none")
+            if a.baseline
+            else np.mean([scored(path, "none") for path in a.checkpoints], axis=0)
+        )
         summary = holdout_check(np.array(correct + [base.argmax(1) == labels]), len(correct), labels, a.holdout, a.seed)
     if a.json:
         print(json.dumps({"subsets": rows, "holdout": summary} if summary else rows, indent=1))
@@ -85,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{' + '.join(r['networks']):<60} {r['tta']:<6} {r['accuracy'] * 100:>8.2f}% {r['macro_f1']:>9.4f}")
     if summary:
-        print(f"\nholdout ({summary['rounds']} half splits): the best row picked on one half leads "
-              f"{a.baseline or 'all networks'} without TTA "
-              f"by {summary['lead_where_picked'] * 100:+.2f} points there and by {summary['lead_elsewhere'] * 100:+.2f} "
-              f"(sd {summary['lead_elsewhere_sd'] * 100:.2f}) on the other half, ahead in {summary['ahead_elsewhere']:.0%} of them")
+        print(
+            f"\nholdout ({summary['rounds']} half splits): the best row picked on one half leads "
+            f"{a.baseline or 'all networks'} without TTA "
+            f"by {summary['lead_where_picked'] * 100:+.2f} points there and by {summary['lead_elsewhere'] * 100:+.2f} "
+            f"(sd {summary['lead_elsewhere_sd'] * 100:.2f}) on the other half, ahead in {summary['ahead_elsewhere']:.0%} of them"
+        )
     return 0
 
 
@@ -109,8 +133,13 @@ def holdout_check(correct: np.ndarray, baseline: int, labels: np.ndarray, rounds
         picked.append(correct[best, half].mean() - correct[baseline, half].mean())
         elsewhere.append(correct[best, ~half].mean() - correct[baseline, ~half].mean())
     elsewhere_arr = np.array(elsewhere)
-    return {"rounds": rounds, "lead_where_picked": float(np.mean(picked)), "lead_elsewhere": float(elsewhere_arr.mean()),
-            "lead_elsewhere_sd": float(elsewhere_arr.std()), "ahead_elsewhere": float((elsewhere_arr > 0).mean())}
+    return {
+        "rounds": rounds,
+        "lead_where_picked": float(np.mean(picked)),
+        "lead_elsewhere": float(elsewhere_arr.mean()),
+        "lead_elsewhere_sd": float(elsewhere_arr.std()),
+        "ahead_elsewhere": float((elsewhere_arr > 0).mean()),
+    }
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 Timing uses the benchmark's 640x480 frames (1 and 4 real FER2013 test faces, ``emotion.bench.pipeline.compose_frames``) and
 ``emotion.bench.pipeline.explain_timings``, also part of ``train_cli.py bench``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from emotion.bench.pipeline import compose_frames, explain_timings  # noqa: E402
 from emotion.bench.timing import SHARED_FER, BenchConfig  # noqa: E402
+from emotion.inference.classifier import EmotionClassifier  # noqa: E402
 from emotion.inference.explain import explain_image  # noqa: E402
 from emotion.inference.faces import FaceDetector  # noqa: E402
 from emotion.inference.overlay import draw_faces  # noqa: E402
-from emotion.inference.classifier import EmotionClassifier  # noqa: E402
 from emotion.inference.recognizer import Recognizer  # noqa: E402
 
 FACE_MODEL = ROOT.parent / "shared" / "models" / "face_detection_short_range.tflite"
@@ -42,12 +43,16 @@ def screenshot(recognizer: Recognizer, path: Path) -> None:
     frame = face_scene(faces[0], face_px=side, centre=spots[0])
     for face, (cx, cy) in zip(faces[1:], spots[1:], strict=False):
         frame[cy - side // 2 : cy + side // 2, cx - side // 2 : cx + side // 2] = cv2.resize(
-            face, (side, side), interpolation=cv2.INTER_CUBIC)[:, :, None]
+            face, (side, side), interpolation=cv2.INTER_CUBIC
+        )[:, :, None]
     found = recognizer.analyze(frame)
     picture = draw_faces(explain_image(recognizer.classifier, frame, found), found)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
-    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB): " + ", ".join(f"{f['label']} {f['score']:.0%}" for f in found))
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB): "
+        + ", ".join(f"{f['label']} {f['score']:.0%}" for f in found)
+    )
 
 
 def main() -> int:
@@ -67,9 +72,11 @@ def main() -> int:
         print(json.dumps(result, indent=2))
         for key, r in result.items():
             n = max(1, r["faces_detected"])
-            print(f"{key}: without {r['plain_ms']['median']:.1f} ms ({r['plain_ms']['median'] / n:.1f} ms/face), "
-                  f"with Grad-CAM {r['explained_ms']['median']:.1f} ms ({r['explained_ms']['median'] / n:.1f} ms/face); "
-                  f"Grad-CAM adds {r['explain_ms_per_face']:.1f} ms/face")
+            print(
+                f"{key}: without {r['plain_ms']['median']:.1f} ms ({r['plain_ms']['median'] / n:.1f} ms/face), "
+                f"with Grad-CAM {r['explained_ms']['median']:.1f} ms ({r['explained_ms']['median'] / n:.1f} ms/face); "
+                f"Grad-CAM adds {r['explain_ms_per_face']:.1f} ms/face"
+            )
     if a.screenshot:
         screenshot(recognizer, a.screenshot)
     return 0 if (a.time or a.screenshot) else 2

@@ -5,6 +5,7 @@ eye-aligned crop; the frames are the same as ``evaluate --frames`` draws for the
 
     python scripts/frame_bench_box_crop.py --data ../shared/fer2013 --split test --seed 0 --out /tmp/frames/box
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from emotion.data.splits import load_split
-from emotion.inference.faces import FaceDetector
 from emotion.evaluation.frames import (
     FrameBenchConfig,
     format_frames_table,
@@ -22,6 +22,7 @@ from emotion.evaluation.frames import (
     write_frames_report,
 )
 from emotion.inference.classifier import EmotionClassifier, default_checkpoint
+from emotion.inference.faces import FaceDetector
 from emotion.inference.recognizer import Recognizer
 
 
@@ -32,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", help="split whose faces are placed in frames")
     p.add_argument("--seed", type=int, default=0, help="seed of the frames' draws")
     p.add_argument("--limit", type=int, default=None, help="only this many faces (a seeded random subset)")
-    p.add_argument("--face-model", default="../shared/models/face_detection_short_range.tflite", help="BlazeFace .tflite")
+    p.add_argument(
+        "--face-model", default="../shared/models/face_detection_short_range.tflite", help="BlazeFace .tflite"
+    )
     p.add_argument("--engine", default="onnxruntime", help="auto, torch or onnxruntime")
     p.add_argument("--out", required=True, help="folder for frames.json and frames.md")
     a = p.parse_args(argv)
@@ -41,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     detector.detect = lambda rgb: [replace(b, eyes=None) for b in detect(rgb)]  # no eyes: the box square crop
     classifier = EmotionClassifier.from_checkpoint(a.checkpoint or default_checkpoint(), engine=a.engine)
     ds = load_split(a.data, a.split)
-    report = run_frame_benchmark(Recognizer(classifier, detector), ds.images.numpy(), ds.labels.numpy(),
-                                 FrameBenchConfig(seed=a.seed, limit=a.limit))
+    report = run_frame_benchmark(
+        Recognizer(classifier, detector),
+        ds.images.numpy(),
+        ds.labels.numpy(),
+        FrameBenchConfig(seed=a.seed, limit=a.limit),
+    )
     write_frames_report(report, a.out)
     print(format_frames_table(report))
     return 0

@@ -8,6 +8,7 @@ emotion/align.py. Only the train split is read: framing constants must not be fi
 
     python scripts/measure_fer_framing.py --data ../shared/fer2013 --faces 3000 --seed 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,18 +47,29 @@ def measure_one(detector: FaceDetector, face48: np.ndarray) -> dict | None:
     if len(boxes) != 1 or boxes[0].eyes is None:
         return None
     box = boxes[0]
-    to48 = lambda x, y: ((x - x0) / UPSCALE, (y - y0) / UPSCALE)
+
+    def to48(x: float, y: float) -> tuple[float, float]:
+        return (x - x0) / UPSCALE, (y - y0) / UPSCALE
+
     rx, ry = to48(*box.eyes[:2])  # the eye on the image's left (the subject's right)
     lx, ly = to48(*box.eyes[2:])
     bx, by = to48(box.x, box.y)
     bw, bh = box.w / UPSCALE, box.h / UPSCALE
     eye_dist = math.hypot(lx - rx, ly - ry)
-    return {"eye_cx": (rx + lx) / 2, "eye_cy": (ry + ly) / 2, "eye_dist": eye_dist,
-            "eye_angle_deg": math.degrees(math.atan2(ly - ry, lx - rx)),
-            "box_x": bx, "box_y": by, "box_w": bw, "box_h": bh,
-            # where the eyes sit in the detector's box: used when a box comes without keypoints (Haar)
-            "eye_cx_in_box": ((rx + lx) / 2 - bx) / bw, "eye_cy_in_box": ((ry + ly) / 2 - by) / bh,
-            "eye_dist_in_box": eye_dist / bw}
+    return {
+        "eye_cx": (rx + lx) / 2,
+        "eye_cy": (ry + ly) / 2,
+        "eye_dist": eye_dist,
+        "eye_angle_deg": math.degrees(math.atan2(ly - ry, lx - rx)),
+        "box_x": bx,
+        "box_y": by,
+        "box_w": bw,
+        "box_h": bh,
+        # where the eyes sit in the detector's box: used when a box comes without keypoints (Haar)
+        "eye_cx_in_box": ((rx + lx) / 2 - bx) / bw,
+        "eye_cy_in_box": ((ry + ly) / 2 - by) / bh,
+        "eye_dist_in_box": eye_dist / bw,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="../shared/fer2013", help="FER2013 folder holding train/<class>/*.png")
     p.add_argument("--faces", type=int, default=3000, help="train faces to sample")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    p.add_argument("--face-model", default="../shared/models/face_detection_short_range.tflite",
-                   help="MediaPipe BlazeFace short-range .tflite")
+    p.add_argument(
+        "--face-model",
+        default="../shared/models/face_detection_short_range.tflite",
+        help="MediaPipe BlazeFace short-range .tflite",
+    )
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
     detector = FaceDetector(a.face_model, allow_download=False)
@@ -81,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         v = np.array([r[key] for r in rows])
         q1, med, q3 = np.percentile(v, [25, 50, 75])
         stats[key] = {"median": round(float(med), 4), "q1": round(float(q1), 4), "q3": round(float(q3), 4)}
-    result = {"split": "train", "sampled": len(files), "found": len(rows), "seed": a.seed, "upscale": UPSCALE, "stats": stats}
+    result = {
+        "split": "train",
+        "sampled": len(files),
+        "found": len(rows),
+        "seed": a.seed,
+        "upscale": UPSCALE,
+        "stats": stats,
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

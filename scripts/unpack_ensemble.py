@@ -7,6 +7,7 @@ widened to float32; ``ship`` narrows its matrices to the same float16 values aga
 
     python scripts/unpack_ensemble.py assets/emotion_cnn.pt --out runs/released
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,13 @@ def unpack(path: str | Path, out: str | Path) -> list[Path]:
         if dst in written:
             dst = Path(out) / f"{name}-network{i}" / "best.pt"
         train_config = configs[i - 1] if i <= len(configs) and isinstance(configs[i - 1], dict) else {}
-        save_checkpoint(dst, member_network(loaded, i - 1), member_config(loaded.config, i - 1), train_config=train_config, metrics=own_metrics)
+        save_checkpoint(
+            dst,
+            member_network(loaded, i - 1),
+            member_config(loaded.config, i - 1),
+            train_config=train_config,
+            metrics=own_metrics,
+        )
         written.append(dst)
     return written
 

@@ -1,4 +1,5 @@
 """Shared fixtures: synthetic FER-style datasets, tiny checkpoints and real faces from ../shared."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,9 @@ FACE_MODEL = SHARED / "models" / "face_detection_short_range.tflite"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: slower tests (browser, real data); still run by the README's test command")
+    config.addinivalue_line(
+        "markers", "slow: slower tests (browser, real data); still run by the README's test command"
+    )
 
 
 def synthetic_face(label: int, rng: np.random.Generator) -> np.ndarray:
@@ -30,7 +33,9 @@ def synthetic_face(label: int, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def make_folder_dataset(root: Path, per_class: int = 12, splits: tuple[str, ...] = ("train", "test"), seed: int = 0) -> Path:
+def make_folder_dataset(
+    root: Path, per_class: int = 12, splits: tuple[str, ...] = ("train", "test"), seed: int = 0
+) -> Path:
     """Write ``root/<split>/<class>/*.png`` with ``per_class`` synthetic faces per class; returns root."""
     rng = np.random.default_rng(seed)
     for split in splits:

@@ -8,6 +8,7 @@ camera frame a result belongs to (``read_frame_number``; the page does the same 
 
     python tests/make_clip.py clip.y4m   # faces from ../shared/fer2013
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,12 @@ from PIL import Image
 
 FER_TEST = Path(__file__).resolve().parent.parent.parent / "shared" / "fer2013" / "test"
 # Clear, frontal expressions that read well in a screenshot (FER2013 labels are noisy; these are not).
-CLIP_FACES = {"happy": "PublicTest_11394394.jpg", "surprise": "PublicTest_11715606.jpg",
-              "angry": "PublicTest_12693575.jpg", "neutral": "PublicTest_10262886.jpg"}
+CLIP_FACES = {
+    "happy": "PublicTest_11394394.jpg",
+    "surprise": "PublicTest_11715606.jpg",
+    "angry": "PublicTest_12693575.jpg",
+    "neutral": "PublicTest_10262886.jpg",
+}
 CLIP_FPS = 30  # a webcam's frame rate
 # The frame-number strip: CODE_BLOCKS blocks of CODE_BLOCK_PX x CODE_HEIGHT_PX across the bottom of a 640 px
 # frame: a white start block, the number's bits (most significant first, white = 1), a black stop block. The
@@ -32,8 +37,9 @@ CODE_HEIGHT_PX = 24
 WHITE, BLACK = 235, 16  # video-range luma: survives YUV 4:2:0 and JPEG without clipping
 
 
-def face_scene(face: np.ndarray, size: tuple[int, int] = (640, 480), face_px: int = 200,
-               centre: tuple[int, int] | None = None) -> np.ndarray:
+def face_scene(
+    face: np.ndarray, size: tuple[int, int] = (640, 480), face_px: int = 200, centre: tuple[int, int] | None = None
+) -> np.ndarray:
     """An RGB frame (width, height = ``size``) with a grayscale face enlarged to ``face_px`` on a soft gradient."""
     width, height = size
     xx = np.linspace(0.0, 1.0, width)[None, :]
@@ -43,7 +49,7 @@ def face_scene(face: np.ndarray, size: tuple[int, int] = (640, 480), face_px: in
     big = cv2.resize(face, (face_px, face_px), interpolation=cv2.INTER_CUBIC)
     cx, cy = centre or (width // 2, height // 2)
     x0, y0 = cx - face_px // 2, cy - face_px // 2
-    frame[y0:y0 + face_px, x0:x0 + face_px] = big[:, :, None]
+    frame[y0 : y0 + face_px, x0 : x0 + face_px] = big[:, :, None]
     return frame
 
 
@@ -66,11 +72,11 @@ def write_y4m(path: Path, frames: Sequence[np.ndarray], fps: int) -> Path:
 def stamp_frame_number(rgb: np.ndarray, number: int) -> np.ndarray:
     """``rgb`` (640 px wide) with ``number`` written in the strip along its bottom edge, in place."""
     bits = CODE_BLOCKS - 2
-    if not 0 <= number < 2 ** bits:
+    if not 0 <= number < 2**bits:
         raise ValueError(f"frame number {number} does not fit in {bits} bits")
     values = [WHITE] + [WHITE if number >> (bits - 1 - k) & 1 else BLACK for k in range(bits)] + [BLACK]
     for k, value in enumerate(values):
-        rgb[-CODE_HEIGHT_PX:, k * CODE_BLOCK_PX:(k + 1) * CODE_BLOCK_PX] = value
+        rgb[-CODE_HEIGHT_PX:, k * CODE_BLOCK_PX : (k + 1) * CODE_BLOCK_PX] = value
     return rgb
 
 

@@ -6,6 +6,7 @@ Prints (and with --json, one JSON object):
 - the failures among 16 concurrent identical uploads (each result downloaded, as gradio_client does);
 - the number of files under Gradio's temp folder 75 s after 20 uploads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,13 +76,24 @@ def main() -> None:
     canvas = np.full((480, 640, 3), 170, np.uint8)
     canvas[140:340, 220:420] = big
     Image.fromarray(canvas).save(photo, quality=90)
-    figures: dict[str, object] = {"contended": os.getloadavg()[0] > 1.0, "load_average_1min": round(os.getloadavg()[0], 2)}
+    figures: dict[str, object] = {
+        "contended": os.getloadavg()[0] > 1.0,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
 
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report this process's peak.
-    code = ("import re, sys, train_cli; train_cli.main(sys.argv[1:]); status = open('/proc/self/status').read(); "
-            "print(int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) / 1024)")
-    out = subprocess.run([sys.executable, "-c", code, "predict", str(huge), "--json"], cwd=ROOT, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    code = (
+        "import re, sys, train_cli; train_cli.main(sys.argv[1:]); status = open('/proc/self/status').read(); "
+        "print(int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) / 1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "predict", str(huge), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
     figures["cli_predict_13000px_png_peak_mb"] = round(float(out.stdout.strip().splitlines()[-1]), 1)
 
     port = free_port()
@@ -98,7 +110,8 @@ def main() -> None:
         def one(_: int) -> bool:
             try:
                 annotated, message, *_ = Client(url, verbose=False, download_files=str(downloads)).predict(
-                    handle_file(str(photo)), False, api_name="/analyze_photo")
+                    handle_file(str(photo)), False, api_name="/analyze_photo"
+                )
                 return message.startswith("Found") and Path(annotated).stat().st_size > 0
             except Exception as exc:  # counted as a failure, whatever it is
                 print(f"request failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Eye-aligned FER2013 crops (emotion/align.py), the frame benchmark (emotion/frame_bench.py) and bad frames."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,16 @@ from conftest import FER_DIR
 from PIL import Image
 
 import train_cli
-from emotion.inference import align
-from emotion.inference.faces import Box, FaceDetector, crop_faces
+from emotion.data.labels import CLASS_NAMES
 from emotion.evaluation.frames import (
     FrameBenchConfig,
     place_face,
     run_frame_benchmark,
     write_frames_report,
 )
-from emotion.data.labels import CLASS_NAMES
+from emotion.inference import align
 from emotion.inference.classifier import EmotionClassifier
+from emotion.inference.faces import Box, FaceDetector, crop_faces
 from emotion.inference.recognizer import Recognizer
 
 
@@ -31,8 +32,13 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1])
 
 
-def frame_with(face: np.ndarray, centre: tuple[float, float] = (320, 240), side: float = 200, angle: float = 0.0,
-               background: int = 128) -> np.ndarray:
+def frame_with(
+    face: np.ndarray,
+    centre: tuple[float, float] = (320, 240),
+    side: float = 200,
+    angle: float = 0.0,
+    background: int = 128,
+) -> np.ndarray:
     frame = np.full((480, 640, 3), background, np.uint8)
     place_face(frame, face, centre, side, angle)
     return frame
@@ -50,17 +56,26 @@ def recognizer(detector: FaceDetector, tiny_cnn_checkpoint: Path) -> Recognizer:
 
 # --- geometry, no detector -----------------------------------------------------------------------
 
+
 def test_warp_puts_the_eyes_where_fer2013_has_them_and_undoes_rotation() -> None:
     # Two bright dots as eyes, 60 px apart, the line through them tilted 25 degrees, in a big frame.
     frame = np.zeros((600, 800, 3), np.uint8)
     cx, cy, half, tilt = 400.0, 300.0, 30.0, math.radians(25)
-    eyes = (cx - half * math.cos(tilt), cy + half * math.sin(tilt), cx + half * math.cos(tilt), cy - half * math.sin(tilt))
+    eyes = (
+        cx - half * math.cos(tilt),
+        cy + half * math.sin(tilt),
+        cx + half * math.cos(tilt),
+        cy - half * math.sin(tilt),
+    )
     for x, y in (eyes[:2], eyes[2:]):
         cv2.circle(frame, (round(x), round(y)), 4, (255, 255, 255), -1)
     crop = align.aligned_crop(frame, eyes)
     assert crop.shape == (48, 48) and crop.dtype == np.uint8
     left, right = crop[:, :24].astype(float), crop[:, 24:].astype(float)
-    for half_img, x_offset, expected_x in ((left, 0, align.EYE_CX - align.EYE_DIST / 2), (right, 24, align.EYE_CX + align.EYE_DIST / 2)):
+    for half_img, x_offset, expected_x in (
+        (left, 0, align.EYE_CX - align.EYE_DIST / 2),
+        (right, 24, align.EYE_CX + align.EYE_DIST / 2),
+    ):
         ys, xs = np.mgrid[0:48, 0:24]
         w = half_img / half_img.sum()
         # pixel centres sit at +0.5 in the crop's continuous coordinates
@@ -78,7 +93,12 @@ def test_big_faces_are_shrunk_without_aliasing() -> None:
 
 def test_degenerate_or_outside_eyes_fall_back_to_the_box_crop() -> None:
     frame = np.full((100, 100, 3), 90, np.uint8)
-    for eyes in ((10.0, 10.0, 10.0, 10.0), (math.nan, 1.0, 2.0, 3.0), (1e6, 1e6, 1e6 + 30, 1e6), (-5e3, 0.0, -4e3, 0.0)):
+    for eyes in (
+        (10.0, 10.0, 10.0, 10.0),
+        (math.nan, 1.0, 2.0, 3.0),
+        (1e6, 1e6, 1e6 + 30, 1e6),
+        (-5e3, 0.0, -4e3, 0.0),
+    ):
         assert align.aligned_crop(frame, eyes) is None
         (crop,) = crop_faces(frame, [Box(20, 20, 40, 40, eyes=eyes)])
         assert crop.shape == (48, 48)
@@ -92,7 +112,10 @@ def test_estimated_eyes_follow_the_measured_framing() -> None:
 
 # --- real faces through BlazeFace ----------------------------------------------------------------
 
-def test_aligned_crop_of_a_rotated_scaled_face_matches_its_upright_crop(detector: FaceDetector, real_faces: dict) -> None:
+
+def test_aligned_crop_of_a_rotated_scaled_face_matches_its_upright_crop(
+    detector: FaceDetector, real_faces: dict
+) -> None:
     aligned, boxed, tilt_errors = [], [], []
     for name in ("happy", "neutral", "surprise", "sad", "angry"):
         face = real_faces[name][0]
@@ -119,7 +142,9 @@ def test_aligned_crop_of_a_rotated_scaled_face_matches_its_upright_crop(detector
     assert np.median(aligned) > 0.7 and np.median(aligned) > np.median(boxed) + 0.15, (aligned, boxed)
 
 
-def test_haar_fallback_still_crops_with_estimated_eyes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_faces: dict) -> None:
+def test_haar_fallback_still_crops_with_estimated_eyes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_faces: dict
+) -> None:
     monkeypatch.delenv("EMOTION_FACE_MODEL", raising=False)
     haar = FaceDetector(backend="haar")
     frame = frame_with(real_faces["happy"][0], side=200)
@@ -133,12 +158,15 @@ def test_haar_fallback_still_crops_with_estimated_eyes(tmp_path: Path, monkeypat
 
 # --- bad frames: a clear result, never a traceback --------------------------------------------------
 
+
 def bad_frames(real_faces: dict) -> dict[str, np.ndarray]:
     face = real_faces["happy"][0]
-    return {"no_face": np.full((480, 640, 3), 128, np.uint8),
-            "cut_by_edge": frame_with(face, centre=(15, 240), side=220),
-            "rotated_90": np.ascontiguousarray(np.rot90(frame_with(face, side=200))),
-            "all_black": np.zeros((480, 640, 3), np.uint8)}
+    return {
+        "no_face": np.full((480, 640, 3), 128, np.uint8),
+        "cut_by_edge": frame_with(face, centre=(15, 240), side=220),
+        "rotated_90": np.ascontiguousarray(np.rot90(frame_with(face, side=200))),
+        "all_black": np.zeros((480, 640, 3), np.uint8),
+    }
 
 
 def test_bad_frames_through_analyze(recognizer: Recognizer, real_faces: dict) -> None:
@@ -151,14 +179,27 @@ def test_bad_frames_through_analyze(recognizer: Recognizer, real_faces: dict) ->
             assert faces == [], name
 
 
-def test_bad_frames_through_predict_cli(tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, real_faces: dict,
-                                        capsys: pytest.CaptureFixture) -> None:
+def test_bad_frames_through_predict_cli(
+    tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, real_faces: dict, capsys: pytest.CaptureFixture
+) -> None:
     paths = []
     for name, frame in bad_frames(real_faces).items():
         paths.append(tmp_path / f"{name}.png")
         Image.fromarray(frame).save(paths[-1])
-    assert train_cli.main(["predict", *map(str, paths), "--checkpoint", str(tiny_cnn_checkpoint),
-                           "--face-model", str(face_model_path), "--json"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "predict",
+                *map(str, paths),
+                "--checkpoint",
+                str(tiny_cnn_checkpoint),
+                "--face-model",
+                str(face_model_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)
     assert [Path(r["image"]).stem for r in results] == [p.stem for p in paths]
     assert all("faces" in r and "error" not in r for r in results)
@@ -166,6 +207,7 @@ def test_bad_frames_through_predict_cli(tmp_path: Path, tiny_cnn_checkpoint: Pat
 
 
 # --- the frame benchmark ---------------------------------------------------------------------------
+
 
 def test_frame_benchmark_runs_and_writes_its_report(recognizer: Recognizer, real_faces: dict, tmp_path: Path) -> None:
     names = ("happy", "neutral", "surprise")
@@ -183,7 +225,9 @@ def test_frame_benchmark_runs_and_writes_its_report(recognizer: Recognizer, real
     assert "| all | 5 |" in (out / "frames.md").read_text()
 
 
-def test_evaluate_frames_cli(tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_frames_cli(
+    tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     if not FER_DIR.is_dir():
         pytest.skip("../shared/fer2013 is not available")
     data = tmp_path / "fer"
@@ -192,10 +236,34 @@ def test_evaluate_frames_cli(tmp_path: Path, tiny_cnn_checkpoint: Path, face_mod
         for f in sorted((FER_DIR / "test" / name).glob("*.jpg"))[:2]:
             shutil.copy(f, data / "test" / name / f.name)
     out = tmp_path / "report"
-    assert train_cli.main(["evaluate", "--frames", "--checkpoint", str(tiny_cnn_checkpoint), "--data", str(data),
-                           "--split", "test", "--limit", "4", "--seed", "1", "--face-model", str(face_model_path),
-                           "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "evaluate",
+                "--frames",
+                "--checkpoint",
+                str(tiny_cnn_checkpoint),
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--limit",
+                "4",
+                "--seed",
+                "1",
+                "--face-model",
+                str(face_model_path),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "found %" in capsys.readouterr().out
     report = json.loads((out / "frames.json").read_text())
     assert report["overall"]["faces"] == 4 and report["config"]["seed"] == 1
-    assert train_cli.main(["evaluate", "--frames", "--data", str(data), "--limit", "0"]) != 0  # a clear error, no traceback
+    assert (
+        train_cli.main(["evaluate", "--frames", "--data", str(data), "--limit", "0"]) != 0
+    )  # a clear error, no traceback

@@ -1,4 +1,5 @@
 """The app served for real and called the way a program would: gradio_client against its API endpoints."""
+
 from __future__ import annotations
 
 import socket
@@ -7,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import launched_app
+from make_clip import face_scene
 from PIL import Image
 
 from app import build_parser, main
-from conftest import launched_app
-from emotion.data.labels import CLASS_NAMES
 from emotion.app import AppConfig, EmotionApp
-from make_clip import face_scene
+from emotion.data.labels import CLASS_NAMES
 
 
 def free_port() -> int:
@@ -24,10 +25,19 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmotionApp, str]]:
+def served(
+    tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[EmotionApp, str]]:
     base = tmp_path_factory.mktemp("served")
-    config = AppConfig(checkpoint=tiny_cnn_checkpoint, face_model=face_model_path, device="cpu", data_root=base / "data",
-                       runs_dir=base / "runs", assets_dir=base / "assets", port=free_port())
+    config = AppConfig(
+        checkpoint=tiny_cnn_checkpoint,
+        face_model=face_model_path,
+        device="cpu",
+        data_root=base / "data",
+        runs_dir=base / "runs",
+        assets_dir=base / "assets",
+        port=free_port(),
+    )
     with launched_app(config) as (app, url):
         yield app, url
 
@@ -61,12 +71,16 @@ def test_api_offers_photo_and_frame_endpoints_only(client) -> None:
 def test_analyze_photo_finds_one_face(client, face_photo: Path) -> None:
     from gradio_client import handle_file
 
-    annotated, message, faces, first, *others = client.predict(handle_file(str(face_photo)), False, api_name="/analyze_photo")
+    annotated, message, faces, first, *others = client.predict(
+        handle_file(str(face_photo)), False, api_name="/analyze_photo"
+    )
     assert Path(annotated).is_file() and message.startswith("Found 1 face")
     assert len(faces) == 1
     face = faces[0]
     assert face["label"] in CLASS_NAMES and 0.0 <= face["score"] <= 1.0
-    assert set(face["probabilities"]) == set(CLASS_NAMES) and sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert set(face["probabilities"]) == set(CLASS_NAMES) and sum(face["probabilities"].values()) == pytest.approx(
+        1.0, abs=1e-3
+    )
     x, y, w, h = face["box"]
     assert 170 < x + w / 2 < 470 and 90 < y + h / 2 < 390 and 100 < w < 300  # the 200 px face pasted at the centre
     assert first["visible"] and len(first["value"]["confidences"]) == len(CLASS_NAMES)
@@ -107,6 +121,8 @@ def test_missing_files_on_the_command_line_are_usage_errors(tmp_path: Path, caps
 
 
 def test_no_training_hides_the_training_tab(tiny_cnn_checkpoint: Path, face_model_path: Path) -> None:
-    app = EmotionApp(AppConfig(checkpoint=tiny_cnn_checkpoint, face_model=face_model_path, device="cpu", training=False))
+    app = EmotionApp(
+        AppConfig(checkpoint=tiny_cnn_checkpoint, face_model=face_model_path, device="cpu", training=False)
+    )
     tabs = [c["props"].get("label") for c in app.demo.config["components"] if c["type"] == "tabitem"]
     assert app.runner is None and tabs == ["Live", "Upload a photo", "Video"]

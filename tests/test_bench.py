@@ -2,6 +2,7 @@
 
 Behaviour only: timings on a shared test machine are not asserted.
 """
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from emotion.bench.report import format_report
 from emotion.bench.run import run_benchmark
 from emotion.bench.timing import BenchConfig
-from emotion.bench.report import format_report
 from emotion.utils.runtime import cpu_cores
 
 
@@ -36,19 +37,33 @@ def test_quick_benchmark_reports_every_key(quick_result: dict) -> None:
     assert _get(r, "video.face_ids") == 1 and _get(r, "video.torch_threads") == 1
     positive += [f"training.clip.{phase}.images_per_s" for phase in ("frozen_cached", "frozen_uncached", "unfrozen")]
     for detector in ("blazeface", "haar"):
-        positive += [f"detector.{detector}.ms.median", f"detector.{detector}.ms.p90", f"detector.{detector}.ms_4_face.median"]
+        positive += [
+            f"detector.{detector}.ms.median",
+            f"detector.{detector}.ms.p90",
+            f"detector.{detector}.ms_4_face.median",
+        ]
         assert _get(r, f"detector.{detector}.faces_found.1_face") == 1
     for model in ("cnn", "clip"):
-        assert _get(r, f"pipeline.{model}.threads") == cpu_cores() and _get(r, f"pipeline_1_thread.{model}.threads") == 1
+        assert (
+            _get(r, f"pipeline.{model}.threads") == cpu_cores() and _get(r, f"pipeline_1_thread.{model}.threads") == 1
+        )
         for n in (1, 4):
             base = f"pipeline.{model}.{n}_face"
-            positive += [f"{base}.total_ms.median", f"{base}.total_ms.p90", f"{base}.forward_ms.median",
-                         f"pipeline_1_thread.{model}.{n}_face.total_ms.median"]
+            positive += [
+                f"{base}.total_ms.median",
+                f"{base}.total_ms.p90",
+                f"{base}.forward_ms.median",
+                f"pipeline_1_thread.{model}.{n}_face.total_ms.median",
+            ]
             for stage in ("detect", "crop", "smooth", "overlay"):
                 assert _get(r, f"{base}.{stage}_ms.median") >= 0
             assert _get(r, f"{base}.faces_detected") == n, f"the {n}-face frame should show {n} detected faces"
-        positive += [f"ratios.{model}.four_vs_one_face", f"ratios.{model}.total_over_forward_1_face",
-                     f"forward.{model}.fp32.1_face.median", f"onnx.{model}.4_face.onnxruntime_ms.median"]
+        positive += [
+            f"ratios.{model}.four_vs_one_face",
+            f"ratios.{model}.total_over_forward_1_face",
+            f"forward.{model}.fp32.1_face.median",
+            f"onnx.{model}.4_face.onnxruntime_ms.median",
+        ]
         assert _get(r, f"onnx.{model}.parity_ok")
     positive += ["training.clip.frozen_phase.speedup", "training.clip.frozen_cached.embed_seconds"]
     # The shipped CNN is an ensemble: its live pipeline is also timed with every network on every frame.
@@ -58,14 +73,28 @@ def test_quick_benchmark_reports_every_key(quick_result: dict) -> None:
         assert isinstance(value, (int, float)) and value > 0, f"{key} = {value!r}, expected a positive number"
     for key in ("cpu", "cores", "torch", "native_bf16"):
         _get(r, f"machine.{key}")
-    assert {t["key"] for t in r["targets"]} >= {"cnn_1_face_total_ms", "haar_detect_ms", "clip_1_face_total_ms", "four_vs_one_face",
-                                               "total_over_forward", "frozen_cache_speedup"}
+    assert {t["key"] for t in r["targets"]} >= {
+        "cnn_1_face_total_ms",
+        "haar_detect_ms",
+        "clip_1_face_total_ms",
+        "four_vs_one_face",
+        "total_over_forward",
+        "frozen_cache_speedup",
+    }
     json.dumps(r)  # the --json output must serialise
 
 
 def test_format_report_renders(quick_result: dict) -> None:
     text = format_report(quick_result)
-    for heading in ("face detectors", "live pipeline", "forward pass", "ONNX Runtime", "training throughput", "app memory", "targets"):
+    for heading in (
+        "face detectors",
+        "live pipeline",
+        "forward pass",
+        "ONNX Runtime",
+        "training throughput",
+        "app memory",
+        "targets",
+    ):
         assert heading in text
     assert "PASS" in text or "MISS" in text
     assert "frozen_uncached" in text and "clip, 4 faces" in text and "cnn, 1 thread, 1 face" in text

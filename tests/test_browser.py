@@ -10,6 +10,7 @@ Speed is measured in the page: every change of the result image is a result fram
 number that tests/make_clip.py stamps into each camera frame, read back from the result image, gives
 the latency from the frame appearing in the camera's video element to its result appearing.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import launched_app, make_folder_dataset
-from emotion.app import AppConfig, EmotionApp
-from emotion.models.checkpoint import read_checkpoint
-from emotion.data.labels import CLASS_NAMES, display
 from make_clip import CLIP_FPS, CODE_BLOCK_PX, CODE_BLOCKS, CODE_HEIGHT_PX, face_scene, load_faces, make_clip
+from PIL import Image
 from test_app_client import free_port
+
+from emotion.app import AppConfig, EmotionApp
+from emotion.data.labels import CLASS_NAMES, display
+from emotion.models.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -116,22 +117,32 @@ def shipped_run(runs_dir: Path) -> str | None:
     run = runs_dir / ("emotion_cnn-network1" if members else "emotion_cnn")
     (run / "report").mkdir(parents=True)
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
-    (run / "status.json").write_text(json.dumps({"state": "done", "epoch": history[-1]["epoch"], "epochs": history[-1]["epoch"]}))
-    (run / "train.log").write_text("".join(f"epoch {r['epoch']}: train acc {r['train_acc']:.4f}, val acc {r['val_acc']:.4f}\n"
-                                           for r in history))
+    (run / "status.json").write_text(
+        json.dumps({"state": "done", "epoch": history[-1]["epoch"], "epochs": history[-1]["epoch"]})
+    )
+    (run / "train.log").write_text(
+        "".join(f"epoch {r['epoch']}: train acc {r['train_acc']:.4f}, val acc {r['val_acc']:.4f}\n" for r in history)
+    )
     for name in ("metrics.json", "confusion_matrix.png"):
         shutil.copy(report / name, run / "report" / name)
     return run.name
 
 
 @pytest.fixture(scope="module")
-def app_and_url(tiny_cnn_checkpoint: Path, face_model_path: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmotionApp, str]]:
+def app_and_url(
+    tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[EmotionApp, str]]:
     base = tmp_path_factory.mktemp("browser")
     make_folder_dataset(base / "data" / "tiny-fer", per_class=6)
     shipped_run(base / "runs")
-    config = AppConfig(checkpoint=SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint, face_model=face_model_path,
-                       device="cpu", data_root=base / "data", runs_dir=base / "runs", port=free_port())
+    config = AppConfig(
+        checkpoint=SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint,
+        face_model=face_model_path,
+        device="cpu",
+        data_root=base / "data",
+        runs_dir=base / "runs",
+        port=free_port(),
+    )
     with launched_app(config) as (app, url):
         yield app, url
 
@@ -149,9 +160,17 @@ def page(served: str, tmp_path_factory: pytest.TempPathFactory):
     if not (ROOT.parent / "shared" / "fer2013").is_dir():
         pytest.skip("../shared/fer2013 is not available for the fake webcam clip")
     clip = make_clip(tmp_path_factory.mktemp("clip") / "webcam.y4m", load_faces(), fps=CLIP_FPS)
-    args = ["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            f"--use-file-for-fake-video-capture={clip}", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    args = [
+        "--no-sandbox",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
         tab = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -183,16 +202,23 @@ def _measure(page, seconds: float) -> dict:
     page.evaluate("() => { const s = window.__speed; s.changes = 0; s.results = []; s.since = performance.now(); }")
     page.wait_for_timeout(seconds * 1000)
     changes, elapsed_ms, results = page.evaluate(
-        "() => { const s = window.__speed; return [s.changes, performance.now() - s.since, s.results]; }")
+        "() => { const s = window.__speed; return [s.changes, performance.now() - s.since, s.results]; }"
+    )
     latencies = [r[2] for r in results if r[2] is not None]
-    return {"fps": changes / (elapsed_ms / 1000), "frames": changes, "timed": len(latencies),
-            "latency_median": float(np.median(latencies)) if latencies else float("nan"),
-            "latency_p90": float(np.percentile(latencies, 90)) if latencies else float("nan")}
+    return {
+        "fps": changes / (elapsed_ms / 1000),
+        "frames": changes,
+        "timed": len(latencies),
+        "latency_median": float(np.median(latencies)) if latencies else float("nan"),
+        "latency_p90": float(np.percentile(latencies, 90)) if latencies else float("nan"),
+    }
 
 
 def _describe(m: dict) -> str:
-    return (f"{m['fps']:.1f} result frames/s ({m['frames']} frames), latency camera -> result "
-            f"median {m['latency_median']:.0f} ms, p90 {m['latency_p90']:.0f} ms ({m['timed']} timed)")
+    return (
+        f"{m['fps']:.1f} result frames/s ({m['frames']} frames), latency camera -> result "
+        f"median {m['latency_median']:.0f} ms, p90 {m['latency_p90']:.0f} ms ({m['timed']} timed)"
+    )
 
 
 def test_live_tab_streams_labels_bars_and_fps(page) -> None:
@@ -208,14 +234,18 @@ def test_live_tab_streams_labels_bars_and_fps(page) -> None:
         page.wait_for_timeout(20)
     elapsed = time.time() - start
     fps_values = [f for f in map(_fps, readouts) if f is not None]
-    print(f"\nLive tab FPS readout over {elapsed:.0f}s: median {np.median(fps_values):.1f} "
-          f"(min {min(fps_values):.1f}, max {max(fps_values):.1f}); the readout itself updates 4 times per second")
+    print(
+        f"\nLive tab FPS readout over {elapsed:.0f}s: median {np.median(fps_values):.1f} "
+        f"(min {min(fps_values):.1f}, max {max(fps_values):.1f}); the readout itself updates 4 times per second"
+    )
 
     assert len(readouts) >= 5  # the readout keeps changing while results arrive
     assert any("1 face" in r for r in readouts)
     assert fps_values and max(fps_values) > 0
     assert any(name in text for text in labels for name in DISPLAY_NAMES)  # bars name an emotion
-    assert page.locator("#live-label .bar").count() or page.locator("#live-label dl, #live-label .confidence-set").count()
+    assert (
+        page.locator("#live-label .bar").count() or page.locator("#live-label dl, #live-label .confidence-set").count()
+    )
     page.wait_for_selector("#live-timeline img")  # the timeline chart is on by default
     page.screenshot(path=str(SHOTS / "live.png"), full_page=True)  # the timeline sits below the fold
 
@@ -233,9 +263,11 @@ def test_live_tab_speed_with_and_without_the_timeline(page) -> None:
     off_2 = _measure(page, SPEED_PHASE_S)
     timeline_box.check()
     off_fps = (off_1["fps"] + off_2["fps"]) / 2
-    print(f"\nLive tab, one face, 30 fps camera, {torch.get_num_threads()} torch threads, "
-          f"load average {os.getloadavg()[0]:.1f} (1 min; the test itself adds about 2):\n  timeline off: {_describe(off_1)}\n  timeline on:  {_describe(on)}\n"
-          f"  timeline off: {_describe(off_2)}\n  frame rate with the timeline / without: {on['fps'] / off_fps:.2f}")
+    print(
+        f"\nLive tab, one face, 30 fps camera, {torch.get_num_threads()} torch threads, "
+        f"load average {os.getloadavg()[0]:.1f} (1 min; the test itself adds about 2):\n  timeline off: {_describe(off_1)}\n  timeline on:  {_describe(on)}\n"
+        f"  timeline off: {_describe(off_2)}\n  frame rate with the timeline / without: {on['fps'] / off_fps:.2f}"
+    )
     for m in (off_1, on, off_2):
         assert m["frames"] >= 10 and m["timed"] >= 5, "results keep arriving and carry their camera frame's number"
         assert m["latency_median"] < 1000  # nothing piles up between the camera and the result
@@ -287,7 +319,9 @@ def test_training_tab_runs_one_epoch_and_draws_its_curves(page) -> None:
     page.get_by_label("Epochs").fill("1")
     page.get_by_label("Batch size").fill("8")
     page.click("#train-start")
-    page.wait_for_function("() => /Done|failed/.test(document.querySelector('#train-progress').innerText)", timeout=240_000)
+    page.wait_for_function(
+        "() => /Done|failed/.test(document.querySelector('#train-progress').innerText)", timeout=240_000
+    )
     progress = page.inner_text("#train-progress")
     assert "Done" in progress, progress + "\n" + page.input_value("#train-log textarea")
     page.wait_for_selector("#train-curves img, #train-curves svg, #train-curves canvas")

@@ -1,19 +1,20 @@
 """The Video tab in a real browser: upload a clip of real FER2013 faces, get the annotated video, the timeline
 and the downloads; a file that is not a video gives a warning. Writes docs/screenshots/video.png.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import launched_app
-from emotion.app import AppConfig
-from emotion.video.analysis import write_clip
 from make_clip import face_scene, load_faces
 from test_app_client import free_port
 from test_browser import CHROMIUM, ROOT, SHIPPED, SHOTS
+
+from emotion.app import AppConfig
+from emotion.video.analysis import write_clip
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +22,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("browser-video")
-    config = AppConfig(checkpoint=SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint, face_model=face_model_path,
-                       device="cpu", training=False, runs_dir=base / "runs", port=free_port())
+    config = AppConfig(
+        checkpoint=SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint,
+        face_model=face_model_path,
+        device="cpu",
+        training=False,
+        runs_dir=base / "runs",
+        port=free_port(),
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(base / "gradio"))
         with launched_app(config) as (app, url):
@@ -65,8 +72,10 @@ def test_video_tab_analyzes_a_clip(page, tmp_path: Path) -> None:
     for name in ("annotated.webm", "faces.csv", "timeline.png", "summary.json"):
         assert name in downloads
     # The annotated video plays in the browser (VP8 WebM): it has a duration once its metadata loaded.
-    duration = page.wait_for_function("() => { const v = document.querySelector('#video-annotated video');"
-                                      " return v && v.readyState >= 1 && v.duration; }").json_value()
+    duration = page.wait_for_function(
+        "() => { const v = document.querySelector('#video-annotated video');"
+        " return v && v.readyState >= 1 && v.duration; }"
+    ).json_value()
     assert duration == pytest.approx(4.0, abs=0.5)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "video.png"), full_page=True)
@@ -85,7 +94,9 @@ def test_video_tab_warns_about_a_file_that_is_not_a_video(page, tmp_path: Path) 
 
 def test_video_tab_can_be_cancelled(page, tmp_path: Path) -> None:
     faces = load_faces()
-    clip = write_clip(tmp_path / "long.mp4", (face_scene(faces[i // 150 % 4], centre=(320 + i % 20, 240)) for i in range(900)), 30)
+    clip = write_clip(
+        tmp_path / "long.mp4", (face_scene(faces[i // 150 % 4], centre=(320 + i % 20, 240)) for i in range(900)), 30
+    )
     page.reload(wait_until="load")
     page.get_by_role("tab", name="Video").click()
     page.set_input_files("#video-input input[type=file]", str(clip))

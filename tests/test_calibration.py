@@ -1,5 +1,6 @@
 """Calibration: ECE and reliability bins, temperature fitting, the stored temperature (hostile values refused),
 its application on both engines, and the calibrate / evaluate commands end to end."""
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,16 @@ import torch
 from conftest import make_folder_dataset
 
 import train_cli
-from emotion.models.temperature import apply_temperature
 from emotion.evaluation.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     reliability_bins,
 )
+from emotion.inference.classifier import EmotionClassifier
 from emotion.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from emotion.models.networks import ModelConfig, build_model
-from emotion.inference.classifier import EmotionClassifier
+from emotion.models.temperature import apply_temperature
 
 
 def _rows(confidence: float, n: int, k: int = 7) -> np.ndarray:
@@ -100,7 +101,10 @@ def test_hostile_temperatures_are_refused(tmp_path, bad):
 
 
 def test_stored_temperature_is_loaded(tmp_path):
-    assert EmotionClassifier.from_checkpoint(_checkpoint(tmp_path / "a.pt"), device="cpu", engine="torch").temperature == 1.0
+    assert (
+        EmotionClassifier.from_checkpoint(_checkpoint(tmp_path / "a.pt"), device="cpu", engine="torch").temperature
+        == 1.0
+    )
     clf = EmotionClassifier.from_checkpoint(_checkpoint(tmp_path / "b.pt", temperature=2), device="cpu", engine="torch")
     assert clf.temperature == 2.0
 
@@ -114,7 +118,11 @@ def test_temperature_on_both_engines(tmp_path, real_faces, t):
         clf = EmotionClassifier.from_checkpoint(path, device="cpu", amp="off", engine=engine)
         raw, cal = clf.predict_tensor(faces, calibrated=False), clf.predict_tensor(faces)
         assert torch.equal(cal.argmax(1), raw.argmax(1))
-        assert bool((cal.max(1).values > raw.max(1).values).all()) if t < 1 else bool((cal.max(1).values < raw.max(1).values).all())
+        assert (
+            bool((cal.max(1).values > raw.max(1).values).all())
+            if t < 1
+            else bool((cal.max(1).values < raw.max(1).values).all())
+        )
         assert torch.allclose(cal, apply_temperature(raw, t), atol=1e-6)
         assert np.allclose(clf.predict_faces(list(faces.numpy())), cal.numpy(), atol=1e-6)
         outs[engine] = cal
@@ -128,7 +136,9 @@ def test_exported_onnx_carries_the_temperature(tmp_path, real_faces):
     export_onnx(path, tmp_path / "t.onnx")
     onnx_clf = OnnxClassifier(tmp_path / "t.onnx")
     faces = np.stack(real_faces["happy"])
-    expected = EmotionClassifier.from_checkpoint(path, device="cpu", amp="off", engine="torch").predict_tensor(torch.from_numpy(faces))
+    expected = EmotionClassifier.from_checkpoint(path, device="cpu", amp="off", engine="torch").predict_tensor(
+        torch.from_numpy(faces)
+    )
     assert onnx_clf.temperature == pytest.approx(0.4)
     assert torch.allclose(onnx_clf.predict_tensor(faces), expected, atol=1e-4)
 
@@ -136,7 +146,9 @@ def test_exported_onnx_carries_the_temperature(tmp_path, real_faces):
 def test_tracker_output_is_the_calibrated_model_output(tmp_path, real_faces):
     from emotion.inference.recognizer import FaceTracker, Recognizer
 
-    clf = EmotionClassifier.from_checkpoint(_checkpoint(tmp_path / "t.pt", temperature=0.5), device="cpu", engine="torch")
+    clf = EmotionClassifier.from_checkpoint(
+        _checkpoint(tmp_path / "t.pt", temperature=0.5), device="cpu", engine="torch"
+    )
     face = np.stack([real_faces["sad"][0]] * 3, axis=-1)
     plain = Recognizer(clf, None).analyze(face, whole_image=True)[0]["probabilities"]
     tracked = Recognizer(clf, None).analyze(face, whole_image=True, tracker=FaceTracker(alpha=1.0))[0]["probabilities"]
@@ -148,19 +160,56 @@ def test_calibrate_then_evaluate_end_to_end(tmp_path, tiny_cnn_checkpoint, capsy
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_cnn_checkpoint, ckpt)
     before = ckpt.read_bytes()
-    assert train_cli.main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--holdout", "0.3", "--dry-run"]) == 0
+    assert (
+        train_cli.main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--holdout", "0.3", "--dry-run"])
+        == 0
+    )
     assert "dry run" in capsys.readouterr().out and ckpt.read_bytes() == before
     assert train_cli.main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--holdout", "0.3"]) == 0
     assert "not written" in capsys.readouterr().out and ckpt.read_bytes() == before  # faces it may have trained on
-    assert train_cli.main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--holdout", "0.3", "--seed", "4",
-                           "--allow-seen"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "calibrate",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--holdout",
+                "0.3",
+                "--seed",
+                "4",
+                "--allow-seen",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "possibly SEEN" in out and "wrote temperature" in out
     inference = read_checkpoint(ckpt)["inference"]
     record = inference["calibration"]
     assert 0.05 <= inference["temperature"] <= 20 and record["faces"] == 21 and record["seed"] == 4
-    assert record["split"] == "train" and record["unseen_in_training"] is False and record["nll_after"] <= record["nll_before"]
-    assert train_cli.main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        record["split"] == "train"
+        and record["unseen_in_training"] is False
+        and record["nll_after"] <= record["nll_before"]
+    )
+    assert (
+        train_cli.main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     assert "ECE (15 bins)" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert math.isfinite(metrics["ece"]) and metrics["calibration"]["temperature"] == inference["temperature"]
@@ -181,7 +230,10 @@ def test_calibrate_defaults_to_the_checkpoints_own_held_out_faces(tmp_path, caps
 
 def test_calibrate_bad_inputs_give_clear_errors(tmp_path, tiny_cnn_checkpoint, capsys):
     data = make_folder_dataset(tmp_path / "fer", per_class=4, splits=("train",))
-    assert train_cli.main(["calibrate", "--checkpoint", str(tiny_cnn_checkpoint), "--data", str(data), "--holdout", "1.5"]) == 2
+    assert (
+        train_cli.main(["calibrate", "--checkpoint", str(tiny_cnn_checkpoint), "--data", str(data), "--holdout", "1.5"])
+        == 2
+    )
     assert "--holdout must be a fraction" in capsys.readouterr().err
     assert train_cli.main(["calibrate", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """End to end through train_cli.main: train (folders and CSV), kill -9 and resume, evaluate, predict, DDP."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, make_csv_dataset
 
 import train_cli
-from conftest import ROOT, make_csv_dataset
 from emotion.models.checkpoint import read_checkpoint
 from emotion.utils.runtime import read_jsonl
 
@@ -20,8 +21,25 @@ TINY = ["--model", "clip", "--clip-model", "emotion-tiny-vit", "--clip-weights",
 
 
 def _train_args(data: Path, out: Path, epochs: int = 3, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(out), *TINY, "--epochs", str(epochs), "--unfreeze-epoch", "2",
-            "--unfreeze-blocks", "1", "--lr", "3e-3", "--clip-lr", "1e-3", *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY,
+        "--epochs",
+        str(epochs),
+        "--unfreeze-epoch",
+        "2",
+        "--unfreeze-blocks",
+        "1",
+        "--lr",
+        "3e-3",
+        "--clip-lr",
+        "1e-3",
+        *extra,
+    ]
 
 
 def test_train_evaluate_predict_folders(tiny_fer, tmp_path, capsys):
@@ -42,7 +60,24 @@ def test_train_evaluate_predict_folders(tiny_fer, tmp_path, capsys):
         assert (out / "report" / f).stat().st_size > 0
 
     report = tmp_path / "report"
-    assert train_cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(tiny_fer), "--split", "test", "--out", str(report), "--tta", "flip"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--data",
+                str(tiny_fer),
+                "--split",
+                "test",
+                "--out",
+                str(report),
+                "--tta",
+                "flip",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "macro avg" in printed
     m = json.loads((report / "metrics.json").read_text())
@@ -52,7 +87,12 @@ def test_train_evaluate_predict_folders(tiny_fer, tmp_path, capsys):
     images = sorted((tiny_fer / "test" / "happy").glob("*.png"))[:2]
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
-    assert train_cli.main(["predict", *map(str, images), str(bad), "--checkpoint", str(out / "best.pt"), "--whole-image", "--json"]) == 0
+    assert (
+        train_cli.main(
+            ["predict", *map(str, images), str(bad), "--checkpoint", str(out / "best.pt"), "--whole-image", "--json"]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert [d["image"] for d in doc] == [*map(str, images), str(bad)]
     assert "error" in doc[2] and len(doc[0]["faces"]) == 1
@@ -68,7 +108,22 @@ def test_csv_train_with_val_split_and_evaluate_private(tmp_path):
     assert [r["phase"] for r in read_jsonl(out / "metrics.jsonl")] == ["frozen", "unfrozen"]
     assert json.loads((out / "report" / "metrics.json").read_text())["n"] == 14  # 2 of 8 per class carved out
     report = tmp_path / "private"
-    assert train_cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(csv_path), "--split", "private", "--out", str(report)]) == 0
+    assert (
+        train_cli.main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--data",
+                str(csv_path),
+                "--split",
+                "private",
+                "--out",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert json.loads((report / "metrics.json").read_text())["n"] == 56
 
 
@@ -82,8 +137,14 @@ def test_kill9_then_resume_matches_uninterrupted_run(tiny_fer, tmp_path):
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train_cli.py"), *_train_args(tiny_fer, out, epochs, *one)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train_cli.py"), *_train_args(tiny_fer, out, epochs, *one)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "last.pt").exists():
         time.sleep(0.02)
@@ -97,11 +158,16 @@ def test_kill9_then_resume_matches_uninterrupted_run(tiny_fer, tmp_path):
     resumed, reference = read_jsonl(out / "metrics.jsonl"), read_jsonl(straight / "metrics.jsonl")
     assert [r["epoch"] for r in resumed] == list(range(1, epochs + 1))
     for a, b in zip(resumed, reference, strict=False):
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4), "resumed run diverged from the uninterrupted one"
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4), (
+            "resumed run diverged from the uninterrupted one"
+        )
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
-    assert train_cli.main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--model", "cnn"]) == 2
+    assert (
+        train_cli.main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--model", "cnn"])
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     assert train_cli.main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 2
     assert "checkpoint" in capsys.readouterr().err
@@ -123,10 +189,19 @@ def test_help_for_every_command(capsys):
 def test_ddp_two_processes_on_cpu(tiny_fer, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train_cli.py"),
-           *_train_args(tiny_fer, out, 2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "train_cli.py"),
+        *_train_args(tiny_fer, out, 2),
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-6000:]  # torchrun names the failed rank and its exit code near the end
+    assert result.returncode == 0, result.stderr[
+        -6000:
+    ]  # torchrun names the failed rank and its exit code near the end
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2]  # rank 0 alone writes metrics
     # 84 faces, 2 processes x 16 per step: 2 steps per epoch, each seeing 64 faces in all

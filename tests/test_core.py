@@ -1,4 +1,5 @@
 """Unit tests of the core library: labels, data, augmentation, models, optimizer groups, schedule, loss."""
+
 from __future__ import annotations
 
 import math
@@ -8,35 +9,49 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import make_csv_dataset, make_folder_dataset
 from PIL import Image
 
-from conftest import make_csv_dataset, make_folder_dataset
 from emotion.data.augment import AugmentConfig, augment, mix_batch
-from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from emotion.data.dataset import DataError, split_train_val, to_face48
+from emotion.data.labels import CLASS_NAMES, canonical_label, display
 from emotion.data.splits import load_split
 from emotion.evaluation.evaluate import compute_metrics
-from emotion.data.labels import CLASS_NAMES, canonical_label, display
+from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from emotion.models.networks import ModelConfig, build_model, count_parameters
-from emotion.training.optim import lr_factor, param_groups, set_phase
-from emotion.training.config import TrainConfig
 from emotion.models.weights import WeightsError, resolve_clip_weights
+from emotion.training.config import TrainConfig
+from emotion.training.optim import lr_factor, param_groups, set_phase
 
 TINY_CLIP = ModelConfig(kind="clip", clip_model="emotion-tiny-vit")
 
 
 def test_labels_and_aliases():
     assert CLASS_NAMES == ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-    for alias, name in [("Anger", "angry"), ("disgusted", "disgust"), ("fearful", "fear"), ("happiness", "happy"),
-                        ("sadness", "sad"), ("surprised", "surprise"), ("NEUTRAL", "neutral")]:
+    for alias, name in [
+        ("Anger", "angry"),
+        ("disgusted", "disgust"),
+        ("fearful", "fear"),
+        ("happiness", "happy"),
+        ("sadness", "sad"),
+        ("surprised", "surprise"),
+        ("NEUTRAL", "neutral"),
+    ]:
         assert canonical_label(alias) == name
     assert canonical_label("contempt") is None
     assert display("disgust") == "Disgusted 🤢" and display("happy", with_emoji=False) == "Happy"
 
 
 def test_to_face48_any_mode_and_size():
-    for img in [Image.new("RGB", (300, 200), (10, 200, 30)), Image.new("RGBA", (64, 64)), Image.new("L", (48, 48)),
-                Image.new("P", (90, 120)), Image.new("I;16", (50, 50)), np.zeros((100, 80, 3), np.uint8), np.zeros((30, 30, 4), np.uint8)]:
+    for img in [
+        Image.new("RGB", (300, 200), (10, 200, 30)),
+        Image.new("RGBA", (64, 64)),
+        Image.new("L", (48, 48)),
+        Image.new("P", (90, 120)),
+        Image.new("I;16", (50, 50)),
+        np.zeros((100, 80, 3), np.uint8),
+        np.zeros((30, 30, 4), np.uint8),
+    ]:
         face = to_face48(img)
         assert face.shape == (48, 48) and face.dtype == np.uint8
 
@@ -62,12 +77,15 @@ def test_alias_folders_and_corrupt_files_are_skipped(tmp_path, caplog):
     assert "skipped 1 unreadable" in caplog.text
 
 
-@pytest.mark.parametrize("breakage, message", [
-    ("unknown", "unknown class folder"),
-    ("missing", "no folder for class"),
-    ("empty", "holds no images"),
-    ("nosplit", "neither a .nosuch/. folder"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("unknown", "unknown class folder"),
+        ("missing", "no folder for class"),
+        ("empty", "holds no images"),
+        ("nosplit", "neither a .nosuch/. folder"),
+    ],
+)
 def test_bad_folder_layouts_fail_clearly(tmp_path, breakage, message):
     root = make_folder_dataset(tmp_path / "fer", per_class=1, splits=("train",))
     split = root / "train"
@@ -151,7 +169,9 @@ def test_mixup_blends_images_and_an_unmixed_batch_is_untouched():
 
 
 def test_adapter_layers_match_the_seed():
-    model, _ = build_model(ModelConfig(kind="clip", clip_model="emotion-tiny-vit", adapter_dims=(1024, 512, 256)), clip_weights="random")
+    model, _ = build_model(
+        ModelConfig(kind="clip", clip_model="emotion-tiny-vit", adapter_dims=(1024, 512, 256)), clip_weights="random"
+    )
     layers = list(model.adapter)
     kinds = [type(m).__name__ for m in layers]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 3 + ["Linear"]
@@ -162,7 +182,12 @@ def test_adapter_layers_match_the_seed():
 def test_vit_b32_structure_with_random_weights():
     model, pp = build_model(ModelConfig(), clip_weights="random")
     assert model.adapter[0].in_features == 512 and pp.size == 224
-    assert [(m.in_features, m.out_features) for m in model.adapter if isinstance(m, nn.Linear)] == [(512, 1024), (1024, 512), (512, 256), (256, 7)]
+    assert [(m.in_features, m.out_features) for m in model.adapter if isinstance(m, nn.Linear)] == [
+        (512, 1024),
+        (1024, 512),
+        (512, 256),
+        (256, 7),
+    ]
     assert len(model.encoder.transformer.resblocks) == 12
 
 
@@ -189,7 +214,10 @@ def test_trainable_sets_before_and_after_unfreeze():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     last = len(model.encoder.transformer.resblocks) - 1
     encoder_trainable = {n for n in trainable if n.startswith("encoder.")}
-    assert encoder_trainable and all(n.startswith((f"encoder.transformer.resblocks.{last}.", "encoder.ln_post", "encoder.proj")) for n in encoder_trainable)
+    assert encoder_trainable and all(
+        n.startswith((f"encoder.transformer.resblocks.{last}.", "encoder.ln_post", "encoder.proj"))
+        for n in encoder_trainable
+    )
     assert "encoder.proj" in trainable and "encoder.conv1.weight" not in trainable
 
 
@@ -203,7 +231,11 @@ def test_param_groups_learning_rates_and_decay():
     assert all(p.ndim >= 2 for g in ("adapter", "clip") for p in groups[g]["params"])
     no_decay_ids = {id(p) for g in ("adapter_no_decay", "clip_no_decay") for p in groups[g]["params"]}
     for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) and m.weight is not None and any(m.weight is p for p in model.adapter.parameters()):
+        if (
+            isinstance(m, (nn.BatchNorm1d, nn.LayerNorm))
+            and m.weight is not None
+            and any(m.weight is p for p in model.adapter.parameters())
+        ):
             assert id(m.weight) in no_decay_ids and id(m.bias) in no_decay_ids
     cnn, _ = build_model(ModelConfig(kind="cnn", cnn_widths=(8, 16)))
     assert {g["name"] for g in param_groups(cnn, cfg)} == {"model", "model_no_decay"}
@@ -226,7 +258,9 @@ def test_label_smoothing_value():
     target = torch.tensor([0])
     logp = logits.log_softmax(-1)
     expected = -(0.9 * logp[0, 0] + 0.1 * logp[0].mean())
-    assert torch.nn.functional.cross_entropy(logits, target, label_smoothing=TrainConfig().label_smoothing) == pytest.approx(expected.item())
+    assert torch.nn.functional.cross_entropy(
+        logits, target, label_smoothing=TrainConfig().label_smoothing
+    ) == pytest.approx(expected.item())
 
 
 def test_cnn_size_and_forward():
@@ -280,9 +314,11 @@ def test_weights_resolution_order(tmp_path, monkeypatch, caplog):
     cached.write_bytes(b"x")
     monkeypatch.setattr(open_clip.pretrained, "has_hf_hub", lambda *a, **k: False)
     assert resolve_clip_weights("RN50", "openai", cache_dir=str(cached.parent)) == str(cached)
+
     # Step 3 fails offline: a clear error, never random weights.
     def no_network(*a, **k):
         raise OSError("network is unreachable")
+
     monkeypatch.setattr(open_clip, "download_pretrained", no_network)
     with pytest.raises(WeightsError, match="--clip-weights PATH"):
         resolve_clip_weights("ViT-B-32", "openai", cache_dir=str(tmp_path / "empty"))
@@ -311,7 +347,15 @@ def test_metrics_computation():
     assert np.array(m["confusion_matrix"]).sum() == 8
     assert m["confusion_matrix"][3] == [1, 0, 0, 2, 0, 0, 0] and m["per_class"]["fear"]["support"] == 1
     assert m["confusion_matrix_normalized"][3][3] == pytest.approx(0.6667, abs=1e-4)
-    assert set(m) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "per_class", "confusion_matrix"}
+    assert set(m) >= {
+        "accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "weighted_f1",
+        "per_class",
+        "confusion_matrix",
+    }
 
 
 def test_checkpoint_with_the_removed_sharpness_field_loads(tmp_path):
@@ -349,8 +393,13 @@ def test_training_with_ema_saves_the_average_and_resumes(tiny_fer, tmp_path):
     from emotion.training.loop import train
 
     # amp "off": on a CPU with native bf16, "auto" times each new run and could pick another precision for run a than b
-    kw = dict(data=str(tiny_fer), model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1), batch_size=16, ema_decay=0.9,
-              amp="off")
+    kw = dict(
+        data=str(tiny_fer),
+        model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1),
+        batch_size=16,
+        ema_decay=0.9,
+        amp="off",
+    )
     train(TrainConfig(out=str(tmp_path / "a"), epochs=2, **kw))
     train(TrainConfig(out=str(tmp_path / "b"), epochs=1, **kw))
     train(TrainConfig(out=str(tmp_path / "b"), epochs=2, resume=True, **kw))

@@ -1,4 +1,5 @@
 """Distillation: the loss, and training a network with a teacher checkpoint through the CLI."""
+
 from __future__ import annotations
 
 import sys
@@ -9,11 +10,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotion.models.checkpoint import read_checkpoint  # noqa: E402
-from emotion.training.distill import (cached_teacher_targets, distill_loss, load_teacher, mix_targets,  # noqa: E402
-                             teacher_logits, teacher_targets)
-from emotion.models.networks import build_model  # noqa: E402
 import train_cli  # noqa: E402
+from emotion.models.checkpoint import read_checkpoint  # noqa: E402
+from emotion.models.networks import build_model  # noqa: E402
+from emotion.training.distill import (  # noqa: E402
+    cached_teacher_targets,
+    distill_loss,
+    load_teacher,
+    mix_targets,
+    teacher_logits,
+    teacher_targets,
+)
 
 SMALL = ["--model", "cnn", "--epochs", "1", "--batch-size", "16", "--cnn-widths", "8,16", "--no-report"]
 
@@ -50,8 +57,29 @@ def test_teacher_logits_match_the_teachers_own_prediction(tiny_cnn_checkpoint):
 
 def test_a_network_trains_with_a_teacher_and_records_it(tiny_fer, tiny_cnn_checkpoint, tmp_path):
     run = tmp_path / "student"
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(run), *SMALL, "--teacher", str(tiny_cnn_checkpoint),
-                           "--distill-weight", "0.7", "--distill-temperature", "3", "--cutmix", "1", "--mix-prob", "1"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "train",
+                "--data",
+                str(tiny_fer),
+                "--out",
+                str(run),
+                *SMALL,
+                "--teacher",
+                str(tiny_cnn_checkpoint),
+                "--distill-weight",
+                "0.7",
+                "--distill-temperature",
+                "3",
+                "--cutmix",
+                "1",
+                "--mix-prob",
+                "1",
+            ]
+        )
+        == 0
+    )
     cfg = read_checkpoint(run / "best.pt")["train_config"]
     assert (cfg["teacher"], cfg["distill_weight"], cfg["distill_temperature"]) == (str(tiny_cnn_checkpoint), 0.7, 3.0)
 
@@ -59,8 +87,21 @@ def test_a_network_trains_with_a_teacher_and_records_it(tiny_fer, tiny_cnn_check
 @pytest.mark.parametrize("teacher", ["missing.pt", "junk.pt"])
 def test_a_missing_or_junk_teacher_is_a_one_line_error(tiny_fer, tmp_path, capsys, teacher):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "run"), *SMALL,
-                           "--teacher", str(tmp_path / teacher)]) == 2
+    assert (
+        train_cli.main(
+            [
+                "train",
+                "--data",
+                str(tiny_fer),
+                "--out",
+                str(tmp_path / "run"),
+                *SMALL,
+                "--teacher",
+                str(tmp_path / teacher),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and teacher in err[-1] and "Traceback" not in "\n".join(err)
 
@@ -91,7 +132,9 @@ def test_mixed_targets_blend_the_partners_predictions_as_the_faces_were_blended(
     partner = torch.tensor([2, 3, 0, 1])
     mixed = mix_targets(log_probs, partner, 0.7)
     assert torch.allclose(mixed.exp(), 0.7 * log_probs.exp() + 0.3 * log_probs[partner].exp(), atol=1e-6)
-    assert torch.isfinite(mix_targets(torch.full((2, 7), -torch.inf).index_fill(1, torch.tensor([0]), 0.0), torch.tensor([1, 0]), 0.0)).all()
+    assert torch.isfinite(
+        mix_targets(torch.full((2, 7), -torch.inf).index_fill(1, torch.tensor([0]), 0.0), torch.tensor([1, 0]), 0.0)
+    ).all()
 
 
 def test_the_target_cache_is_reused_only_for_the_same_teacher_and_faces(tiny_cnn_checkpoint, tmp_path):
@@ -101,13 +144,19 @@ def test_the_target_cache_is_reused_only_for_the_same_teacher_and_faces(tiny_cnn
     first = cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None)
     blob = torch.load(cache, weights_only=True)
     torch.save({**blob, "log_probs": first.flip(0)}, cache)  # marked, to see whether the file is read
-    assert torch.equal(cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None), first.flip(0))
+    assert torch.equal(
+        cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None), first.flip(0)
+    )
     # Rows that are no distributions, another dataset's size, another teacher file, junk and a pickled object:
     # each is predicted again.
     for broken in (first + 5.0, first * float("nan")):
         torch.save({**blob, "log_probs": broken}, cache)
-        assert torch.equal(cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None), first)
-    assert torch.equal(cached_teacher_targets(teacher, tiny_cnn_checkpoint, images[:4], cache, torch.device("cpu"), None), first[:4])
+        assert torch.equal(
+            cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None), first
+        )
+    assert torch.equal(
+        cached_teacher_targets(teacher, tiny_cnn_checkpoint, images[:4], cache, torch.device("cpu"), None), first[:4]
+    )
     other = tmp_path / "other.pt"
     other.write_bytes(tiny_cnn_checkpoint.read_bytes() + b"\0")
     assert torch.equal(cached_teacher_targets(teacher, other, images, cache, torch.device("cpu"), None), first)
@@ -116,13 +165,30 @@ def test_the_target_cache_is_reused_only_for_the_same_teacher_and_faces(tiny_cnn
             torch.save({"teacher_sha256": "x", "log_probs": object()}, cache)
         else:
             cache.write_bytes(hostile)
-        assert torch.equal(cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None), first)
+        assert torch.equal(
+            cached_teacher_targets(teacher, tiny_cnn_checkpoint, images, cache, torch.device("cpu"), None), first
+        )
 
 
 def test_a_student_trains_with_cached_targets_and_a_resume_reads_them_back(tiny_fer, tiny_cnn_checkpoint, tmp_path):
     run = tmp_path / "student"
-    args = ["train", "--data", str(tiny_fer), "--out", str(run), *SMALL, "--teacher", str(tiny_cnn_checkpoint),
-            "--teacher-cache", "--mixup", "0.4", "--mix-prob", "1", "--amp", "off"]
+    args = [
+        "train",
+        "--data",
+        str(tiny_fer),
+        "--out",
+        str(run),
+        *SMALL,
+        "--teacher",
+        str(tiny_cnn_checkpoint),
+        "--teacher-cache",
+        "--mixup",
+        "0.4",
+        "--mix-prob",
+        "1",
+        "--amp",
+        "off",
+    ]
     assert train_cli.main(args) == 0
     assert read_checkpoint(run / "best.pt")["train_config"]["teacher_cache"] is True
     assert torch.load(run / "teacher_targets.pt", weights_only=True)["log_probs"].shape == (7 * 12, 7)
@@ -132,5 +198,11 @@ def test_a_student_trains_with_cached_targets_and_a_resume_reads_them_back(tiny_
 
 
 def test_a_target_cache_without_a_teacher_is_a_one_line_error(tiny_fer, tmp_path, capsys):
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "run"), *SMALL, "--teacher-cache"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --teacher-cache caches a teacher's predictions: add --teacher CHECKPOINT"
+    assert (
+        train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "run"), *SMALL, "--teacher-cache"])
+        == 2
+    )
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "error: --teacher-cache caches a teacher's predictions: add --teacher CHECKPOINT"
+    )

@@ -1,4 +1,5 @@
 """Ensembles: several trained networks released as one checkpoint whose probabilities are averaged."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,11 +13,17 @@ import pytest
 import torch
 
 import train_cli
-from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint, ship_checkpoint
 from emotion.data.splits import load_split
 from emotion.evaluation.evaluate import evaluate_dataset, plot_curves, training_history
-from emotion.models.networks import ModelConfig, build_model
 from emotion.inference.classifier import EmotionClassifier
+from emotion.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    ship_checkpoint,
+)
+from emotion.models.networks import ModelConfig, build_model
 from emotion.training.config import ConfigError, TrainConfig
 
 TINY = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)
@@ -30,10 +37,19 @@ def _trained_like(path: Path, seed: int, cfg: ModelConfig = TINY) -> Path:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    history = [{"epoch": e, "train_loss": 1.5 - e / 10, "val_loss": 1.6 - e / 10, "train_acc": 0.3 + e / 20,
-                "val_acc": 0.25 + e / 20} for e in (1, 2, 3)]
-    save_checkpoint(path, model, cfg, train_config={"seed": seed, "batch_size": 64},
-                    metrics={"val_acc": 0.4, "history": history})
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1.5 - e / 10,
+            "val_loss": 1.6 - e / 10,
+            "train_acc": 0.3 + e / 20,
+            "val_acc": 0.25 + e / 20,
+        }
+        for e in (1, 2, 3)
+    ]
+    save_checkpoint(
+        path, model, cfg, train_config={"seed": seed, "batch_size": 64}, metrics={"val_acc": 0.4, "history": history}
+    )
     return path
 
 
@@ -58,7 +74,9 @@ def test_shipped_ensemble_predicts_the_mean_of_its_members(members, tmp_path):
     assert loaded.config.members == 3 and "ensemble of 3" in loaded.name
     faces = torch.randint(0, 256, (6, 48, 48), dtype=torch.uint8)
     probs = EmotionClassifier.from_checkpoint(shipped, device="cpu", amp="off").predict_tensor(faces)
-    singles = [EmotionClassifier.from_checkpoint(p, device="cpu", amp="off", tta="flip").predict_tensor(faces) for p in members]
+    singles = [
+        EmotionClassifier.from_checkpoint(p, device="cpu", amp="off", tta="flip").predict_tensor(faces) for p in members
+    ]
     # Weight matrices are stored as float16, so the ensemble matches its members to float16 precision.
     assert torch.allclose(probs, torch.stack(singles).mean(0), atol=2e-3)
     blob = read_checkpoint(shipped)
@@ -94,7 +112,12 @@ def test_ship_refuses_networks_of_different_shapes_and_keeps_the_old_release(mem
     out = tmp_path / "assets" / "model.pt"
     out.parent.mkdir()
     out.write_bytes(b"previous release")
-    assert train_cli.main(["ship", str(members[0]), str(other), "--out", str(out), "--tta", "none", "--data", str(tiny_fer)]) == 2
+    assert (
+        train_cli.main(
+            ["ship", str(members[0]), str(other), "--out", str(out), "--tta", "none", "--data", str(tiny_fer)]
+        )
+        == 2
+    )
     assert "one architecture" in capsys.readouterr().err
     assert out.read_bytes() == b"previous release"
     ship_checkpoint(members[:2], tmp_path / "e2.pt", tta="none")
@@ -104,7 +127,12 @@ def test_ship_refuses_networks_of_different_shapes_and_keeps_the_old_release(mem
 
 def test_a_missing_data_folder_leaves_no_release(members, tmp_path, capsys):
     out = tmp_path / "assets" / "model.pt"
-    assert train_cli.main(["ship", *map(str, members), "--out", str(out), "--tta", "none", "--data", str(tmp_path / "nope")]) == 2
+    assert (
+        train_cli.main(
+            ["ship", *map(str, members), "--out", str(out), "--tta", "none", "--data", str(tmp_path / "nope")]
+        )
+        == 2
+    )
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
@@ -128,8 +156,13 @@ def test_release_script_trains_one_network_per_seed_and_ships_their_ensemble(tin
     out = tmp_path / "release" / "model.pt"
     env = {**os.environ, "OUT": str(out), "TRAIN_ARGS": "--epochs 1 --batch-size 16"}
     script = Path(train_cli.__file__).resolve().parent / "scripts" / "train_default_model.sh"
-    done = subprocess.run(["bash", str(script), str(tiny_fer), str(tmp_path / "runs" / "net"), "0 1"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(script), str(tiny_fer), str(tmp_path / "runs" / "net"), "0 1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = load_checkpoint(out)
     assert loaded.config.members == 2 and loaded.inference == {"tta": "none"}
@@ -150,14 +183,18 @@ def test_compare_script_scores_every_subset_and_tta_mode(members, tiny_fer, caps
     module = _compare_script()
     assert module.main([*map(str, members[:2]), "--data", str(tiny_fer), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(len(r["networks"]), r["tta"]) for r in rows] == [(n, t) for n in (1, 1, 2) for t in ("none", "flip", "shift")]
+    assert [(len(r["networks"]), r["tta"]) for r in rows] == [
+        (n, t) for n in (1, 1, 2) for t in ("none", "flip", "shift")
+    ]
     # A single network scored here matches evaluate's figure for it.
     single = EmotionClassifier.from_checkpoint(members[0], device="cpu", tta="flip")
     expected = evaluate_dataset(single, load_split(tiny_fer, "test"), "test")["accuracy"]
     assert rows[1]["networks"] == [str(members[0])] and rows[1]["accuracy"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("members_entry", ["x", [1, {"history": "x"}], [{"history": [1, {"epoch": 1}, {"epoch": 2, "train_loss": "a"}]}]])
+@pytest.mark.parametrize(
+    "members_entry", ["x", [1, {"history": "x"}], [{"history": [1, {"epoch": 1}, {"epoch": 2, "train_loss": "a"}]}]]
+)
 def test_malformed_member_histories_draw_nothing_instead_of_failing(tmp_path, members_entry):
     rows = training_history(tmp_path / "model.pt", {"members": members_entry})
     assert plot_curves(rows, tmp_path / "curves.png") is False and not (tmp_path / "curves.png").exists()
@@ -166,8 +203,23 @@ def test_malformed_member_histories_draw_nothing_instead_of_failing(tmp_path, me
 def test_int8_ship_quarters_the_weights_and_predicts_like_the_members(members, tmp_path, tiny_fer, capsys):
     half, quarter = tmp_path / "fp16.pt", tmp_path / "int8.pt"
     ship_checkpoint(members, half, tta="none")
-    assert train_cli.main(["ship", *map(str, members), "--out", str(quarter), "--tta", "none", "--weights", "int8",
-                           "--data", str(tiny_fer)]) == 0
+    assert (
+        train_cli.main(
+            [
+                "ship",
+                *map(str, members),
+                "--out",
+                str(quarter),
+                "--tta",
+                "none",
+                "--weights",
+                "int8",
+                "--data",
+                str(tiny_fer),
+            ]
+        )
+        == 0
+    )
     assert "int8 weights" in capsys.readouterr().out
     stored = read_checkpoint(quarter, dequantize=False)["model"]
     matrices = [k for k, v in stored.items() if v.dim() > 1]
@@ -176,8 +228,12 @@ def test_int8_ship_quarters_the_weights_and_predicts_like_the_members(members, t
     assert read_checkpoint(quarter)["model"][matrices[0]].dtype == torch.float32  # loaders get float weights
     faces = torch.randint(0, 256, (6, 48, 48), dtype=torch.uint8)
     probs = EmotionClassifier.from_checkpoint(quarter, device="cpu", amp="off").predict_tensor(faces)
-    singles = [EmotionClassifier.from_checkpoint(p, device="cpu", amp="off", tta="none").predict_tensor(faces) for p in members]
-    assert torch.allclose(probs, torch.stack(singles).mean(0), atol=2e-2)  # int8 steps are 1/254 of each channel's range
+    singles = [
+        EmotionClassifier.from_checkpoint(p, device="cpu", amp="off", tta="none").predict_tensor(faces) for p in members
+    ]
+    assert torch.allclose(
+        probs, torch.stack(singles).mean(0), atol=2e-2
+    )  # int8 steps are 1/254 of each channel's range
     # The recorded evaluation rewrote the file in its stored form, not as float32.
     assert "evaluation" in read_checkpoint(quarter)["metrics"] and quarter.stat().st_size < half.stat().st_size
 
@@ -229,8 +285,26 @@ def test_compare_script_json_with_holdout_holds_the_rows_and_the_summary(members
     out = json.loads(capsys.readouterr().out)
     assert len(out["subsets"]) == 9 and out["holdout"]["rounds"] == 3
     # Narrowed to pairs without shift, against a given checkpoint.
-    assert module.main([*map(str, members[:2]), "--data", str(tiny_fer), "--json", "--holdout", "2", "--sizes", "2",
-                        "--tta", "none", "flip", "--baseline", str(members[2])]) == 0
+    assert (
+        module.main(
+            [
+                *map(str, members[:2]),
+                "--data",
+                str(tiny_fer),
+                "--json",
+                "--holdout",
+                "2",
+                "--sizes",
+                "2",
+                "--tta",
+                "none",
+                "flip",
+                "--baseline",
+                str(members[2]),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert [(len(r["networks"]), r["tta"]) for r in out["subsets"]] == [(2, "none"), (2, "flip")]
     for bad in (["--holdout", "-1"], ["--sizes", "3"]):

@@ -1,4 +1,5 @@
 """Grad-CAM saliency ("why this label"): heatmaps, their overlay, the Upload toggle and `predict --explain`."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from PIL import Image
 import train_cli
 from emotion.app.model_panel import ModelManager
 from emotion.app.upload import analyze_photo
-from emotion.models.checkpoint import LoadedModel
+from emotion.inference.classifier import EmotionClassifier
 from emotion.inference.explain import (
     ExplainError,
     crop_to_frame,
@@ -24,9 +25,9 @@ from emotion.inference.explain import (
     prepare_out_dir,
 )
 from emotion.inference.faces import Box, crop_faces
-from emotion.models.networks import ModelConfig, build_model
-from emotion.inference.classifier import EmotionClassifier
 from emotion.inference.recognizer import Recognizer
+from emotion.models.checkpoint import LoadedModel
+from emotion.models.networks import ModelConfig, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)
@@ -47,10 +48,15 @@ def _faces(n: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, 48, 48), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("cfg", [TINY, ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1, cnn_block="residual"),
-                                 ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1, members=2,
-                                             member_blocks=("plain", "residual"))],
-                         ids=["plain", "residual", "mixed-ensemble"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TINY,
+        ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1, cnn_block="residual"),
+        ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1, members=2, member_blocks=("plain", "residual")),
+    ],
+    ids=["plain", "residual", "mixed-ensemble"],
+)
 @pytest.mark.parametrize("tta", ["none", "flip", "shift"])
 def test_heatmaps_have_the_face_shape_and_lie_in_0_1(cfg: ModelConfig, tta: str) -> None:
     loaded = _loaded(cfg, tta)
@@ -62,7 +68,9 @@ def test_heatmaps_have_the_face_shape_and_lie_in_0_1(cfg: ModelConfig, tta: str)
 
 
 def test_explaining_leaves_the_weights_and_their_gradients_alone() -> None:
-    loaded = _loaded(ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1, members=2, member_blocks=("plain", "residual")))
+    loaded = _loaded(
+        ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1, members=2, member_blocks=("plain", "residual"))
+    )
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     clf = EmotionClassifier(loaded, torch.device("cpu"), amp="off", tta="flip", engine="torch")
     gradcam(clf, _faces(), ["happy", "sad", 0])
@@ -134,8 +142,9 @@ def test_crop_to_frame_maps_the_crop_back_where_crop_faces_cut_it() -> None:
     for box in (Box(150, 100, 96, 96), Box(0, 0, 80, 70), tilted):  # the second one's square reaches past the frame
         crop = crop_faces(frame, [box])[0].astype(np.float32)
         matrix = crop_to_frame(box, frame.shape)
-        resampled = cv2.warpAffine(grey, matrix, (48, 48), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                   borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        resampled = cv2.warpAffine(
+            grey, matrix, (48, 48), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+        ).astype(np.float32)
         assert np.abs(resampled - crop).mean() < 4.0
         assert np.abs(np.roll(resampled, 4, axis=1) - crop).mean() > 10.0  # a 4-pixel shift would be caught
     whole = crop_to_frame(Box(0, 0, 400, 300), frame.shape, whole_image=True)
@@ -159,6 +168,7 @@ def test_overlay_colours_only_the_crop_and_the_hot_spot_red() -> None:
 
 # --- the app and the command line -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def models(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelManager:
     base = tmp_path_factory.mktemp("app")
@@ -180,8 +190,9 @@ def test_upload_with_explain_overlays_saliency_and_keeps_the_results(models: Mod
     assert isinstance(whole, np.ndarray) and len(faces3) == 1
 
 
-def test_upload_with_explain_on_a_clip_model_warns_instead_of_failing(models: ModelManager, scene: np.ndarray,
-                                                                      clip_loaded: LoadedModel) -> None:
+def test_upload_with_explain_on_a_clip_model_warns_instead_of_failing(
+    models: ModelManager, scene: np.ndarray, clip_loaded: LoadedModel
+) -> None:
     clf = EmotionClassifier(clip_loaded, torch.device("cpu"), amp="off", engine="torch")
     clip_models = types.SimpleNamespace(recognizer=Recognizer(clf, models.detector), detector=models.detector)
     annotated, message, faces = analyze_photo(clip_models, scene, explain=True)[:3]
@@ -189,9 +200,14 @@ def test_upload_with_explain_on_a_clip_model_warns_instead_of_failing(models: Mo
     assert "No explanation" in message and "convolutional" in message
 
 
-def test_predict_explain_writes_one_png_per_image_and_keeps_the_json(tiny_cnn_checkpoint: Path, face_model_path: Path,
-                                                                      scene: np.ndarray, tmp_path: Path, capsys,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_explain_writes_one_png_per_image_and_keeps_the_json(
+    tiny_cnn_checkpoint: Path,
+    face_model_path: Path,
+    scene: np.ndarray,
+    tmp_path: Path,
+    capsys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # One engine for both runs: on a CPU with native bf16, "auto" times the engines and may pick another each time.
     monkeypatch.setattr("emotion.inference.classifier.amp_dtype", lambda *args, **kwargs: None)
     (tmp_path / "a").mkdir()
@@ -199,8 +215,15 @@ def test_predict_explain_writes_one_png_per_image_and_keeps_the_json(tiny_cnn_ch
     Image.fromarray(scene).save(images[0])
     Image.fromarray(scene).save(images[1])
     images[2].write_bytes(b"not an image")
-    args = ["predict", "--checkpoint", str(tiny_cnn_checkpoint), "--face-model", str(face_model_path), "--json",
-            *map(str, images)]
+    args = [
+        "predict",
+        "--checkpoint",
+        str(tiny_cnn_checkpoint),
+        "--face-model",
+        str(face_model_path),
+        "--json",
+        *map(str, images),
+    ]
     assert train_cli.main(args) == 0
     plain = json.loads(capsys.readouterr().out)
     out = tmp_path / "new" / "explained"
@@ -215,8 +238,9 @@ def test_predict_explain_writes_one_png_per_image_and_keeps_the_json(tiny_cnn_ch
 def test_predict_explain_refuses_a_file_as_its_folder(tiny_cnn_checkpoint: Path, tmp_path: Path, capsys) -> None:
     target = tmp_path / "taken.txt"
     target.write_text("x")
-    code = train_cli.main(["predict", "--checkpoint", str(tiny_cnn_checkpoint), "--whole-image", "--explain", str(target),
-                           str(target)])
+    code = train_cli.main(
+        ["predict", "--checkpoint", str(tiny_cnn_checkpoint), "--whole-image", "--explain", str(target), str(target)]
+    )
     assert code == 2 and "is a file, not a folder" in capsys.readouterr().err
     assert target.read_text() == "x"
     with pytest.raises(ExplainError, match="cannot create"):
@@ -226,8 +250,20 @@ def test_predict_explain_refuses_a_file_as_its_folder(tiny_cnn_checkpoint: Path,
 def test_predict_explain_whole_image(tiny_cnn_checkpoint: Path, real_faces, tmp_path: Path, capsys) -> None:
     face = tmp_path / "crop.png"
     Image.fromarray(real_faces["sad"][0]).save(face)
-    assert train_cli.main(["predict", "--checkpoint", str(tiny_cnn_checkpoint), "--whole-image", "--explain",
-                           str(tmp_path / "out"), str(face)]) == 0
+    assert (
+        train_cli.main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tiny_cnn_checkpoint),
+                "--whole-image",
+                "--explain",
+                str(tmp_path / "out"),
+                str(face),
+            ]
+        )
+        == 0
+    )
     assert np.asarray(Image.open(tmp_path / "out" / "crop.png")).shape == (48, 48, 3)
 
 
@@ -241,8 +277,9 @@ def test_bench_times_a_photo_without_and_with_gradcam(models: ModelManager, scen
 
 
 @pytest.mark.slow
-def test_the_photo_api_takes_the_toggle_and_still_takes_the_old_two_inputs(tiny_cnn_checkpoint: Path, face_model_path: Path,
-                                                                          scene: np.ndarray, tmp_path: Path) -> None:
+def test_the_photo_api_takes_the_toggle_and_still_takes_the_old_two_inputs(
+    tiny_cnn_checkpoint: Path, face_model_path: Path, scene: np.ndarray, tmp_path: Path
+) -> None:
     import socket
 
     from conftest import launched_app
@@ -255,8 +292,15 @@ def test_the_photo_api_takes_the_toggle_and_still_takes_the_old_two_inputs(tiny_
         port = s.getsockname()[1]
     photo = tmp_path / "face.jpg"
     Image.fromarray(scene).save(photo, quality=90)
-    config = AppConfig(checkpoint=tiny_cnn_checkpoint, face_model=face_model_path, device="cpu", data_root=tmp_path / "data",
-                       runs_dir=tmp_path / "runs", assets_dir=tmp_path / "assets", port=port)
+    config = AppConfig(
+        checkpoint=tiny_cnn_checkpoint,
+        face_model=face_model_path,
+        device="cpu",
+        data_root=tmp_path / "data",
+        runs_dir=tmp_path / "runs",
+        assets_dir=tmp_path / "assets",
+        port=port,
+    )
     with launched_app(config) as (_, url):
         client = Client(url, verbose=False)
         plain = client.predict(handle_file(str(photo)), False, api_name="/analyze_photo")

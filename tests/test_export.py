@@ -1,4 +1,5 @@
 """ONNX export: preprocessing folded in, parity with PyTorch, dynamic batch size, CNN and CLIP; the classifier's ONNX Runtime engine."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from emotion.data.labels import CLASS_NAMES
+from emotion.inference.classifier import EmotionClassifier, resolve_engine
 from emotion.models.checkpoint import load_checkpoint, save_checkpoint
 from emotion.models.export import PARITY_TOLERANCE, OnnxClassifier, export_onnx
-from emotion.data.labels import CLASS_NAMES
 from emotion.models.networks import ModelConfig, build_model
-from emotion.inference.classifier import EmotionClassifier, resolve_engine
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,9 @@ def _faces(n: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("which", ["cnn", "clip"])
-def test_export_parity_and_dynamic_batch(which: str, tiny_cnn_checkpoint: Path, tiny_clip_checkpoint: Path, tmp_path: Path) -> None:
+def test_export_parity_and_dynamic_batch(
+    which: str, tiny_cnn_checkpoint: Path, tiny_clip_checkpoint: Path, tmp_path: Path
+) -> None:
     ckpt = tiny_cnn_checkpoint if which == "cnn" else tiny_clip_checkpoint
     info = export_onnx(str(ckpt), str(tmp_path / f"{which}.onnx"))
     assert Path(info["path"]).is_file()
@@ -44,7 +47,9 @@ def test_export_parity_and_dynamic_batch(which: str, tiny_cnn_checkpoint: Path, 
         got, expected = onnx_clf.predict_tensor(faces), torch_clf.predict_tensor(faces)
         assert got.shape == (n, len(CLASS_NAMES))
         diff = float((got - expected).abs().max())
-        assert diff < PARITY_TOLERANCE, f"{which}, batch {n}: max |onnx - torch| probability difference {diff:.3e} >= {PARITY_TOLERANCE}"
+        assert diff < PARITY_TOLERANCE, (
+            f"{which}, batch {n}: max |onnx - torch| probability difference {diff:.3e} >= {PARITY_TOLERANCE}"
+        )
         assert torch.allclose(got.sum(1), torch.ones(n), atol=1e-5)
 
 
@@ -60,10 +65,13 @@ def test_onnx_classifier_face_crops(tiny_cnn_checkpoint: Path, tmp_path: Path) -
 
 # ---------------------------------------------------------------- the classifier's engine
 
+
 @pytest.mark.parametrize("tta", ["none", "flip"])
 def test_onnxruntime_engine_matches_torch(tiny_cnn_checkpoint: Path, tta: str) -> None:
     on_torch = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", tta=tta, engine="torch")
-    on_ort = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off", tta=tta, engine="onnxruntime")
+    on_ort = EmotionClassifier.from_checkpoint(
+        tiny_cnn_checkpoint, device="cpu", amp="off", tta=tta, engine="onnxruntime"
+    )
     assert on_ort.name.endswith("fp32 on onnxruntime") and on_torch.name.endswith("fp32 on torch")
     faces = torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8)
     assert torch.allclose(on_ort.predict_tensor(faces), on_torch.predict_tensor(faces), atol=1e-5)
@@ -87,7 +95,9 @@ def test_onnxruntime_engine_follows_torch_thread_count(tiny_cnn_checkpoint: Path
     assert torch.allclose(one, clf.predict_tensor(faces), atol=1e-6)
 
 
-def test_auto_engine_picks_onnxruntime_for_the_fp32_cnn_and_a_timing_on_a_bf16_cpu(tiny_cnn_checkpoint: Path, tiny_clip_checkpoint: Path) -> None:
+def test_auto_engine_picks_onnxruntime_for_the_fp32_cnn_and_a_timing_on_a_bf16_cpu(
+    tiny_cnn_checkpoint: Path, tiny_clip_checkpoint: Path
+) -> None:
     cnn, clip = load_checkpoint(tiny_cnn_checkpoint), load_checkpoint(tiny_clip_checkpoint)
     cpu = torch.device("cpu")
     assert resolve_engine("auto", cnn, cpu, None) == "onnxruntime"
@@ -102,10 +112,18 @@ def test_auto_engine_picks_onnxruntime_for_the_fp32_cnn_and_a_timing_on_a_bf16_c
         resolve_engine("onnxruntime", cnn, torch.device("cuda"), None)
 
 
-@pytest.mark.parametrize("amp, winner", [("bf16", "bfloat16 on torch"), ("bf16", "fp32 on onnxruntime"),
-                                         ("auto", "fp32 on torch"), ("auto", "fp32 on onnxruntime")])
-def test_auto_engine_on_a_bf16_cpu_keeps_the_fastest_setting(tiny_cnn_checkpoint: Path, amp: str, winner: str,
-                                                             monkeypatch, caplog) -> None:
+@pytest.mark.parametrize(
+    "amp, winner",
+    [
+        ("bf16", "bfloat16 on torch"),
+        ("bf16", "fp32 on onnxruntime"),
+        ("auto", "fp32 on torch"),
+        ("auto", "fp32 on onnxruntime"),
+    ],
+)
+def test_auto_engine_on_a_bf16_cpu_keeps_the_fastest_setting(
+    tiny_cnn_checkpoint: Path, amp: str, winner: str, monkeypatch, caplog
+) -> None:
     import emotion.inference.classifier
     import emotion.utils.runtime
 
@@ -117,7 +135,9 @@ def test_auto_engine_on_a_bf16_cpu_keeps_the_fastest_setting(tiny_cnn_checkpoint
         return winner, {name: 0.01 if name == winner else 0.02 for name in seconds}
 
     monkeypatch.setattr(emotion.inference.classifier, "fastest", rigged)
-    monkeypatch.setattr(emotion.inference.classifier, "amp_dtype", lambda device, amp: None if amp == "off" else torch.bfloat16)  # a bf16 CPU
+    monkeypatch.setattr(
+        emotion.inference.classifier, "amp_dtype", lambda device, amp: None if amp == "off" else torch.bfloat16
+    )  # a bf16 CPU
     caplog.set_level("INFO", logger="emotion.inference.classifier")
     clf = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp=amp)
     # An explicit --amp bf16 is kept on PyTorch; "auto" also tries PyTorch in fp32.
@@ -125,8 +145,12 @@ def test_auto_engine_on_a_bf16_cpu_keeps_the_fastest_setting(tiny_cnn_checkpoint
     assert timed == [sorted(expected)] and clf.name.endswith(winner) and f"using {winner}" in caplog.text
     assert (clf._onnx is not None) == winner.endswith("onnxruntime")
     faces = torch.from_numpy(_faces(3, 4))
-    reference = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="bf16" if "bfloat16" in winner else "off",
-                                                  engine=winner.rsplit(" ", 1)[-1])
+    reference = EmotionClassifier.from_checkpoint(
+        tiny_cnn_checkpoint,
+        device="cpu",
+        amp="bf16" if "bfloat16" in winner else "off",
+        engine=winner.rsplit(" ", 1)[-1],
+    )
     assert torch.allclose(clf.predict_tensor(faces), reference.predict_tensor(faces), atol=1e-6)
 
 
@@ -134,7 +158,11 @@ def test_auto_engine_times_clip_in_both_precisions_on_a_bf16_cpu(tiny_clip_check
     import emotion.inference.classifier
 
     seen = []
-    monkeypatch.setattr(emotion.inference.classifier, "fastest", lambda candidates, **kw: (seen.append(sorted(candidates)) or "fp32 on torch", {}))
+    monkeypatch.setattr(
+        emotion.inference.classifier,
+        "fastest",
+        lambda candidates, **kw: (seen.append(sorted(candidates)) or "fp32 on torch", {}),
+    )
     monkeypatch.setattr(emotion.inference.classifier, "amp_dtype", lambda device, amp: torch.bfloat16)
     clf = EmotionClassifier.from_checkpoint(tiny_clip_checkpoint, device="cpu")
     assert seen == [["bfloat16 on torch", "fp32 on torch"]] and clf.engine == "torch" and clf.dtype is None
@@ -151,6 +179,7 @@ def test_fastest_times_every_candidate_and_picks_the_quickest() -> None:
         def run() -> None:
             calls[name] += 1
             time.sleep(seconds)
+
         return run
 
     name, seconds = fastest({"slow": work("slow", 0.02), "quick": work("quick", 0.0)}, repeats=3, warmup=1)

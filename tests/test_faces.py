@@ -8,6 +8,7 @@ to span about a quarter of the frame's long side; with 200 px faces, two per fra
 lower (median ~0.8) than webcam faces; padding them with a replicated or mirrored border made detection
 worse, and a blurred background instead of grey made no difference.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,19 +20,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from emotion.inference import faces as faces_mod
-from emotion.inference.faces import (FACE_MODEL_FILENAME, Box, FaceDetector, as_rgb, crop_faces, download_face_model,
-                           resolve_face_model, square_boxes)
-from emotion.data.labels import CLASS_NAMES
 from make_clip import CLIP_FACES, FER_TEST, clip_frames, load_faces
+
+from emotion.data.labels import CLASS_NAMES
+from emotion.inference import faces as faces_mod
+from emotion.inference.faces import (
+    FACE_MODEL_FILENAME,
+    Box,
+    FaceDetector,
+    as_rgb,
+    crop_faces,
+    download_face_model,
+    resolve_face_model,
+    square_boxes,
+)
 
 FACE_PX = 200
 TRIANGLE = [(20, 20), (420, 20), (220, 260)]  # three faces, 200 px apart at least, inside 640x480
 
 
-def compose(faces: list[np.ndarray], positions: list[tuple[int, int]], size: int = FACE_PX,
-            shape: tuple[int, int] = (480, 640)) -> tuple[np.ndarray, list[Box]]:
+def compose(
+    faces: list[np.ndarray], positions: list[tuple[int, int]], size: int = FACE_PX, shape: tuple[int, int] = (480, 640)
+) -> tuple[np.ndarray, list[Box]]:
     """An RGB frame with ``faces`` enlarged to ``size`` px at ``positions``, and where they were placed."""
     canvas = np.full(shape, 128, np.uint8)
     placed = []
@@ -76,6 +86,7 @@ def haar_detector(tmp_path_factory: pytest.TempPathFactory) -> FaceDetector:
 
 
 # --- model resolution -------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -163,6 +174,7 @@ def test_download_failure_falls_back(cache: Path, monkeypatch: pytest.MonkeyPatc
 
 # --- detection on real faces ------------------------------------------------------------------------
 
+
 def test_mediapipe_finds_single_faces(mp_detector: FaceDetector, real_faces: dict) -> None:
     found = 0
     for name in CLASS_NAMES:
@@ -194,7 +206,9 @@ def test_crops_are_framed_like_fer2013(mp_detector: FaceDetector, real_faces: di
         crops = crop_faces(rgb, boxes)
         assert all(c.shape == (48, 48) and c.dtype == np.uint8 for c in crops)
         for sq in square_boxes(boxes, rgb.shape):
-            assert sq.w == sq.h or 0 in (sq.x, sq.y) or sq.x + sq.w == 640 or sq.y + sq.h == 480  # square unless clipped
+            assert (
+                sq.w == sq.h or 0 in (sq.x, sq.y) or sq.x + sq.w == 640 or sq.y + sq.h == 480
+            )  # square unless clipped
             overlaps.append(max(iou(sq, p) for p in placed))
     # The square crop recovers the pasted FER2013 face (BlazeFace box sizes vary by about +-12%).
     assert np.median(overlaps) > 0.7 and min(overlaps) > 0.4
@@ -267,6 +281,7 @@ def test_detect_is_thread_safe(mp_detector: FaceDetector, real_faces: dict) -> N
 
 
 # --- input handling and crops -----------------------------------------------------------------------
+
 
 def test_as_rgb_accepts_common_layouts() -> None:
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4)

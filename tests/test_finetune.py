@@ -1,4 +1,5 @@
 """Fine-tuning: a run that starts from a trained or shipped network (``--init-from``, ``--init-member``)."""
+
 from __future__ import annotations
 
 import sys
@@ -9,14 +10,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import train_cli  # noqa: E402
 from emotion.models.checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint, ship_checkpoint  # noqa: E402
 from emotion.models.networks import ModelConfig, build_model  # noqa: E402
-import train_cli  # noqa: E402
 
 TINY = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2)  # what `train --model cnn --cnn-widths 8,16` builds
 # lr this small leaves the convolutions where they started; BatchNorm's running statistics still follow the data
-FROZEN_ENOUGH = ["--model", "cnn", "--epochs", "1", "--batch-size", "16", "--cnn-widths", "8,16", "--lr", "1e-12",
-                 "--no-report"]
+FROZEN_ENOUGH = [
+    "--model",
+    "cnn",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--cnn-widths",
+    "8,16",
+    "--lr",
+    "1e-12",
+    "--no-report",
+]
 
 
 @pytest.fixture
@@ -51,8 +63,23 @@ def test_member_weights_picks_one_network_of_an_ensemble(ensemble_of_two):
 
 def test_a_run_starts_from_the_chosen_network_and_records_it(tiny_fer, ensemble_of_two, tmp_path):
     run = tmp_path / "ft"
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(run), *FROZEN_ENOUGH,
-                           "--init-from", str(ensemble_of_two), "--init-member", "2"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "train",
+                "--data",
+                str(tiny_fer),
+                "--out",
+                str(run),
+                *FROZEN_ENOUGH,
+                "--init-from",
+                str(ensemble_of_two),
+                "--init-member",
+                "2",
+            ]
+        )
+        == 0
+    )
     trained = _conv_weights(read_checkpoint(run / "best.pt")["model"])
     start = _conv_weights(member_weights(ensemble_of_two, 2)[1])
     assert trained.keys() == start.keys()
@@ -69,14 +96,28 @@ def test_without_init_from_a_run_starts_from_random_weights(tiny_fer, ensemble_o
     assert not all(torch.allclose(trained[k], start[k], atol=1e-3) for k in start)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--init-member", "3"], "holds 2 network"),
-    (["--init-member", "0"], "--init-member"),
-    (["--cnn-widths", "8,32"], "cnn_widths"),
-])
-def test_a_network_that_cannot_start_the_run_is_a_one_line_error(tiny_fer, ensemble_of_two, tmp_path, capsys, flags, message):
-    argv = ["train", "--data", str(tiny_fer), "--out", str(tmp_path / "run"), *FROZEN_ENOUGH,
-            "--init-from", str(ensemble_of_two), *flags]
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--init-member", "3"], "holds 2 network"),
+        (["--init-member", "0"], "--init-member"),
+        (["--cnn-widths", "8,32"], "cnn_widths"),
+    ],
+)
+def test_a_network_that_cannot_start_the_run_is_a_one_line_error(
+    tiny_fer, ensemble_of_two, tmp_path, capsys, flags, message
+):
+    argv = [
+        "train",
+        "--data",
+        str(tiny_fer),
+        "--out",
+        str(tmp_path / "run"),
+        *FROZEN_ENOUGH,
+        "--init-from",
+        str(ensemble_of_two),
+        *flags,
+    ]
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "\n".join(err)
@@ -84,8 +125,21 @@ def test_a_network_that_cannot_start_the_run_is_a_one_line_error(tiny_fer, ensem
 
 
 def test_a_missing_init_checkpoint_is_refused_before_anything_starts(tiny_fer, tmp_path, capsys):
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "run"), *FROZEN_ENOUGH,
-                           "--init-from", str(tmp_path / "missing.pt")]) == 2
+    assert (
+        train_cli.main(
+            [
+                "train",
+                "--data",
+                str(tiny_fer),
+                "--out",
+                str(tmp_path / "run"),
+                *FROZEN_ENOUGH,
+                "--init-from",
+                str(tmp_path / "missing.pt"),
+            ]
+        )
+        == 2
+    )
     assert "--init-from: no checkpoint at" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 

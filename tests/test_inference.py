@@ -1,4 +1,5 @@
 """Test-time augmentation and the released checkpoint's inference setting (``ship``)."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotion.models.checkpoint import SHIP_WEIGHTS, load_checkpoint, read_checkpoint
 from emotion.data.dataset import FaceDataset
 from emotion.evaluation.evaluate import predict_dataset
 from emotion.inference.classifier import ENGINES, TTA_VIEWS, EmotionClassifier, tta_views
+from emotion.models.checkpoint import SHIP_WEIGHTS, load_checkpoint, read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cli  # noqa: E402
@@ -67,16 +68,40 @@ def test_dataset_evaluation_refuses_a_batch_size_below_one(tiny_cnn_checkpoint, 
     classifier = EmotionClassifier.from_checkpoint(tiny_cnn_checkpoint, device="cpu", amp="off")
     images = torch.zeros(3, 48, 48, dtype=torch.uint8)
     with pytest.raises(ValueError, match="at least 1"):
-        predict_dataset(classifier, FaceDataset(images, torch.zeros(3, dtype=torch.long), "synthetic"), batch_size=batch_size)
+        predict_dataset(
+            classifier, FaceDataset(images, torch.zeros(3, dtype=torch.long), "synthetic"), batch_size=batch_size
+        )
 
 
 def test_ship_records_the_tta_that_predict_and_evaluate_then_use(tiny_fer, tmp_path, capsys):
     run = tmp_path / "run"
-    assert train_cli.main(["train", "--model", "cnn", "--data", str(tiny_fer), "--out", str(run), "--epochs", "1",
-                           "--batch-size", "16", "--cnn-widths", "8,16", "--no-report"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "train",
+                "--model",
+                "cnn",
+                "--data",
+                str(tiny_fer),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--cnn-widths",
+                "8,16",
+                "--no-report",
+            ]
+        )
+        == 0
+    )
     assert EmotionClassifier.from_checkpoint(run / "best.pt", device="cpu").tta == "none"  # a fresh run: no TTA
     shipped = tmp_path / "assets" / "model.pt"
-    assert train_cli.main(["ship", str(run / "best.pt"), "--out", str(shipped), "--tta", "shift", "--data", str(tiny_fer)]) == 0
+    assert (
+        train_cli.main(["ship", str(run / "best.pt"), "--out", str(shipped), "--tta", "shift", "--data", str(tiny_fer)])
+        == 0
+    )
     assert "with tta shift" in capsys.readouterr().out
     blob = read_checkpoint(shipped)
     assert blob["inference"] == {"tta": "shift"} and "training_state" not in blob
@@ -91,9 +116,33 @@ def test_ship_records_the_tta_that_predict_and_evaluate_then_use(tiny_fer, tmp_p
 
 def test_training_with_cutmix_and_mixup_records_them(tiny_fer, tmp_path):
     run = tmp_path / "run"
-    assert train_cli.main(["train", "--model", "cnn", "--data", str(tiny_fer), "--out", str(run), "--epochs", "1",
-                           "--batch-size", "16", "--cnn-widths", "8,16", "--no-report",
-                           "--cutmix", "1.0", "--mixup", "0.2", "--mix-prob", "1"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "train",
+                "--model",
+                "cnn",
+                "--data",
+                str(tiny_fer),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--cnn-widths",
+                "8,16",
+                "--no-report",
+                "--cutmix",
+                "1.0",
+                "--mixup",
+                "0.2",
+                "--mix-prob",
+                "1",
+            ]
+        )
+        == 0
+    )
     augment = read_checkpoint(run / "best.pt")["train_config"]["augment"]
     assert (augment["cutmix"], augment["mixup"], augment["mix_prob"]) == (1.0, 0.2, 1.0)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
@@ -110,4 +159,6 @@ def test_a_bad_stored_inference_setting_is_a_checkpoint_error(tiny_cnn_checkpoin
     torch.save(blob, bad)
     with pytest.raises(CheckpointError, match="inference setting"):
         EmotionClassifier.from_checkpoint(bad, device="cpu")
-    assert EmotionClassifier.from_checkpoint(bad, device="cpu", tta="flip").tta == "flip"  # an explicit choice still works
+    assert (
+        EmotionClassifier.from_checkpoint(bad, device="cpu", tta="flip").tta == "flip"
+    )  # an explicit choice still works

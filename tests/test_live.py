@@ -1,5 +1,6 @@
 """The Live tab's stream extras called directly (face panels, the timeline chart), and the speed settings:
 inference threads, the stream cadence, and a UI training run that yields to live inference."""
+
 from __future__ import annotations
 
 import itertools
@@ -11,18 +12,18 @@ import cv2
 import gradio as gr
 import numpy as np
 import pytest
-
 from conftest import make_folder_dataset
+from make_clip import face_scene
+
 from emotion.app import AppConfig
 from emotion.app.live import MAX_FACE_PANELS, PANEL_TOP, TEXT_EVERY_S, LiveSession, face_panels, stream_frame
 from emotion.app.model_panel import ModelManager
 from emotion.app.timeline import GAP_S, SIZE, Timeline
 from emotion.app.training_runner import TrainingRunner, TrainRequest
-from emotion.inference.faces import Box
 from emotion.data.labels import CLASS_NAMES, display
+from emotion.inference.faces import Box
 from emotion.inference.overlay import CLASS_COLOURS
 from emotion.utils.runtime import cpu_cores
-from make_clip import face_scene
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP = gr.skip()
@@ -50,6 +51,7 @@ def _face(x: int, label: str, score: float = 0.6) -> dict:
 
 # --- face panels ------------------------------------------------------------------------------------------
 
+
 def test_one_face_needs_no_panels() -> None:
     assert face_panels([]) == "" and face_panels([_face(10, "happy")]) == ""
 
@@ -73,12 +75,13 @@ def test_more_than_four_faces_show_the_largest_and_count_the_rest() -> None:
     assert text.count('class="face-panel"') == MAX_FACE_PANELS and "+2 more" in text
 
 
-def test_stream_frame_sends_panels_for_several_faces_only_when_they_change(models: ModelManager, real_faces,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_frame_sends_panels_for_several_faces_only_when_they_change(
+    models: ModelManager, real_faces, monkeypatch: pytest.MonkeyPatch
+) -> None:
     canvas = np.full((480, 640, 3), 160, np.uint8)
     boxes = []
     for i, name in enumerate(("happy", "sad", "surprise")):
-        canvas[140:340, 10 + 210 * i: 210 + 210 * i] = cv2.resize(real_faces[name][0], (200, 200))[:, :, None]
+        canvas[140:340, 10 + 210 * i : 210 + 210 * i] = cv2.resize(real_faces[name][0], (200, 200))[:, :, None]
         boxes.append(Box(10 + 210 * i, 140, 200, 200, 0.9))
     monkeypatch.setattr(models.detector, "detect", lambda rgb: boxes)  # detection is covered in test_faces.py
     annotated, label, readout, faces, panels, chart, session = stream_frame(models, _fresh(canvas), None)
@@ -90,6 +93,7 @@ def test_stream_frame_sends_panels_for_several_faces_only_when_they_change(model
 
 
 # --- timeline ---------------------------------------------------------------------------------------------
+
 
 def _colour_pixels(image: np.ndarray, name: str) -> np.ndarray:
     """(row, col) of the pixels drawn in an emotion's colour, the legend at the right left out."""
@@ -130,8 +134,9 @@ def test_timeline_keeps_30_seconds_breaks_lines_at_gaps_and_resets() -> None:
     assert timeline.due(10.0)
 
 
-def test_stream_frame_redraws_the_timeline_a_few_times_per_second_and_resets_on_restart(models: ModelManager,
-                                                                                        real_faces) -> None:
+def test_stream_frame_redraws_the_timeline_a_few_times_per_second_and_resets_on_restart(
+    models: ModelManager, real_faces
+) -> None:
     scene = face_scene(real_faces["happy"][0])
     *_, chart, session = stream_frame(models, _fresh(scene), None)
     assert isinstance(chart, np.ndarray) and chart.shape == (SIZE[1], SIZE[0], 3)
@@ -168,6 +173,7 @@ def test_the_same_frame_sent_twice_is_analyzed_once(models: ModelManager, real_f
 
 
 # --- speed settings ---------------------------------------------------------------------------------------
+
 
 def test_defaults_use_every_core_and_let_the_stream_beat_20_frames_per_second() -> None:
     config = AppConfig()

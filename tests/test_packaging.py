@@ -1,4 +1,5 @@
 """pyproject.toml installs the package with its console scripts: `emotion` (the CLI) and `emotion-app` (the app)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,24 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     python = env_dir / "bin" / "python"
     # This interpreter's pip installs into the venv; --no-deps and --no-build-isolation keep it offline.
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                           "--no-build-isolation", "-e", str(ROOT)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-e",
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0 and "no such option: --python" in done.stderr:
         pytest.skip("this pip cannot install into another interpreter (pip >= 22.3 can)")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,5 +1,6 @@
 """Packed splits (``train_cli.py pack``): lossless round trips, loading like folders, hostile files refused;
 and the measured precision of ``amp auto`` training."""
+
 from __future__ import annotations
 
 import io
@@ -9,20 +10,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from emotion.data.splits import has_split, load_split
-from emotion.data.packed import PACK_VERSION, PackError, decode_faces, encode_faces, read_packed, write_packed
-from emotion.data.splits import pack_dataset
-from train_cli import main
-
 from conftest import FER_DIR
+
+from emotion.data.packed import PACK_VERSION, PackError, decode_faces, encode_faces, read_packed, write_packed
+from emotion.data.splits import has_split, load_split, pack_dataset
+from train_cli import main
 
 
 def test_prediction_differences_round_trip_any_face() -> None:
     rng = np.random.default_rng(0)
     ramp = np.tile(np.arange(48, dtype=np.uint8) * 5, (48, 1))
-    faces = np.stack([rng.integers(0, 256, (48, 48), dtype=np.uint8), np.zeros((48, 48), np.uint8),
-                      np.full((48, 48), 255, np.uint8), ramp, ramp.T.copy(), 255 - ramp])
+    faces = np.stack(
+        [
+            rng.integers(0, 256, (48, 48), dtype=np.uint8),
+            np.zeros((48, 48), np.uint8),
+            np.full((48, 48), 255, np.uint8),
+            ramp,
+            ramp.T.copy(),
+            255 - ramp,
+        ]
+    )
     residuals = encode_faces(faces)
     assert residuals.dtype == np.uint8 and residuals.shape == faces.shape
     assert np.array_equal(decode_faces(residuals), faces)
@@ -60,23 +67,30 @@ def _npz(path: Path, **fields) -> Path:
 def _fields(n: int = 3, **changes) -> dict:
     faces = np.random.default_rng(1).integers(0, 256, (n, 48, 48), dtype=np.uint8)
     blob = lzma.compress(encode_faces(faces).tobytes(), format=lzma.FORMAT_XZ)
-    fields = dict(version=np.int64(PACK_VERSION), shape=np.array([n, 48, 48], dtype=np.int64),
-                  labels=np.arange(n, dtype=np.int64) % 7, faces_xz=np.frombuffer(blob, np.uint8))
+    fields = dict(
+        version=np.int64(PACK_VERSION),
+        shape=np.array([n, 48, 48], dtype=np.int64),
+        labels=np.arange(n, dtype=np.int64) % 7,
+        faces_xz=np.frombuffer(blob, np.uint8),
+    )
     return {**fields, **changes}
 
 
-@pytest.mark.parametrize("case, match", [
-    ("junk", "not a readable packed split"),
-    ("empty", "not a readable packed split"),
-    ("missing", "lacks the field"),
-    ("version", "format"),
-    ("shape", "declares faces of shape"),
-    ("huge", "declares faces of shape"),
-    ("labels", "class indices"),
-    ("truncated", "damaged|do not match"),
-    ("bomb", "do not match"),
-    ("pickle", "not a readable packed split"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("junk", "not a readable packed split"),
+        ("empty", "not a readable packed split"),
+        ("missing", "lacks the field"),
+        ("version", "format"),
+        ("shape", "declares faces of shape"),
+        ("huge", "declares faces of shape"),
+        ("labels", "class indices"),
+        ("truncated", "damaged|do not match"),
+        ("bomb", "do not match"),
+        ("pickle", "not a readable packed split"),
+    ],
+)
 def test_hostile_packed_files_are_refused_with_a_reason(tmp_path: Path, case: str, match: str) -> None:
     path = tmp_path / "train.npz"
     good = _fields()
@@ -130,6 +144,7 @@ def test_write_packed_is_atomic_and_reads_back(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- amp auto: measured, not assumed
 
+
 @pytest.mark.parametrize("winner, dtype", [("bf16", torch.bfloat16), ("fp32", None)])
 def test_amp_auto_trains_in_the_precision_that_times_faster(winner: str, dtype, monkeypatch) -> None:
     import emotion.utils.runtime
@@ -156,13 +171,20 @@ def test_a_resumed_run_keeps_the_precision_its_first_part_timed(tiny_fer: Path, 
     import emotion.training.loop
     import emotion.training.setup
     from emotion.models.networks import ModelConfig
-    from emotion.utils.runtime import read_jsonl
     from emotion.training.config import TrainConfig
+    from emotion.utils.runtime import read_jsonl
 
-    monkeypatch.setattr(emotion.training.setup, "amp_dtype", lambda device, amp: torch.bfloat16)  # a CPU with native bf16
+    monkeypatch.setattr(
+        emotion.training.setup, "amp_dtype", lambda device, amp: torch.bfloat16
+    )  # a CPU with native bf16
     monkeypatch.setattr(emotion.training.setup, "faster_training_dtype", lambda *a: torch.bfloat16)  # bf16 timed faster
-    kw = dict(data=str(tiny_fer), out=str(tmp_path / "run"), model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1),
-              batch_size=16, device="cpu")
+    kw = dict(
+        data=str(tiny_fer),
+        out=str(tmp_path / "run"),
+        model=ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1),
+        batch_size=16,
+        device="cpu",
+    )
     emotion.training.loop.train(TrainConfig(epochs=1, **kw))
 
     def must_not_time(*a):

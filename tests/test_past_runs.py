@@ -1,4 +1,5 @@
 """The Training tab follows run folders it did not start: command-line runs and earlier sessions."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,24 @@ def _run_folder(root, name, epochs, state, pid=None):
     run = root / name
     run.mkdir(parents=True)
     t0 = time.time() - 1000
-    rows = [{"epoch": e, "train_loss": 1.5 - 0.1 * e, "train_acc": 0.4 + 0.02 * e, "val_loss": 1.2 - 0.05 * e,
-             "val_acc": 0.5 + 0.01 * e, "seconds": 100.0, "time": t0 + 110 * e} for e in range(1, epochs + 1)]
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 1.5 - 0.1 * e,
+            "train_acc": 0.4 + 0.02 * e,
+            "val_loss": 1.2 - 0.05 * e,
+            "val_acc": 0.5 + 0.01 * e,
+            "seconds": 100.0,
+            "time": t0 + 110 * e,
+        }
+        for e in range(1, epochs + 1)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run / "status.json").write_text(json.dumps({"state": state, "epoch": epochs, "epochs": 26, "step": 3,
-                                                 "steps_per_epoch": 448, "pid": pid or 2**22 + 7}))
+    (run / "status.json").write_text(
+        json.dumps(
+            {"state": state, "epoch": epochs, "epochs": 26, "step": 3, "steps_per_epoch": 448, "pid": pid or 2**22 + 7}
+        )
+    )
     (run / "train.log").write_text("epoch 1 ...\nepoch 2 ...\n")
     return run
 
@@ -40,7 +54,9 @@ def test_a_finished_command_line_run_is_shown_with_its_curves(tmp_path):
 
 
 def test_a_command_line_run_in_progress_is_followed_but_not_stopped(tmp_path):
-    _run_folder(tmp_path, "cnn_live", epochs=3, state="training", pid=os.getpid())  # a live process stands in for the trainer
+    _run_folder(
+        tmp_path, "cnn_live", epochs=3, state="training", pid=os.getpid()
+    )  # a live process stands in for the trainer
     _run_folder(tmp_path, "crashed", epochs=2, state="training")  # its trainer is gone: an interrupted run
     runner = TrainingRunner(tmp_path)
     assert set(runner.past_runs()) == {"cnn_live", "crashed"}

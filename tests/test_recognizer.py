@@ -1,4 +1,5 @@
 """The recognizer API (real detector, tiny real classifier), temporal smoothing, file prediction and the overlay."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import pytest
 from PIL import Image
 from test_faces import compose, inside, triangle_frames
 
-from emotion.inference.faces import Box, FaceDetector
 from emotion.data.labels import CLASS_NAMES
-from emotion.inference.overlay import draw_faces
 from emotion.inference.classifier import EmotionClassifier
+from emotion.inference.faces import Box, FaceDetector
+from emotion.inference.overlay import draw_faces
 from emotion.inference.recognizer import STAGES, FaceTracker, Recognizer, predict_files
 
 
@@ -39,10 +40,17 @@ def check_face(face: dict, frame_shape: tuple[int, ...]) -> None:
 
 # --- analyze ----------------------------------------------------------------------------------------
 
-def test_analyze_returns_one_result_per_face(recognizer: Recognizer, real_faces: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_analyze_returns_one_result_per_face(
+    recognizer: Recognizer, real_faces: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls, counts = [], []
     original = recognizer.classifier.predict_faces
-    monkeypatch.setattr(recognizer.classifier, "predict_faces", lambda crops, member=None: calls.append(len(crops)) or original(crops, member))
+    monkeypatch.setattr(
+        recognizer.classifier,
+        "predict_faces",
+        lambda crops, member=None: calls.append(len(crops)) or original(crops, member),
+    )
     for rgb, placed in triangle_frames(real_faces)[:3]:
         timings: dict[str, float] = {}
         faces = recognizer.analyze(rgb, timings=timings)
@@ -88,7 +96,9 @@ def test_any_colour_layout_and_size(recognizer: Recognizer, real_faces: dict) ->
     assert recognizer.analyze(huge, whole_image=True)[0]["box"] == [0, 0, 8000, 1000]
 
 
-def test_many_faces(classifier: EmotionClassifier, real_faces: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_many_faces(
+    classifier: EmotionClassifier, real_faces: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Twelve faces in a 4x3 grid. BlazeFace short-range is built for one or a few close faces (faces here
     # are 19% of the frame width), so this uses the Haar cascade, which finds most of them.
     monkeypatch.delenv("EMOTION_FACE_MODEL", raising=False)
@@ -104,6 +114,7 @@ def test_many_faces(classifier: EmotionClassifier, real_faces: dict, tmp_path: P
 
 
 # --- temporal smoothing -----------------------------------------------------------------------------
+
 
 def onehot(i: int, noise: float = 0.0) -> np.ndarray:
     p = np.full(len(CLASS_NAMES), noise / (len(CLASS_NAMES) - 1), np.float32)
@@ -168,6 +179,7 @@ def test_analyze_with_tracker(recognizer: Recognizer, real_faces: dict) -> None:
 
 
 # --- files and overlay ------------------------------------------------------------------------------
+
 
 def test_predict_files(recognizer: Recognizer, real_faces: dict, tmp_path: Path) -> None:
     rgb, _ = triangle_frames(real_faces)[0]

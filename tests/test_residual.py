@@ -1,4 +1,5 @@
 """Residual CNNs (``--cnn-block residual``) and ensembles that mix them with plain ones."""
+
 from __future__ import annotations
 
 import sys
@@ -11,9 +12,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import train_cli  # noqa: E402
-from emotion.models.checkpoint import CheckpointError, load_checkpoint, member_weights, read_checkpoint, save_checkpoint, ship_checkpoint  # noqa: E402
-from emotion.models.networks import EmotionCNN, EmotionResNet, ModelConfig, SqueezeExcite, build_model, member_config  # noqa: E402
 from emotion.inference.classifier import EmotionClassifier  # noqa: E402
+from emotion.models.checkpoint import (  # noqa: E402
+    CheckpointError,
+    load_checkpoint,
+    member_weights,
+    read_checkpoint,
+    save_checkpoint,
+    ship_checkpoint,
+)
+from emotion.models.networks import EmotionCNN, EmotionResNet, ModelConfig, SqueezeExcite, build_model, member_config  # noqa: E402
 
 PLAIN = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2)  # what `train --model cnn --cnn-widths 8,16` builds
 RESIDUAL = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2, cnn_block="residual")
@@ -34,8 +42,11 @@ def _saved(path: Path, cfg: ModelConfig, seed: int) -> Path:
 @pytest.fixture
 def mixed(tmp_path: Path) -> tuple[list[Path], Path]:
     """Two plain networks and a residual one, and their shipped int8 ensemble."""
-    sources = [_saved(tmp_path / "plain1" / "best.pt", PLAIN, 1), _saved(tmp_path / "res" / "best.pt", RESIDUAL, 2),
-               _saved(tmp_path / "plain3" / "best.pt", PLAIN, 3)]
+    sources = [
+        _saved(tmp_path / "plain1" / "best.pt", PLAIN, 1),
+        _saved(tmp_path / "res" / "best.pt", RESIDUAL, 2),
+        _saved(tmp_path / "plain3" / "best.pt", PLAIN, 3),
+    ]
     ship_checkpoint(sources, tmp_path / "mixed.pt", tta="none", weights="int8")
     return sources, tmp_path / "mixed.pt"
 
@@ -67,10 +78,30 @@ def test_train_cli_trains_a_residual_network_and_init_from_needs_the_same_block(
     assert isinstance(load_checkpoint(run / "best.pt").model, EmotionResNet)
     assert load_checkpoint(run / "best.pt").name == "cnn residual (best.pt)"
     refused = tmp_path / "refused"
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(refused), *SMALL, "--init-from", str(run / "best.pt")]) == 2
+    assert (
+        train_cli.main(
+            ["train", "--data", str(tiny_fer), "--out", str(refused), *SMALL, "--init-from", str(run / "best.pt")]
+        )
+        == 2
+    )
     assert "cnn_block residual (this run: plain)" in capsys.readouterr().err
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "again"), *SMALL, "--cnn-block", "residual",
-                           "--init-from", str(run / "best.pt")]) == 0
+    assert (
+        train_cli.main(
+            [
+                "train",
+                "--data",
+                str(tiny_fer),
+                "--out",
+                str(tmp_path / "again"),
+                *SMALL,
+                "--cnn-block",
+                "residual",
+                "--init-from",
+                str(run / "best.pt"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_an_unknown_block_is_refused_by_the_cli(tiny_fer, tmp_path, capsys):
@@ -86,7 +117,10 @@ def test_a_mixed_ensemble_records_each_networks_block_and_predicts_their_mean(mi
     assert loaded.name == "cnn ensemble of 3 (2 plain, 1 residual) (mixed.pt)"
     assert [type(m) for m in loaded.model.members] == [EmotionCNN, EmotionResNet, EmotionCNN]
     faces = torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8)
-    singles = [EmotionClassifier.from_checkpoint(p, device="cpu", amp="off", engine="torch").predict_tensor(faces) for p in sources]
+    singles = [
+        EmotionClassifier.from_checkpoint(p, device="cpu", amp="off", engine="torch").predict_tensor(faces)
+        for p in sources
+    ]
     for engine in ("torch", "onnxruntime"):
         clf = EmotionClassifier.from_checkpoint(shipped, device="cpu", amp="off", engine=engine)
         assert torch.allclose(clf.predict_tensor(faces), torch.stack(singles).mean(0), atol=2e-2)  # int8 weights
@@ -124,14 +158,17 @@ def test_ship_still_refuses_networks_that_differ_in_more_than_their_block(tmp_pa
         ship_checkpoint(sources, tmp_path / "x.pt", tta="none")
 
 
-@pytest.mark.parametrize("field,value", [
-    ("member_blocks", ["plain", "residual"]),  # two names for three networks
-    ("member_blocks", ["plain", "dense", "plain"]),
-    ("member_blocks", "residual"),
-    ("member_blocks", [1, 2, 3]),
-    ("cnn_block", "dense"),
-    ("cnn_block", 7),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("member_blocks", ["plain", "residual"]),  # two names for three networks
+        ("member_blocks", ["plain", "dense", "plain"]),
+        ("member_blocks", "residual"),
+        ("member_blocks", [1, 2, 3]),
+        ("cnn_block", "dense"),
+        ("cnn_block", 7),
+    ],
+)
 def test_hostile_block_fields_are_a_checkpoint_error(mixed, field, value):
     _, shipped = mixed
     blob = torch.load(shipped, weights_only=True)
@@ -154,9 +191,10 @@ def test_a_checkpoint_from_before_residual_networks_loads_as_plain(tmp_path):
 
 
 def test_the_training_tab_launches_a_residual_network(tmp_path):
+    from conftest import make_folder_dataset
+
     from emotion.app.training_runner import TrainingRunner
     from emotion.app.training_tab import MODEL_CHOICES, start_training
-    from conftest import make_folder_dataset
 
     assert "cnn-residual" in {value for _, value in MODEL_CHOICES}
     make_folder_dataset(tmp_path / "data" / "tiny", per_class=4)

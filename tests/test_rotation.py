@@ -1,5 +1,6 @@
 """Live rotation: a tracked stream runs one network of an ensemble per frame and keeps every network's
 latest output per face, so each frame costs one network and a still face gets the ensemble's prediction."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from emotion.models.checkpoint import save_checkpoint
-from emotion.inference.faces import Box
-from emotion.models.networks import ModelConfig, build_model
 from emotion.inference.classifier import EmotionClassifier
+from emotion.inference.faces import Box
 from emotion.inference.recognizer import FaceTracker, Recognizer
+from emotion.models.checkpoint import save_checkpoint
+from emotion.models.networks import ModelConfig, build_model
 from emotion.video.analysis import VideoAnalyzer
 from emotion.video.reader import VideoFrame
 
@@ -111,7 +112,9 @@ def test_a_still_face_in_a_stream_gets_the_ensembles_prediction(ensemble_checkpo
     whole = clf.predict_faces([face])[0]
     calls = []
     original = clf.predict_faces
-    monkeypatch.setattr(clf, "predict_faces", lambda crops, member=None, **kw: calls.append(member) or original(crops, member, **kw))
+    monkeypatch.setattr(
+        clf, "predict_faces", lambda crops, member=None, **kw: calls.append(member) or original(crops, member, **kw)
+    )
     recognizer, tracker = Recognizer(clf, None), FaceTracker(alpha=1.0)
     results = [recognizer.analyze(face, whole_image=True, tracker=tracker)[0] for _ in range(4)]
     assert calls == [0, 1, 2, 0]  # one network per frame
@@ -126,7 +129,9 @@ def test_video_rotates_only_when_it_smooths(ensemble_checkpoint, monkeypatch):
     clf = EmotionClassifier.from_checkpoint(ensemble_checkpoint, device="cpu", amp="off")
     calls = []
     original = clf.predict_faces
-    monkeypatch.setattr(clf, "predict_faces", lambda crops, member=None, **kw: calls.append(member) or original(crops, member, **kw))
+    monkeypatch.setattr(
+        clf, "predict_faces", lambda crops, member=None, **kw: calls.append(member) or original(crops, member, **kw)
+    )
     recognizer = Recognizer(clf, _OneFace())
     frame = VideoFrame(index=0, time_s=0.0, rgb=np.zeros((48, 48, 3), np.uint8))
     for smoothing, expected in ((0.5, [0, 1, 2]), (1.0, [None, None, None])):

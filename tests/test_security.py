@@ -4,6 +4,7 @@ Server files leaking through the API, photos kept on disk, concurrent identical 
 huge images, bad CSV rows, NaN hyperparameters, overwritten runs, malformed checkpoints, a full disk
 during training and bad webcam frames.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,22 +26,22 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, launched_app, make_csv_dataset
 from gradio.utils import get_upload_folder
+from make_clip import face_scene
 from PIL import Image
+from test_app_client import free_port
 
 import train_cli
-from conftest import ROOT, launched_app, make_csv_dataset
 from emotion.app import AppConfig, EmotionApp
 from emotion.app.inputs import PhotoError, client_image
 from emotion.app.model_panel import ModelManager
-from emotion.app.training_tab import start_training
 from emotion.app.training_runner import TrainingRunner
-from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from emotion.app.training_tab import start_training
 from emotion.data.splits import load_split
-from emotion.models.networks import ModelConfig, build_model
 from emotion.inference.recognizer import ImageTooLargeError, read_rgb
-from make_clip import face_scene
-from test_app_client import free_port
+from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from emotion.models.networks import ModelConfig, build_model
 
 CNN = ["--model", "cnn", "--cnn-widths", "8,16", "--batch-size", "16", "--no-report", "--threads", "1"]
 UNSAFE_HINT = "weights_only=False"
@@ -49,18 +50,24 @@ SWEEP_AGE_S = 8  # the test app deletes uploads and results older than this
 
 def huge_png(path: Path, side: int = 13000) -> Path:
     """A black ``side`` x ``side`` grayscale PNG of a few hundred KB, written without holding its pixels in memory."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     packer = zlib.compressobj(9)
     row = b"\0" * (side + 1)  # filter byte + pixels
     idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
 # --- the app, served: only uploaded files are opened, nothing is kept, concurrent requests do not collide -----------
+
 
 @pytest.fixture(scope="module")
 def gradio_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -76,14 +83,24 @@ def gradio_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def served(gradio_tmp: Path, tiny_cnn_checkpoint: Path, face_model_path: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(
+    gradio_tmp: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     base = tmp_path_factory.mktemp("served")
     # A faster sweep so the deletion test takes seconds (the shipped defaults are checked separately), yet long
     # enough that queued concurrent requests still find their uploads on a busy machine.
-    config = AppConfig(checkpoint=tiny_cnn_checkpoint, face_model=face_model_path, device="cpu", data_root=base / "data",
-                       runs_dir=base / "runs", assets_dir=base / "assets", port=free_port(), training=False,
-                       cache_sweep_s=1, cache_max_age_s=SWEEP_AGE_S)
+    config = AppConfig(
+        checkpoint=tiny_cnn_checkpoint,
+        face_model=face_model_path,
+        device="cpu",
+        data_root=base / "data",
+        runs_dir=base / "runs",
+        assets_dir=base / "assets",
+        port=free_port(),
+        training=False,
+        cache_sweep_s=1,
+        cache_max_age_s=SWEEP_AGE_S,
+    )
     with launched_app(config) as (app, url):
         yield url
 
@@ -123,8 +140,11 @@ def _raw_call(url: str, endpoint: str, data: list) -> tuple[str, object]:
 @pytest.mark.parametrize("endpoint", ["analyze_photo", "analyze_frame"])
 @pytest.mark.parametrize("form", ["unmarked-dict", "bare-string", "marked-outside-cache"])
 def test_server_files_are_never_opened_for_a_request(served: str, secret: Path, endpoint: str, form: str) -> None:
-    value = {"unmarked-dict": {"path": str(secret)}, "bare-string": str(secret),
-             "marked-outside-cache": {"path": str(secret), "meta": {"_type": "gradio.FileData"}}}[form]
+    value = {
+        "unmarked-dict": {"path": str(secret)},
+        "bare-string": str(secret),
+        "marked-outside-cache": {"path": str(secret), "meta": {"_type": "gradio.FileData"}},
+    }[form]
     data = [value, False, False] if endpoint == "analyze_photo" else [value]  # photo, whole image, explain
     event, result = _raw_call(served, endpoint, data)
     if event == "complete":  # our handler answered: no image, and a message saying why
@@ -142,8 +162,17 @@ def test_client_image_accepts_only_uploads_and_image_data(gradio_tmp: Path, secr
     Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(upload)
     marked = {"path": str(upload), "meta": {"_type": "gradio.FileData"}}
     assert client_image(marked, 1920)[1] == (20, 10)
-    escape = {"path": str(upload.parent / ".." / ".." / secret.parent.name / "secret.png"), "meta": {"_type": "gradio.FileData"}}
-    for bad in ({"path": str(upload)}, str(upload), escape, {"path": str(secret), "meta": {"_type": "gradio.FileData"}}, 42):
+    escape = {
+        "path": str(upload.parent / ".." / ".." / secret.parent.name / "secret.png"),
+        "meta": {"_type": "gradio.FileData"},
+    }
+    for bad in (
+        {"path": str(upload)},
+        str(upload),
+        escape,
+        {"path": str(secret), "meta": {"_type": "gradio.FileData"}},
+        42,
+    ):
         with pytest.raises(PhotoError, match="Only images uploaded"):
             client_image(bad, 1920)
     inline = {"url": "data:image/png;base64," + base64.b64encode(upload.read_bytes()).decode(), "path": None}
@@ -201,6 +230,7 @@ def test_a_bad_frame_gets_a_message_not_an_upstream_error(client, tmp_path: Path
 
 # --- images: bit depths and sizes -----------------------------------------------------------------------------------
 
+
 def test_16_bit_and_float_images_are_scaled_not_saturated(tmp_path: Path) -> None:
     ramp8 = np.tile(np.arange(256, dtype=np.uint8), (8, 1))
     Image.fromarray(ramp8.astype(np.uint16) * 257).save(tmp_path / "gray16.png")
@@ -223,23 +253,38 @@ def test_training_folders_scale_16_bit_faces_and_skip_huge_files(tmp_path: Path)
     assert len(ds) == 8 and ds.skipped == 1
     happy = ds.images[ds.labels == 3]
     assert any(np.array_equal(img.numpy(), face8) for img in happy) and all(
-        np.abs(img.numpy().astype(int) - face8).max() <= 1 for img in happy)
+        np.abs(img.numpy().astype(int) - face8).max() <= 1 for img in happy
+    )
 
 
-def test_a_16_bit_face_gets_the_same_label_as_its_8_bit_original(tmp_path: Path, real_faces, tiny_cnn_checkpoint: Path,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+def test_a_16_bit_face_gets_the_same_label_as_its_8_bit_original(
+    tmp_path: Path, real_faces, tiny_cnn_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
     face = real_faces["happy"][0]
     Image.fromarray(face).save(tmp_path / "face8.png")
     Image.fromarray(face.astype(np.uint16) * 257).save(tmp_path / "face16.png")
-    assert train_cli.main(["predict", str(tmp_path / "face8.png"), str(tmp_path / "face16.png"), "--whole-image",
-                           "--checkpoint", str(tiny_cnn_checkpoint), "--json"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "predict",
+                str(tmp_path / "face8.png"),
+                str(tmp_path / "face16.png"),
+                "--whole-image",
+                "--checkpoint",
+                str(tiny_cnn_checkpoint),
+                "--json",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     p8, p16 = (np.array(list(d["faces"][0]["probabilities"].values())) for d in doc)
     assert np.abs(p8 - p16).max() < 1e-3
 
 
-def test_a_huge_png_is_refused_before_decoding(tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_a_huge_png_is_refused_before_decoding(
+    tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = huge_png(tmp_path / "huge.png")
     assert path.stat().st_size < 1_000_000
     with pytest.raises(ImageTooLargeError, match="13000x13000"):
@@ -260,18 +305,37 @@ def test_a_huge_png_is_refused_before_decoding(tmp_path: Path, tiny_cnn_checkpoi
         assert frame[0] is None and "too many pixels" in frame[2]
     finally:
         upload.unlink()
-    assert train_cli.main(["predict", str(path), "--whole-image", "--checkpoint", str(tiny_cnn_checkpoint), "--json"]) == 0
+    assert (
+        train_cli.main(["predict", str(path), "--whole-image", "--checkpoint", str(tiny_cnn_checkpoint), "--json"]) == 0
+    )
     assert "13000x13000" in json.loads(capsys.readouterr().out)[0]["error"]
 
 
 def test_predicting_a_huge_png_stays_under_1_gb(tmp_path: Path, tiny_cnn_checkpoint: Path) -> None:
     path = huge_png(tmp_path / "huge.png")
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report pytest's own peak.
-    code = ("import re, sys, train_cli; code = train_cli.main(sys.argv[1:]); status = open('/proc/self/status').read(); "
-            "print('PEAK_MB', int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) / 1024); sys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", code, "predict", str(path), "--whole-image", "--json",
-                             "--checkpoint", str(tiny_cnn_checkpoint)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import re, sys, train_cli; code = train_cli.main(sys.argv[1:]); status = open('/proc/self/status').read(); "
+        "print('PEAK_MB', int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) / 1024); sys.exit(code)"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "predict",
+            str(path),
+            "--whole-image",
+            "--json",
+            "--checkpoint",
+            str(tiny_cnn_checkpoint),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     peak = float(result.stdout.split("PEAK_MB")[1])
     print(f"peak memory predicting a 13000x13000 PNG: {peak:.0f} MB")
@@ -288,6 +352,7 @@ def test_a_huge_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
 
 # --- data -----------------------------------------------------------------------------------------------------------
 
+
 def _rewrite_first_training_row(csv_path: Path, emotion: str | None = None, pixel: str | None = None) -> None:
     lines = csv_path.read_text().splitlines()
     code, pixels, usage = lines[1].split(",")
@@ -298,9 +363,14 @@ def _rewrite_first_training_row(csv_path: Path, emotion: str | None = None, pixe
     csv_path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("bad", [{"pixel": "300"}, {"pixel": "-4"}, {"pixel": "1e9"}, {"emotion": "-1"}, {"emotion": "7"}],
-                         ids=["pixel-300", "pixel-negative", "pixel-junk", "emotion-minus-1", "emotion-7"])
-def test_bad_csv_rows_are_skipped_counted_and_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: dict) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [{"pixel": "300"}, {"pixel": "-4"}, {"pixel": "1e9"}, {"emotion": "-1"}, {"emotion": "7"}],
+    ids=["pixel-300", "pixel-negative", "pixel-junk", "emotion-minus-1", "emotion-7"],
+)
+def test_bad_csv_rows_are_skipped_counted_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: dict
+) -> None:
     csv_path = make_csv_dataset(tmp_path / "fer2013.csv", per_class=2)
     _rewrite_first_training_row(csv_path, **bad)
     ds = load_split(csv_path, "train")
@@ -310,13 +380,34 @@ def test_bad_csv_rows_are_skipped_counted_and_reported(tmp_path: Path, caplog: p
 
 # --- configuration --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flags", [["--lr", "nan"], ["--lr", "inf"], ["--lr=-1e-3"], ["--lr", "50"], ["--clip-lr", "nan"],
-                                   ["--batch-size", "0"], ["--epochs=-3"], ["--weight-decay", "inf"],
-                                   ["--label-smoothing", "1.5"], ["--ema-decay", "1"], ["--val-split", "nan"],
-                                   ["--cnn-widths", "8,0"], ["--dropout", "2"], ["--mixup", "nan"], ["--cutmix=-1"],
-                                   ["--cutmix", "inf"], ["--mix-prob", "1.5"], ["--distill-weight", "2"],
-                                   ["--distill-temperature", "0"]])
-def test_bad_hyperparameters_stop_the_cli_with_exit_code_2(tiny_fer: Path, tmp_path: Path, capsys, flags: list[str]) -> None:
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--lr=-1e-3"],
+        ["--lr", "50"],
+        ["--clip-lr", "nan"],
+        ["--batch-size", "0"],
+        ["--epochs=-3"],
+        ["--weight-decay", "inf"],
+        ["--label-smoothing", "1.5"],
+        ["--ema-decay", "1"],
+        ["--val-split", "nan"],
+        ["--cnn-widths", "8,0"],
+        ["--dropout", "2"],
+        ["--mixup", "nan"],
+        ["--cutmix=-1"],
+        ["--cutmix", "inf"],
+        ["--mix-prob", "1.5"],
+        ["--distill-weight", "2"],
+        ["--distill-temperature", "0"],
+    ],
+)
+def test_bad_hyperparameters_stop_the_cli_with_exit_code_2(
+    tiny_fer: Path, tmp_path: Path, capsys, flags: list[str]
+) -> None:
     out = tmp_path / "run"
     assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(out), *CNN, "--epochs", "1", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -338,8 +429,9 @@ def test_bad_hyperparameters_are_refused_in_the_training_tab(tmp_path: Path, lr:
     assert runner.current is None
 
 
-def test_a_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_fer: Path, tmp_path: Path, capsys,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
+    tiny_fer: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import emotion.training.loop as train_module
 
     real = train_module.F.cross_entropy
@@ -373,12 +465,18 @@ def test_a_nan_checkpoint_is_refused_so_predict_never_prints_nan(tmp_path: Path,
         next(model.parameters()).fill_(float("nan"))
     save_checkpoint(tmp_path / "nan.pt", model, cfg)
     Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "face.png")
-    assert train_cli.main(["predict", str(tmp_path / "face.png"), "--whole-image", "--json", "--checkpoint", str(tmp_path / "nan.pt")]) == 2
+    assert (
+        train_cli.main(
+            ["predict", str(tmp_path / "face.png"), "--whole-image", "--json", "--checkpoint", str(tmp_path / "nan.pt")]
+        )
+        == 2
+    )
     captured = capsys.readouterr()
     assert "NaN or infinite weights" in captured.err and "NaN" not in captured.out
 
 
 # --- runs are never overwritten silently ----------------------------------------------------------------------------
+
 
 def test_training_into_a_finished_run_needs_resume_or_overwrite(tiny_fer: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
@@ -397,6 +495,7 @@ def test_training_into_a_finished_run_needs_resume_or_overwrite(tiny_fer: Path, 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------------
 
+
 def _broken_checkpoints(tiny: Path, folder: Path) -> dict[str, Path]:
     blob = torch.load(tiny, weights_only=True)
     variants = {
@@ -405,7 +504,7 @@ def _broken_checkpoints(tiny: Path, folder: Path) -> dict[str, Path]:
         "no-config": {k: v for k, v in blob.items() if k != "model_config"},
         "config-not-dict": {**blob, "model_config": "cnn"},
         "config-bad-kind": {**blob, "model_config": {**blob["model_config"], "kind": "rnn"}},
-        "config-huge-widths": {**blob, "model_config": {**blob["model_config"], "cnn_widths": [10 ** 9]}},
+        "config-huge-widths": {**blob, "model_config": {**blob["model_config"], "cnn_widths": [10**9]}},
         "config-bad-types": {**blob, "model_config": {**blob["model_config"], "cnn_widths": "wide", "dropout": "x"}},
         "class-names-not-list": {**blob, "class_names": 7},
     }
@@ -422,7 +521,9 @@ def test_malformed_checkpoints_give_a_one_line_error(tiny_cnn_checkpoint: Path, 
         with pytest.raises(CheckpointError) as exc:
             load_checkpoint(path)
         assert "\n" not in str(exc.value) and UNSAFE_HINT not in str(exc.value), name
-        assert train_cli.main(["predict", str(tmp_path / "face.png"), "--whole-image", "--checkpoint", str(path)]) == 2, name
+        assert (
+            train_cli.main(["predict", str(tmp_path / "face.png"), "--whole-image", "--checkpoint", str(path)]) == 2
+        ), name
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and UNSAFE_HINT not in err[-1], name
 
@@ -444,7 +545,9 @@ def test_a_pickle_with_code_is_refused_without_suggesting_an_unsafe_load(tmp_pat
     assert "never loaded" in str(exc.value)
 
 
-def test_the_app_starts_on_the_shipped_model_and_says_why(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path: Path) -> None:
+def test_the_app_starts_on_the_shipped_model_and_says_why(
+    tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path: Path
+) -> None:
     broken = _broken_checkpoints(tiny_cnn_checkpoint, tmp_path)["no-model"]
     models = ModelManager(broken, face_model_path, "cpu", tmp_path, tmp_path, ROOT, fallback=tiny_cnn_checkpoint)
     assert models.recognizer is not None and models.active_path == tiny_cnn_checkpoint.resolve()
@@ -460,8 +563,10 @@ def test_the_app_starts_on_the_shipped_model_and_says_why(tiny_cnn_checkpoint: P
 
 # --- faults while training ------------------------------------------------------------------------------------------
 
-def test_a_failed_status_update_is_logged_and_training_goes_on(tiny_fer: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_a_failed_status_update_is_logged_and_training_goes_on(
+    tiny_fer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import emotion.training.loop as train_module
 
     def full_disk(path, obj):
@@ -476,8 +581,9 @@ def test_a_failed_status_update_is_logged_and_training_goes_on(tiny_fer: Path, t
 
 
 @pytest.mark.parametrize("fault", ["full-disk", "read-only"])
-def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_last_good_one(tiny_fer: Path, tmp_path: Path, capsys,
-                                                                            monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_last_good_one(
+    tiny_fer: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
     import emotion.models.checkpoint as checkpoint_module
     import emotion.training.loop as train_module
 
@@ -492,7 +598,9 @@ def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_last_good_one(tin
             broken["on"] = True
             if fault == "full-disk":
                 Path(f).write_bytes(b"partial")  # what a full disk leaves: a truncated temp file
-                raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed")
+                raise RuntimeError(
+                    "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"
+                )
             raise PermissionError(errno.EACCES, "Permission denied", str(f))
         return real_save(obj, f, *args, **kwargs)
 

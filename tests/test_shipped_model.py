@@ -1,14 +1,15 @@
 """The offline CNN shipped in assets/: it loads, predicts, and keeps its accuracy on real FER2013 faces."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import FER_DIR
 from PIL import Image
 
-from conftest import FER_DIR
-from emotion.evaluation.evaluate import compute_metrics
 from emotion.data.labels import CLASS_NAMES
+from emotion.evaluation.evaluate import compute_metrics
 from emotion.inference.classifier import DEFAULT_CHECKPOINT, EmotionClassifier, default_checkpoint
 
 PER_CLASS = 100  # first 100 files of each class by name: 656 faces (disgust has only 56)
@@ -19,7 +20,9 @@ ACCURACY_FLOOR = 0.65
 
 @pytest.fixture(scope="module")
 def shipped() -> EmotionClassifier:
-    assert DEFAULT_CHECKPOINT.is_file(), f"{DEFAULT_CHECKPOINT} is missing: the offline model must ship with the project"
+    assert DEFAULT_CHECKPOINT.is_file(), (
+        f"{DEFAULT_CHECKPOINT} is missing: the offline model must ship with the project"
+    )
     return EmotionClassifier.from_checkpoint(DEFAULT_CHECKPOINT, device="cpu")
 
 

@@ -1,4 +1,5 @@
 """The package's shape: layers import only downwards, no import cycle, modules and functions stay small."""
+
 from __future__ import annotations
 
 import ast

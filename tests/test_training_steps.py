@@ -1,4 +1,5 @@
 """The training loop's named steps, each on its own: set-up, one epoch, validation and checkpoint, resume."""
+
 from __future__ import annotations
 
 import json

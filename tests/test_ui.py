@@ -1,4 +1,5 @@
 """The app's handlers called directly: webcam frames, photo uploads, model switching, dataset paths, training runs."""
+
 from __future__ import annotations
 
 import os
@@ -10,19 +11,26 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_folder_dataset
+from make_clip import face_scene
 from PIL import Image
 
-from conftest import make_folder_dataset
-from emotion.models.checkpoint import CheckpointError
-from emotion.inference.faces import Box
-from emotion.data.labels import CLASS_NAMES, display
-from emotion.app.training_runner import TrainingRunner, TrainRequest
 from emotion.app.live import FACE_HOLD_FRAMES, LiveSession, analyze_frame
-from emotion.app.upload import MAX_FACE_LABELS, PhotoError, analyze_photo, load_photo
 from emotion.app.model_panel import ModelManager
-from emotion.app.training_tab import (list_datasets, poll_training, resolve_clip_weights, resolve_dataset, start_training,
-                                 stop_training, use_trained_model)
-from make_clip import face_scene
+from emotion.app.training_runner import TrainingRunner, TrainRequest
+from emotion.app.training_tab import (
+    list_datasets,
+    poll_training,
+    resolve_clip_weights,
+    resolve_dataset,
+    start_training,
+    stop_training,
+    use_trained_model,
+)
+from emotion.app.upload import MAX_FACE_LABELS, PhotoError, analyze_photo, load_photo
+from emotion.data.labels import CLASS_NAMES, display
+from emotion.inference.faces import Box
+from emotion.models.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP = gr.skip()
@@ -49,6 +57,7 @@ def _wait(run, timeout: float = 180.0) -> None:
 
 
 # --- Live tab -------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("frame", [None, np.zeros((0, 0, 3), np.uint8)], ids=["none", "empty"])
 def test_empty_frames_leave_the_outputs_alone(models: ModelManager, frame) -> None:
@@ -80,6 +89,7 @@ def test_frame_without_a_face_says_so_and_bars_outlast_brief_misses(models: Mode
 
 
 # --- Upload tab -----------------------------------------------------------------------------------------------------
+
 
 def _labels(outputs: tuple) -> list[gr.Label]:
     return [lbl for lbl in outputs[3:] if lbl.visible]
@@ -117,7 +127,9 @@ def test_huge_photo_is_downscaled_first(models: ModelManager, scene: np.ndarray,
     assert "downscaled from 8000×6000" in message
 
 
-@pytest.mark.parametrize("content", [b"this is not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 64], ids=["text", "bad-png"])
+@pytest.mark.parametrize(
+    "content", [b"this is not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 64], ids=["text", "bad-png"]
+)
 def test_corrupt_upload_gets_a_message(models: ModelManager, tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "broken.png"
     path.write_bytes(content)
@@ -144,8 +156,9 @@ def test_no_face_is_said_politely_and_whole_image_is_offered(models: ModelManage
     assert len(_labels(outputs)) == 1
 
 
-def test_many_faces_list_all_in_json_and_bars_for_the_largest(models: ModelManager, real_faces,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_many_faces_list_all_in_json_and_bars_for_the_largest(
+    models: ModelManager, real_faces, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # BlazeFace short-range sees a frame at 128x128, so a crowd of a dozen faces is below its reach; the detector
     # stands in with the grid's boxes, and everything after detection runs for real.
     faces = [f for name in ("happy", "fear", "sad", "angry") for f in real_faces[name][:3]]
@@ -154,7 +167,7 @@ def test_many_faces_list_all_in_json_and_bars_for_the_largest(models: ModelManag
     for i, face in enumerate(faces):
         r, c = divmod(i, 4)
         size = 120 - i  # distinct sizes, so "largest first" has one answer
-        canvas[r * 150: r * 150 + size, c * 150: c * 150 + size] = cv2.resize(face, (size, size))[:, :, None]
+        canvas[r * 150 : r * 150 + size, c * 150 : c * 150 + size] = cv2.resize(face, (size, size))[:, :, None]
         boxes.append(Box(c * 150, r * 150, size, size, 0.9))
     monkeypatch.setattr(models.detector, "detect", lambda rgb: boxes)
     outputs = analyze_photo(models, canvas)
@@ -173,6 +186,7 @@ def test_small_face_is_flagged(models: ModelManager, real_faces, monkeypatch: py
 
 
 # --- Model panel ----------------------------------------------------------------------------------------------------
+
 
 def test_switching_models(models: ModelManager, tiny_cnn_checkpoint: Path) -> None:
     original = models.active_path
@@ -210,6 +224,7 @@ def test_missing_default_checkpoint_still_starts(face_model_path: Path, tmp_path
 
 # --- Training tab ---------------------------------------------------------------------------------------------------
 
+
 def test_dataset_paths_stay_under_the_data_root(tmp_path: Path) -> None:
     root = tmp_path / "data"
     make_folder_dataset(root / "tiny", per_class=1, splits=("train",))
@@ -238,7 +253,9 @@ def runner(tmp_path: Path):
     r.stop()
 
 
-def test_training_run_to_the_end_and_use_its_model(runner: TrainingRunner, models: ModelManager, tmp_path: Path) -> None:
+def test_training_run_to_the_end_and_use_its_model(
+    runner: TrainingRunner, models: ModelManager, tmp_path: Path
+) -> None:
     root = tmp_path / "data"
     make_folder_dataset(root / "tiny", per_class=4)
     message, timer = start_training(runner, root, "tiny", "cnn", 1, 8, 1e-3, 1e-5, 0, "", 0)
@@ -292,8 +309,9 @@ def test_crashed_run_shows_its_error(runner: TrainingRunner, tmp_path: Path) -> 
     assert "Training failed" in progress and "lower --batch-size" in progress
 
 
-def test_clip_run_without_weights_explains_what_to_do(runner: TrainingRunner, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clip_run_without_weights_explains_what_to_do(
+    runner: TrainingRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail the weights download at once instead of after network retries
     monkeypatch.delenv("EMOTION_CLIP_WEIGHTS", raising=False)
     root = make_folder_dataset(tmp_path / "data" / "tiny", per_class=2).parent

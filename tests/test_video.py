@@ -5,6 +5,7 @@ in them (count, ids, positions) and against single-image predictions of the same
 inputs (not a video, empty, truncated, no faces, a still image) must give one clear line and exit code 2.
 The Video tab is tested in test_video_tab.py and test_browser_video.py.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,14 +18,22 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from make_clip import face_scene, load_faces
 
 import train_cli
-from emotion.inference.faces import FaceDetector
 from emotion.data.labels import CLASS_NAMES
 from emotion.inference.classifier import EmotionClassifier
+from emotion.inference.faces import FaceDetector
 from emotion.inference.recognizer import Recognizer
-from emotion.video.analysis import VideoAnalyzer, VideoConfig, VideoError, VideoReader, analyze_video, benchmark_fps, write_clip
-from make_clip import face_scene, load_faces
+from emotion.video.analysis import (
+    VideoAnalyzer,
+    VideoConfig,
+    VideoError,
+    VideoReader,
+    analyze_video,
+    benchmark_fps,
+    write_clip,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "assets" / "emotion_cnn.pt"
@@ -34,6 +43,7 @@ OUTPUTS = ("annotated.mp4", "faces.csv", "timeline.png", "summary.json")
 
 
 # ---------------------------------------------------------------- clips
+
 
 def clip_faces() -> list[np.ndarray]:
     """The FER2013 faces of tests/make_clip.py (happy, surprise, angry, neutral); skips without ../shared."""
@@ -99,7 +109,9 @@ def recognizer(face_model_path: Path, tiny_cnn_checkpoint: Path) -> Iterator[Rec
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the CLI runs: decoding and encoding threads use the other core
     try:
-        yield Recognizer(EmotionClassifier.from_checkpoint(checkpoint, device="cpu"), FaceDetector(str(face_model_path)))
+        yield Recognizer(
+            EmotionClassifier.from_checkpoint(checkpoint, device="cpu"), FaceDetector(str(face_model_path))
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -120,10 +132,13 @@ def assert_rows_match_single_images(rows: list[dict], clip: Path, recognizer: Re
         assert [r["label"] for r in got] == [f["label"] for f in expected], f"frame {index}"
         assert [[int(r[k]) for k in "xywh"] for r in got] == [f["box"] for f in expected], f"frame {index}"
         for r, f in zip(got, expected, strict=False):
-            assert [float(r[c]) for c in CLASS_NAMES] == pytest.approx([f["probabilities"][c] for c in CLASS_NAMES], abs=1e-3)
+            assert [float(r[c]) for c in CLASS_NAMES] == pytest.approx(
+                [f["probabilities"][c] for c in CLASS_NAMES], abs=1e-3
+            )
 
 
 # ---------------------------------------------------------------- package API
+
 
 def test_one_face_gets_one_id_and_single_image_labels(recognizer, faces, tmp_path: Path) -> None:
     clip = one_face_clip(tmp_path / "one.mp4", faces[0])
@@ -166,7 +181,9 @@ def test_faces_that_enter_and_leave(recognizer, faces, tmp_path: Path) -> None:
     assert summary["video"]["frames"] == 45 and summary["video"]["width"] == 640
     assert [f["face_id"] for f in summary["faces"]] == [1, 2]
     for face, first, last in zip(summary["faces"], (0, 15), (29, 44), strict=False):
-        assert face["first_s"] == pytest.approx(first / FPS, abs=1e-3) and face["last_s"] == pytest.approx(last / FPS, abs=1e-3)
+        assert face["first_s"] == pytest.approx(first / FPS, abs=1e-3) and face["last_s"] == pytest.approx(
+            last / FPS, abs=1e-3
+        )
         assert sum(face["share"].values()) == pytest.approx(1.0, abs=1e-3)
         assert face["dominant"] == max(CLASS_NAMES, key=lambda c: face["share"][c])
         labels = [r["label"] for r in rows if r["face_id"] == str(face["face_id"])]
@@ -215,6 +232,7 @@ def test_benchmark_hook_reports_frames_per_second(recognizer, faces) -> None:
 
 # ---------------------------------------------------------------- odd files that must still work
 
+
 def rewrite_stts(data: bytes, deltas: Sequence[int]) -> bytes:
     """An MP4 whose sample durations are ``deltas`` (a variable frame rate), by rewriting its stts box.
 
@@ -225,7 +243,7 @@ def rewrite_stts(data: bytes, deltas: Sequence[int]) -> bytes:
 
     def find(offset: int, end: int, path: list) -> list | None:
         while offset < end:
-            size, kind = struct.unpack(">I4s", data[offset:offset + 8])
+            size, kind = struct.unpack(">I4s", data[offset : offset + 8])
             if kind == b"stts":
                 return [*path, (offset, size)]
             if kind in containers and (found := find(offset + 8, offset + size, [*path, (offset, size)])):
@@ -234,8 +252,10 @@ def rewrite_stts(data: bytes, deltas: Sequence[int]) -> bytes:
         return None
 
     *parents, (offset, size) = find(0, len(data), [])
-    box = struct.pack(">I4sII", 16 + 8 * len(deltas), b"stts", 0, len(deltas)) + b"".join(struct.pack(">II", 1, d) for d in deltas)
-    out = bytearray(data[:offset] + box + data[offset + size:])
+    box = struct.pack(">I4sII", 16 + 8 * len(deltas), b"stts", 0, len(deltas)) + b"".join(
+        struct.pack(">II", 1, d) for d in deltas
+    )
+    out = bytearray(data[:offset] + box + data[offset + size :])
     for parent_offset, parent_size in parents:
         struct.pack_into(">I", out, parent_offset, parent_size + len(box) - size)
     return bytes(out)
@@ -245,7 +265,7 @@ def test_variable_frame_rate_uses_the_real_timestamps(recognizer, faces, tmp_pat
     clip = one_face_clip(tmp_path / "cfr.mp4", faces[0], frames=20)
     data = clip.read_bytes()
     stts = data.index(b"stts")  # the type field; then version/flags, entry count, and (count, delta) entries
-    delta = struct.unpack(">I", data[stts + 16: stts + 20])[0]  # ticks per frame at the written 15 fps
+    delta = struct.unpack(">I", data[stts + 16 : stts + 20])[0]  # ticks per frame at the written 15 fps
     deltas = [delta // 2 if i % 2 else delta * 3 // 2 for i in range(20)]  # 1/30 s and 1/10 s alternately
     vfr = tmp_path / "vfr.mp4"
     vfr.write_bytes(rewrite_stts(data, deltas))
@@ -281,12 +301,26 @@ def test_odd_resolution(recognizer, faces, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the CLI, and bad input
 
+
 def cli(tmp_path: Path, clip: Path, checkpoint: Path, face_model: Path, *extra: str) -> int:
-    return train_cli.main(["video", str(clip), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
-                           "--face-model", str(face_model), *extra])
+    return train_cli.main(
+        [
+            "video",
+            str(clip),
+            "--out",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(checkpoint),
+            "--face-model",
+            str(face_model),
+            *extra,
+        ]
+    )
 
 
-def test_cli_writes_the_four_files(faces, tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys) -> None:
+def test_cli_writes_the_four_files(
+    faces, tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys
+) -> None:
     clip = write_clip(tmp_path / "clip.mp4", enter_leave_frames(faces), FPS)
     assert cli(tmp_path, clip, tiny_cnn_checkpoint, face_model_path, "--every", "2") == 0
     captured = capsys.readouterr()
@@ -320,23 +354,34 @@ def zero_frame_mp4(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda p: p.write_text("these are notes, not a video\n" * 50), ("not a video",)),
-    (lambda p: p.write_bytes(b""), ("empty", "0 bytes")),
-    (zero_frame_mp4, ("cannot be decoded", "no frames")),
-    (lambda p: cv2.imwrite(str(p.with_suffix(".jpg")), np.zeros((64, 64, 3), np.uint8)) and p.with_suffix(".jpg").rename(p),
-     ("still JPEG image",)),
-], ids=["not-a-video", "zero-length", "zero-frames", "still-image"])
-def test_cli_refuses_bad_files_with_one_line(make, words, tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path,
-                                             capsys) -> None:
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda p: p.write_text("these are notes, not a video\n" * 50), ("not a video",)),
+        (lambda p: p.write_bytes(b""), ("empty", "0 bytes")),
+        (zero_frame_mp4, ("cannot be decoded", "no frames")),
+        (
+            lambda p: (
+                cv2.imwrite(str(p.with_suffix(".jpg")), np.zeros((64, 64, 3), np.uint8))
+                and p.with_suffix(".jpg").rename(p)
+            ),
+            ("still JPEG image",),
+        ),
+    ],
+    ids=["not-a-video", "zero-length", "zero-frames", "still-image"],
+)
+def test_cli_refuses_bad_files_with_one_line(
+    make, words, tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys
+) -> None:
     clip = tmp_path / "clip.mp4"
     make(clip)
     assert cli(tmp_path, clip, tiny_cnn_checkpoint, face_model_path) == 2
     assert_one_line_error(capsys, *words)
 
 
-def test_cli_refuses_a_missing_file_and_bad_flags(tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, faces,
-                                                  capsys) -> None:
+def test_cli_refuses_a_missing_file_and_bad_flags(
+    tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, faces, capsys
+) -> None:
     assert cli(tmp_path, tmp_path / "absent.mp4", tiny_cnn_checkpoint, face_model_path) == 2
     assert_one_line_error(capsys, "does not exist")
     clip = one_face_clip(tmp_path / "one.mp4", faces[0], frames=2)
@@ -344,7 +389,9 @@ def test_cli_refuses_a_missing_file_and_bad_flags(tmp_path: Path, tiny_cnn_check
     assert_one_line_error(capsys, "--every")
 
 
-def test_cli_truncated_mp4_is_named_as_damaged(faces, tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys) -> None:
+def test_cli_truncated_mp4_is_named_as_damaged(
+    faces, tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys
+) -> None:
     clip = one_face_clip(tmp_path / "full.mp4", faces[0], frames=20)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])  # the index (moov box) is at the end: lost
@@ -352,8 +399,9 @@ def test_cli_truncated_mp4_is_named_as_damaged(faces, tmp_path: Path, tiny_cnn_c
     assert_one_line_error(capsys, "truncated")
 
 
-def test_cli_truncated_avi_keeps_what_could_be_read(faces, tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path,
-                                                    capsys) -> None:
+def test_cli_truncated_avi_keeps_what_could_be_read(
+    faces, tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys
+) -> None:
     clip = write_clip(tmp_path / "full.avi", (face_scene(faces[0], centre=(320 + i, 240)) for i in range(40)), FPS)
     cut = tmp_path / "cut.avi"
     cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])  # AVI frames are readable up to the cut
@@ -367,7 +415,9 @@ def test_cli_video_without_faces(tmp_path: Path, tiny_cnn_checkpoint: Path, face
     clip = write_clip(tmp_path / "empty_room.mp4", [np.full((480, 640, 3), 90 + i, np.uint8) for i in range(10)], FPS)
     assert cli(tmp_path, clip, tiny_cnn_checkpoint, face_model_path) == 2
     assert_one_line_error(capsys, "no face was found", "10 analyzed frames")
-    assert read_rows(tmp_path / "out") == [] and json.loads((tmp_path / "out" / "summary.json").read_text())["faces"] == []
+    assert (
+        read_rows(tmp_path / "out") == [] and json.loads((tmp_path / "out" / "summary.json").read_text())["faces"] == []
+    )
 
 
 def test_package_raises_video_error_for_too_long_videos(recognizer, faces, tmp_path: Path) -> None:
@@ -376,8 +426,9 @@ def test_package_raises_video_error_for_too_long_videos(recognizer, faces, tmp_p
         analyze_video(clip, tmp_path / "out", recognizer, VideoConfig(max_seconds=1))
 
 
-
-def test_package_refuses_huge_frames_before_decoding(recognizer, faces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_package_refuses_huge_frames_before_decoding(
+    recognizer, faces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from emotion.video import reader as video_reader
 
     clip = one_face_clip(tmp_path / "one.mp4", faces[0], frames=2)

@@ -3,6 +3,7 @@
 Each test checks what the server keeps afterwards: its work folders and uploads must be gone (on the
 output TTL after results, at once after a failure or a Cancel).
 """
+
 from __future__ import annotations
 
 import time
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import launched_app
-from emotion.video.analysis import write_clip
 from make_clip import face_scene
 from test_video import FPS, clip_faces, enter_leave_frames, frame_count, one_face_clip, read_rows
+
+from emotion.video.analysis import write_clip
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +25,20 @@ def faces() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    from emotion.app import AppConfig
     from test_app_client import free_port
 
+    from emotion.app import AppConfig
+
     base = tmp_path_factory.mktemp("served")
-    config = AppConfig(checkpoint=tiny_cnn_checkpoint, face_model=face_model_path, device="cpu", training=False,
-                       runs_dir=base / "runs", assets_dir=base / "assets", port=free_port())
+    config = AppConfig(
+        checkpoint=tiny_cnn_checkpoint,
+        face_model=face_model_path,
+        device="cpu",
+        training=False,
+        runs_dir=base / "runs",
+        assets_dir=base / "assets",
+        port=free_port(),
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(base / "gradio"))  # a cache of its own: what is left in it is this app's
         with launched_app(config) as (app, url):
@@ -48,7 +57,9 @@ def client(served, tmp_path_factory: pytest.TempPathFactory):
 def cache_root(served) -> Path:
     """Gradio's cache folder, where uploads land and where the Video tab works."""
     app, _ = served
-    return Path(next(b for b in app.demo.blocks.values() if getattr(b, "elem_id", None) == "video-annotated").GRADIO_CACHE)
+    return Path(
+        next(b for b in app.demo.blocks.values() if getattr(b, "elem_id", None) == "video-annotated").GRADIO_CACHE
+    )
 
 
 def server_leftovers(cache_root: Path, upload_name: str) -> list[Path]:
@@ -67,8 +78,9 @@ def wait_until(condition, timeout_s: float = 20.0) -> bool:
     return condition()
 
 
-def test_video_tab_gives_video_timeline_and_csv_then_deletes_them(client, cache_root: Path, faces, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_video_tab_gives_video_timeline_and_csv_then_deletes_them(
+    client, cache_root: Path, faces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gradio_client import handle_file
 
     from emotion.app import video_tab
@@ -83,17 +95,27 @@ def test_video_tab_gives_video_timeline_and_csv_then_deletes_them(client, cache_
     assert len(rows) == 60 and {r["face_id"] for r in rows} == {"1", "2"}
     assert "Analyzed 45 of 45 frames" in message and "Face 1" in message and "Face 2" in message
     assert server_leftovers(cache_root, clip.name)  # served for a while ...
-    assert wait_until(lambda: not server_leftovers(cache_root, clip.name)), server_leftovers(cache_root, clip.name)  # ... then gone
+    assert wait_until(lambda: not server_leftovers(cache_root, clip.name)), server_leftovers(
+        cache_root, clip.name
+    )  # ... then gone
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda p, faces: p.write_text("not a video\n" * 40), "is not a video"),
-    (lambda p, faces: p.write_bytes(b""), "is empty"),
-    (lambda p, faces: write_clip(p, [np.full((120, 160, 3), 90 + i, np.uint8) for i in range(5)], FPS), "No face was found"),
-    (lambda p, faces: one_face_clip(p, faces[0], frames=30), "at most 1 s"),
-], ids=["not-a-video", "zero-length", "no-faces", "too-long"])
-def test_video_tab_warns_about_bad_input(make, words, client, cache_root: Path, faces, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda p, faces: p.write_text("not a video\n" * 40), "is not a video"),
+        (lambda p, faces: p.write_bytes(b""), "is empty"),
+        (
+            lambda p, faces: write_clip(p, [np.full((120, 160, 3), 90 + i, np.uint8) for i in range(5)], FPS),
+            "No face was found",
+        ),
+        (lambda p, faces: one_face_clip(p, faces[0], frames=30), "at most 1 s"),
+    ],
+    ids=["not-a-video", "zero-length", "no-faces", "too-long"],
+)
+def test_video_tab_warns_about_bad_input(
+    make, words, client, cache_root: Path, faces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gradio_client import handle_file
 
     from emotion.app import video_tab
@@ -123,11 +145,16 @@ def test_video_tab_never_reads_or_deletes_files_outside_its_uploads(served, face
 def test_video_tab_can_be_cancelled_and_cleans_up(client, cache_root: Path, faces, tmp_path: Path) -> None:
     from gradio_client import handle_file
 
-    clip = write_clip(tmp_path / f"long-{tmp_path.name}.mp4",
-                      (face_scene(faces[i // 100 % 4], centre=(320 + i % 20, 240)) for i in range(800)), 30)
+    clip = write_clip(
+        tmp_path / f"long-{tmp_path.name}.mp4",
+        (face_scene(faces[i // 100 % 4], centre=(320 + i % 20, 240)) for i in range(800)),
+        30,
+    )
     earlier = set(server_leftovers(cache_root, clip.name))  # results of earlier tests, still being served
     job = client.submit(handle_file(str(clip)), 1, api_name="/analyze_video")
-    assert wait_until(lambda: any(p.parent not in earlier for p in cache_root.glob("emotion-video-*/faces.csv")), 30)  # running
+    assert wait_until(
+        lambda: any(p.parent not in earlier for p in cache_root.glob("emotion-video-*/faces.csv")), 30
+    )  # running
     time.sleep(1.0)
     job.cancel()
     left = lambda: [p for p in server_leftovers(cache_root, clip.name) if p not in earlier]  # noqa: E731

@@ -7,6 +7,7 @@ uploads *and* that lie in Gradio's upload folder, or decodes image data sent inl
 file per request (``result_file``), so concurrent identical requests never share a file that one of
 them rewrites; Gradio's ``delete_cache`` sweep deletes uploads and results within a minute.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,7 +29,9 @@ from ..inference.recognizer import ImageTooLargeError, read_rgb
 log = logging.getLogger(__name__)
 
 FILE_DATA_TYPE = "gradio.FileData"  # the marker Gradio puts in the payload of a file a client uploaded
-MAX_INLINE_BYTES = 20 * 1024 * 1024  # a base64 image sent inline (webcam frames) may be at most this large, like an upload
+MAX_INLINE_BYTES = (
+    20 * 1024 * 1024
+)  # a base64 image sent inline (webcam frames) may be at most this large, like an upload
 RESULTS_DIR = "emotion-results"  # sub-folder of Gradio's upload folder holding one result file per request
 
 
@@ -48,7 +51,9 @@ def uploaded_path(payload: Any) -> Path:
     path = payload.get("path")
     if not isinstance(meta, dict) or meta.get("_type") != FILE_DATA_TYPE or not isinstance(path, str) or not path:
         log.warning("refused a file payload without Gradio's upload marker: %r", str(path)[:200])
-        raise PhotoError("Only images uploaded to this app can be analyzed; this request named a file that was not uploaded.")
+        raise PhotoError(
+            "Only images uploaded to this app can be analyzed; this request named a file that was not uploaded."
+        )
     if not is_in_or_equal(path, get_upload_folder()):
         log.warning("refused a file outside Gradio's upload folder: %r", path[:200])
         raise PhotoError("Only images uploaded to this app can be analyzed; this file was not uploaded to it.")
@@ -78,8 +83,12 @@ def client_image(payload: Any, max_side: int) -> tuple[np.ndarray, tuple[int, in
     """
     if payload is None:
         return None
-    if isinstance(payload, dict) and isinstance(payload.get("url"), str) and payload["url"].startswith("data:") \
-            and not payload.get("path"):
+    if (
+        isinstance(payload, dict)
+        and isinstance(payload.get("url"), str)
+        and payload["url"].startswith("data:")
+        and not payload.get("path")
+    ):
         try:
             rgb = _decode_data_url(payload["url"], max_side)
         except PhotoError:
@@ -100,7 +109,9 @@ def read_image_file(path: str | os.PathLike, max_side: int) -> tuple[np.ndarray,
     """
     path = Path(path)
     if not path.is_file():
-        raise PhotoError(f"“{path.name}” is no longer on the server (uploads are deleted within a minute); please upload it again.")
+        raise PhotoError(
+            f"“{path.name}” is no longer on the server (uploads are deleted within a minute); please upload it again."
+        )
     try:
         with warnings.catch_warnings():  # the pixel count is checked by read_rgb before decoding
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -108,10 +119,14 @@ def read_image_file(path: str | os.PathLike, max_side: int) -> tuple[np.ndarray,
                 size = im.size
         return read_rgb(path, max_side), size
     except (ImageTooLargeError, Image.DecompressionBombError) as exc:
-        raise PhotoError(f"This image has too many pixels to analyze safely ({exc}); please upload a smaller version.") from exc
+        raise PhotoError(
+            f"This image has too many pixels to analyze safely ({exc}); please upload a smaller version."
+        ) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unknown formats and truncated or corrupt files
         log.info("unreadable upload %s: %s", path.name, exc)
-        raise PhotoError(f"“{path.name}” could not be read as an image; please upload a JPEG, PNG or WebP photo.") from exc
+        raise PhotoError(
+            f"“{path.name}” could not be read as an image; please upload a JPEG, PNG or WebP photo."
+        ) from exc
 
 
 def result_file(rgb: np.ndarray | None, fmt: str = "webp") -> str | None:

@@ -3,6 +3,7 @@
 Handlers never raise into Gradio: bad input becomes a message (and a toast for real problems), so
 neither a stack trace nor a dead webcam stream ever reaches the user. Errors are logged here.
 """
+
 from __future__ import annotations
 
 import html
@@ -15,13 +16,14 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from ..inference.faces import as_rgb
 from ..data.labels import CLASS_NAMES, display
+from ..inference.faces import as_rgb
 from ..inference.overlay import CLASS_COLOURS, draw_faces
 from ..inference.recognizer import FaceTracker
 from .config import IMAGE_HEIGHT, MAX_SIDE, AppConfig
 from .inputs import PhotoError, client_image, result_file
-from .timeline import SIZE as TIMELINE_SIZE, Timeline
+from .timeline import SIZE as TIMELINE_SIZE
+from .timeline import Timeline
 
 if TYPE_CHECKING:
     from .model_panel import ModelManager
@@ -91,10 +93,14 @@ def _panel(number: int, face: dict) -> str:
         f'<span style="flex:0 0 6.5em">{html.escape(display(name))}</span>'
         '<span style="flex:1;height:8px;background:#eee;border-radius:4px">'
         f'<span style="display:block;height:8px;border-radius:4px;width:{p * 100:.0f}%;background:{_hex(name)}"></span>'
-        f'</span><span style="flex:0 0 2.8em;text-align:right">{p:.0%}</span></div>' for name, p in top)
-    return (f'<div class="face-panel" style="flex:1 1 180px;max-width:260px;padding:6px 8px;border-radius:8px;'
-            f'border:2px solid {_hex(face["label"])}"><div><b>Face {number}</b> · '
-            f'{html.escape(display(face["label"]))} {face["score"]:.0%}</div>{rows}</div>')
+        f'</span><span style="flex:0 0 2.8em;text-align:right">{p:.0%}</span></div>'
+        for name, p in top
+    )
+    return (
+        f'<div class="face-panel" style="flex:1 1 180px;max-width:260px;padding:6px 8px;border-radius:8px;'
+        f'border:2px solid {_hex(face["label"])}"><div><b>Face {number}</b> · '
+        f"{html.escape(display(face['label']))} {face['score']:.0%}</div>{rows}</div>"
+    )
 
 
 def face_panels(faces: list[dict]) -> str:
@@ -116,8 +122,9 @@ def no_model_message(models: ModelManager) -> str:
     return f"No emotion model is loaded ({models.problem}). Pick one in the model panel above, or train one."
 
 
-def analyze_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSession | None,
-                  max_side: int = MAX_SIDE) -> tuple:
+def analyze_frame(
+    models: ModelManager, frame: np.ndarray | None, session: LiveSession | None, max_side: int = MAX_SIDE
+) -> tuple:
     """One webcam frame -> (annotated frame, main face's probabilities, readout, faces JSON, session).
 
     Empty frames (the camera starting or stopping) leave the outputs as they are. Each session's
@@ -157,8 +164,9 @@ def analyze_frame(models: ModelManager, frame: np.ndarray | None, session: LiveS
     return annotated, label, readout, faces, session
 
 
-def analyze_client_frame(models: ModelManager, payload: object, session: LiveSession | None,
-                         max_side: int = MAX_SIDE) -> tuple:
+def analyze_client_frame(
+    models: ModelManager, payload: object, session: LiveSession | None, max_side: int = MAX_SIDE
+) -> tuple:
     """The Live tab's event handler: ``analyze_frame`` for a request's unprocessed payload.
 
     Only a frame the client uploaded or sent inline is decoded (never another file on the server); a bad
@@ -172,8 +180,13 @@ def analyze_client_frame(models: ModelManager, payload: object, session: LiveSes
     return (result_file(annotated, "jpeg") if isinstance(annotated, np.ndarray) else annotated), *rest
 
 
-def stream_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSession | None,
-                 max_side: int = MAX_SIDE, show_timeline: bool = True) -> tuple:
+def stream_frame(
+    models: ModelManager,
+    frame: np.ndarray | None,
+    session: LiveSession | None,
+    max_side: int = MAX_SIDE,
+    show_timeline: bool = True,
+) -> tuple:
     """``analyze_frame`` plus the stream's extras: (annotated, probabilities, readout, faces JSON, face panels,
     timeline chart, session).
 
@@ -181,8 +194,12 @@ def stream_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSe
     per second), so the stream keeps its frame rate with them on. The browser may capture the same camera
     frame twice (it asks faster than a camera makes frames); a repeat is not analyzed again.
     """
-    if session is not None and frame is not None and session.last_input is not None \
-            and np.array_equal(frame, session.last_input):
+    if (
+        session is not None
+        and frame is not None
+        and session.last_input is not None
+        and np.array_equal(frame, session.last_input)
+    ):
         return (*[gr.skip()] * 6, session)
     annotated, label, readout, faces, session = analyze_frame(models, frame, session, max_side)
     session.last_input = frame
@@ -204,8 +221,13 @@ def stream_frame(models: ModelManager, frame: np.ndarray | None, session: LiveSe
     return annotated, label, readout, faces, panels, chart, session
 
 
-def stream_client_frame(models: ModelManager, payload: object, session: LiveSession | None,
-                        max_side: int = MAX_SIDE, show_timeline: bool = True) -> tuple:
+def stream_client_frame(
+    models: ModelManager,
+    payload: object,
+    session: LiveSession | None,
+    max_side: int = MAX_SIDE,
+    show_timeline: bool = True,
+) -> tuple:
     """The Live stream's event handler: ``stream_frame`` for a request's unprocessed payload, checked and
     decoded like ``analyze_client_frame``, with the annotated frame in a file of its own."""
     try:
@@ -213,7 +235,8 @@ def stream_client_frame(models: ModelManager, payload: object, session: LiveSess
     except PhotoError as exc:
         return None, None, f"⚠️ {exc}", [], gr.skip(), gr.skip(), session or LiveSession()
     annotated, label, readout, faces, panels, chart, session = stream_frame(
-        models, None if decoded is None else decoded[0], session, max_side, show_timeline)
+        models, None if decoded is None else decoded[0], session, max_side, show_timeline
+    )
     return result_file(annotated, "jpeg"), label, readout, faces, panels, result_file(chart, "png"), session
 
 
@@ -223,19 +246,42 @@ def build_live_tab(models: ModelManager, config: AppConfig) -> None:
     with gr.Tab("Live", id="live"):
         session = gr.State(None)
         with gr.Row():
-            camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", elem_id="live-camera",
-                              height=IMAGE_HEIGHT, scale=3,
-                              webcam_options=gr.WebcamOptions(constraints={"video": {"width": 640, "height": 480}}))
-            annotated = gr.Image(label="Emotions", format="jpeg", interactive=False, height=IMAGE_HEIGHT, scale=3,
-                                 elem_id="live-annotated")
+            camera = gr.Image(
+                sources=["webcam"],
+                streaming=True,
+                type="numpy",
+                label="Webcam",
+                elem_id="live-camera",
+                height=IMAGE_HEIGHT,
+                scale=3,
+                webcam_options=gr.WebcamOptions(constraints={"video": {"width": 640, "height": 480}}),
+            )
+            annotated = gr.Image(
+                label="Emotions",
+                format="jpeg",
+                interactive=False,
+                height=IMAGE_HEIGHT,
+                scale=3,
+                elem_id="live-annotated",
+            )
             with gr.Column(scale=2):
                 readout = gr.Markdown("Start the webcam (**Record**) to see emotions live.", elem_id="live-readout")
                 probs = gr.Label(num_top_classes=7, label="Main face", elem_id="live-label")
         panels = gr.HTML("", elem_id="live-faces")
-        show_timeline = gr.Checkbox(True, label="Timeline: the main face's emotions over the last 30 s", elem_id="live-timeline-on")
+        show_timeline = gr.Checkbox(
+            True, label="Timeline: the main face's emotions over the last 30 s", elem_id="live-timeline-on"
+        )
         # A fixed height: a new chart then replaces the old one without a relayout of the page.
-        timeline = gr.Image(label="Timeline", format="png", interactive=False, show_label=False, elem_id="live-timeline",
-                            buttons=[], height=TIMELINE_SIZE[1], container=False)
+        timeline = gr.Image(
+            label="Timeline",
+            format="png",
+            interactive=False,
+            show_label=False,
+            elem_id="live-timeline",
+            buttons=[],
+            height=TIMELINE_SIZE[1],
+            container=False,
+        )
         with gr.Accordion("Faces as JSON", open=False):
             faces_json = gr.JSON(label="Faces", elem_id="live-json")
 
@@ -243,20 +289,30 @@ def build_live_tab(models: ModelManager, config: AppConfig) -> None:
             return stream_client_frame(models, frame, state, config.max_side, with_timeline)
 
         # Frames are dropped, never queued: the browser sends the next frame only once the previous result is back.
-        camera.stream(on_stream, inputs=[camera, session, show_timeline],
-                      outputs=[annotated, probs, readout, faces_json, panels, timeline, session],
-                      stream_every=config.stream_every, time_limit=config.stream_time_limit,
-                      concurrency_limit=config.max_live_streams, show_progress="hidden", api_visibility="undocumented",
-                      preprocess=False)
-        show_timeline.change(lambda on: gr.Image(visible=on), inputs=show_timeline, outputs=timeline,
-                             api_visibility="undocumented")
+        camera.stream(
+            on_stream,
+            inputs=[camera, session, show_timeline],
+            outputs=[annotated, probs, readout, faces_json, panels, timeline, session],
+            stream_every=config.stream_every,
+            time_limit=config.stream_time_limit,
+            concurrency_limit=config.max_live_streams,
+            show_progress="hidden",
+            api_visibility="undocumented",
+            preprocess=False,
+        )
+        show_timeline.change(
+            lambda on: gr.Image(visible=on), inputs=show_timeline, outputs=timeline, api_visibility="undocumented"
+        )
 
         def on_frame(frame, state):
             return analyze_client_frame(models, frame, state, config.max_side)
 
         # gradio_client cannot call streaming events, so the same per-frame function also has a plain endpoint.
         frame_api = gr.Button(visible=False)
-        frame_api.click(on_frame, inputs=[camera, session], outputs=[annotated, probs, readout, faces_json, session],
-                        api_name="analyze_frame", preprocess=False)
-
-
+        frame_api.click(
+            on_frame,
+            inputs=[camera, session],
+            outputs=[annotated, probs, readout, faces_json, session],
+            api_name="analyze_frame",
+            preprocess=False,
+        )

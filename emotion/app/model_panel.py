@@ -1,4 +1,5 @@
 """The app's live model: one recognizer shared by every session, swappable while sessions use it."""
+
 from __future__ import annotations
 
 import logging
@@ -8,10 +9,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..models.checkpoint import CheckpointError
-from ..inference.faces import FaceDetector
 from ..inference.classifier import EmotionClassifier
+from ..inference.faces import FaceDetector
 from ..inference.recognizer import Recognizer
+from ..models.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +25,25 @@ class ModelManager:
     interleaving. The detector is loaded once and kept across switches.
     """
 
-    def __init__(self, checkpoint: Path, face_model: Path | None, device: str, assets_dir: Path, runs_dir: Path,
-                 repo_root: Path, fallback: Path | None = None):
+    def __init__(
+        self,
+        checkpoint: Path,
+        face_model: Path | None,
+        device: str,
+        assets_dir: Path,
+        runs_dir: Path,
+        repo_root: Path,
+        fallback: Path | None = None,
+    ):
         self.device = device
         self.assets_dir = Path(assets_dir)
         self.runs_dir = Path(runs_dir)
         self.repo_root = Path(repo_root)
         self.detector = FaceDetector(str(face_model) if face_model else None)
         self._lock = threading.Lock()
-        self.startup_path = Path(checkpoint).resolve()  # stays on offer after switching away (e.g. --checkpoint elsewhere)
+        self.startup_path = Path(
+            checkpoint
+        ).resolve()  # stays on offer after switching away (e.g. --checkpoint elsewhere)
         self.recognizer: Recognizer | None = None
         self.active_path: Path | None = None
         self.problem: str | None = None  # why no model is loaded, shown in the UI instead of results
@@ -139,9 +150,18 @@ def build_model_panel(models: ModelManager) -> ModelPanel:
     with gr.Row():
         info = gr.Markdown(models.describe(), elem_id="model-info")
         with gr.Column(scale=0, min_width=360):
-            choice = gr.Dropdown(choices=models.choices(), value=str(models.active_path) if models.active_path else None,
-                                 label="Emotion model", info="checkpoints in assets/ and runs/", elem_id="model-choice")
+            choice = gr.Dropdown(
+                choices=models.choices(),
+                value=str(models.active_path) if models.active_path else None,
+                label="Emotion model",
+                info="checkpoints in assets/ and runs/",
+                elem_id="model-choice",
+            )
             refresh = gr.Button("↻ Refresh list", size="sm")
-    choice.input(lambda path: switch_model(models, path), inputs=choice, outputs=[info, choice], api_name="switch_model")
-    refresh.click(lambda: (models.describe(), refresh_choices(models)), outputs=[info, choice], api_visibility="private")
+    choice.input(
+        lambda path: switch_model(models, path), inputs=choice, outputs=[info, choice], api_name="switch_model"
+    )
+    refresh.click(
+        lambda: (models.describe(), refresh_choices(models)), outputs=[info, choice], api_visibility="private"
+    )
     return ModelPanel(info, choice)

@@ -4,6 +4,7 @@
 the training runner, launches with safe defaults and cleans up. Importing this module loads no
 model and starts nothing.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -39,10 +40,20 @@ class EmotionApp:
         self.config = config
         # Every core by default; a UI training run yields instead (lower priority, fewer threads: TrainingRunner).
         torch.set_num_threads(config.threads or cpu_cores())
-        self.models = ModelManager(config.checkpoint, config.face_model, config.device, config.assets_dir,
-                                   config.runs_dir, REPO, fallback=DEFAULT_CHECKPOINT)
-        self.runner = TrainingRunner(config.runs_dir, nice=config.training_nice,
-                                     threads=config.training_threads) if config.training else None
+        self.models = ModelManager(
+            config.checkpoint,
+            config.face_model,
+            config.device,
+            config.assets_dir,
+            config.runs_dir,
+            REPO,
+            fallback=DEFAULT_CHECKPOINT,
+        )
+        self.runner = (
+            TrainingRunner(config.runs_dir, nice=config.training_nice, threads=config.training_threads)
+            if config.training
+            else None
+        )
         if self.runner is not None:
             # The trainer lives in its own process group, so it would outlive the app without this.
             atexit.register(self.runner.stop)
@@ -51,10 +62,13 @@ class EmotionApp:
     def _build(self) -> gr.Blocks:
         # delete_cache: uploads, webcam frames and result images are deleted from Gradio's temp folder once older
         # than cache_max_age_s, checked every cache_sweep_s, so "not stored" holds (and at shutdown, all of them).
-        with gr.Blocks(title="Emotion recognition",
-                       delete_cache=(self.config.cache_sweep_s, self.config.cache_max_age_s)) as demo:
-            gr.Markdown("# Facial emotion recognition\nSeven emotions (FER2013 classes), live from your webcam or from a photo. "
-                        "Frames and photos are analyzed on this server and not stored: they and the results are deleted within a minute.")
+        with gr.Blocks(
+            title="Emotion recognition", delete_cache=(self.config.cache_sweep_s, self.config.cache_max_age_s)
+        ) as demo:
+            gr.Markdown(
+                "# Facial emotion recognition\nSeven emotions (FER2013 classes), live from your webcam or from a photo. "
+                "Frames and photos are analyzed on this server and not stored: they and the results are deleted within a minute."
+            )
             panel = build_model_panel(self.models)
             with gr.Tabs():
                 build_live_tab(self.models, self.config)
@@ -66,8 +80,15 @@ class EmotionApp:
 
     def launch(self, **overrides) -> tuple:
         """Launch with the config's safe defaults (localhost, no share link, upload size limit); kwargs override."""
-        kwargs = dict(server_name=self.config.host, server_port=self.config.port, share=self.config.share,
-                      max_file_size=self.config.max_file_size, theme=THEME, css=CSS, footer_links=["api"])
+        kwargs = dict(
+            server_name=self.config.host,
+            server_port=self.config.port,
+            share=self.config.share,
+            max_file_size=self.config.max_file_size,
+            theme=THEME,
+            css=CSS,
+            footer_links=["api"],
+        )
         kwargs.update(overrides)
         log.info("starting the app on http://%s:%s", kwargs["server_name"], kwargs["server_port"])
         return self.demo.launch(**kwargs)

@@ -3,6 +3,7 @@
 It is drawn with OpenCV into a small RGB image and redrawn only a few times per second, so it costs the
 stream about a millisecond now and then rather than a plotting library's tens of milliseconds per frame.
 """
+
 from __future__ import annotations
 
 from collections import deque

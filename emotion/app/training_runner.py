@@ -6,6 +6,7 @@ the Live tab keeps its speed while it trains. Everything the app shows about a r
 comes from files the trainer writes: ``status.json``, ``metrics.jsonl``, ``report/`` and the
 captured console output, so a run looks the same whether it finished, crashed or was stopped.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,10 +49,27 @@ class TrainRequest:
 
     def to_args(self, out: Path) -> list[str]:
         """Command-line arguments of ``train_cli.py`` for this request, writing into ``out``."""
-        args = ["train", "--data", str(self.data), "--out", str(out), "--model", self.model,
-                "--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--lr", repr(self.lr),
-                "--clip-lr", repr(self.clip_lr), "--unfreeze-epoch", str(self.unfreeze_epoch),
-                "--max-images", str(self.max_images)]
+        args = [
+            "train",
+            "--data",
+            str(self.data),
+            "--out",
+            str(out),
+            "--model",
+            self.model,
+            "--epochs",
+            str(self.epochs),
+            "--batch-size",
+            str(self.batch_size),
+            "--lr",
+            repr(self.lr),
+            "--clip-lr",
+            repr(self.clip_lr),
+            "--unfreeze-epoch",
+            str(self.unfreeze_epoch),
+            "--max-images",
+            str(self.max_images),
+        ]
         if self.model == "cnn":
             args += ["--cnn-block", self.cnn_block]
         if self.clip_weights:
@@ -274,13 +292,22 @@ class TrainingRunner:
         """Launch a training run; raises RuntimeError while another one is still running."""
         with self._lock:
             if self.current is not None and self.current.running and not isinstance(self.current, PastRun):
-                raise RuntimeError(f"a training run is already in progress ({self.current.run_dir.name}); stop it first")
+                raise RuntimeError(
+                    f"a training run is already in progress ({self.current.run_dir.name}); stop it first"
+                )
             run_dir = self._new_run_dir()
             command = [sys.executable, str(self.script), *request.to_args(run_dir), "--threads", str(self.threads)]
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # log lines reach console.log as they happen
             with open(run_dir / CONSOLE_LOG, "wb") as console:
-                process = subprocess.Popen(command, cwd=self.script.parent, stdout=console, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                process = subprocess.Popen(
+                    command,
+                    cwd=self.script.parent,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
             if self.nice:
                 _lower_priority(process.pid, self.nice)
             self.current = TrainingRun(run_dir, process)
@@ -291,15 +318,20 @@ class TrainingRunner:
         """Names of run folders in ``runs_dir`` that have metrics or a status, newest first."""
         if not self.runs_dir.is_dir():
             return []
-        runs = [d for d in self.runs_dir.iterdir()
-                if d.is_dir() and not d.is_symlink() and ((d / "metrics.jsonl").is_file() or (d / "status.json").is_file())]
+        runs = [
+            d
+            for d in self.runs_dir.iterdir()
+            if d.is_dir() and not d.is_symlink() and ((d / "metrics.jsonl").is_file() or (d / "status.json").is_file())
+        ]
         return [d.name for d in sorted(runs, key=lambda d: d.stat().st_mtime, reverse=True)]
 
     def open_run(self, name: str) -> TrainingRun:
         """Show the run folder ``name`` (one of ``past_runs()``) as the current run; refused while a run of this app trains."""
         with self._lock:
             if self.current is not None and self.current.running and not isinstance(self.current, PastRun):
-                raise RuntimeError(f"a training run is in progress ({self.current.run_dir.name}); its progress is shown until it ends")
+                raise RuntimeError(
+                    f"a training run is in progress ({self.current.run_dir.name}); its progress is shown until it ends"
+                )
             if name not in self.past_runs():  # only names listed here, so no path from a request is ever opened
                 raise ValueError(f"no run named {name!r} in {self.runs_dir}")
             self.current = PastRun(self.runs_dir / name)

@@ -3,6 +3,7 @@
 Every path typed or picked here is resolved and must stay under the app's data root, so the
 server never reads files elsewhere on its behalf.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..data.splits import has_split
 from ..data.labels import CLASS_NAMES, display
+from ..data.splits import has_split
 from ..training.config import TrainConfig
 from .config import AppConfig
 from .model_panel import ModelManager, ModelPanel, refresh_choices, switch_model
@@ -25,8 +26,11 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.5  # how often an open Training tab refreshes while a run is active
 # Values: the trainer's --model, plus -<cnn block> for a CNN whose stages are not plain.
-MODEL_CHOICES = [("Compact CNN (offline)", "cnn"), ("Residual CNN with squeeze-excitation (offline)", "cnn-residual"),
-                 ("CLIP + adapter", "clip")]
+MODEL_CHOICES = [
+    ("Compact CNN (offline)", "cnn"),
+    ("Residual CNN with squeeze-excitation (offline)", "cnn-residual"),
+    ("CLIP + adapter", "clip"),
+]
 METRIC_COLUMNS = ["class", "precision", "recall", "f1", "support"]
 
 
@@ -48,8 +52,11 @@ def list_datasets(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     candidates = [root, *sorted(root.glob("*")), *sorted(root.glob("*/*"))]
-    return [str(p.relative_to(root)) for p in candidates
-            if p.is_dir() and p.resolve().is_relative_to(root) and has_split(p, "train")]
+    return [
+        str(p.relative_to(root))
+        for p in candidates
+        if p.is_dir() and p.resolve().is_relative_to(root) and has_split(p, "train")
+    ]
 
 
 def resolve_dataset(root: Path, name: str | None) -> Path:
@@ -60,7 +67,9 @@ def resolve_dataset(root: Path, name: str | None) -> Path:
     if not path.is_dir():
         raise ValueError(f"The dataset folder “{name}” does not exist under the data root {root}.")
     if not has_split(path, "train"):
-        raise ValueError(f"“{name}” has no train/ folder of class folders ({', '.join(CLASS_NAMES)}) and no fer2013.csv.")
+        raise ValueError(
+            f"“{name}” has no train/ folder of class folders ({', '.join(CLASS_NAMES)}) and no fer2013.csv."
+        )
     return path
 
 
@@ -75,9 +84,19 @@ def resolve_clip_weights(root: Path, value: str | None) -> str | None:
     return str(path)
 
 
-def start_training(runner: TrainingRunner, data_root: Path, dataset: str | None, model: str, epochs: float,
-                   batch_size: float, lr: float, clip_lr: float, unfreeze_epoch: float, clip_weights: str | None,
-                   max_images: float) -> tuple[str, gr.Timer]:
+def start_training(
+    runner: TrainingRunner,
+    data_root: Path,
+    dataset: str | None,
+    model: str,
+    epochs: float,
+    batch_size: float,
+    lr: float,
+    clip_lr: float,
+    unfreeze_epoch: float,
+    clip_weights: str | None,
+    max_images: float,
+) -> tuple[str, gr.Timer]:
     """Start button: validate the form and launch a run; returns (status message, timer update).
 
     The numbers go through the same check as ``train_cli.py train`` (``TrainConfig.check``), so NaN,
@@ -86,13 +105,23 @@ def start_training(runner: TrainingRunner, data_root: Path, dataset: str | None,
     try:
         if model not in {value for _, value in MODEL_CHOICES}:
             raise ValueError(f"Unknown model {model!r}: choose one of the listed models.")
-        numbers = {"epochs": _whole(epochs, "Epochs"), "batch_size": _whole(batch_size, "Batch size"), "lr": _number(lr, "Learning rate"),
-                   "clip_lr": _number(clip_lr, "CLIP learning rate"), "unfreeze_epoch": _whole(unfreeze_epoch, "Unfreeze epoch"),
-                   "max_images": _whole(max_images or 0, "Max training images")}
+        numbers = {
+            "epochs": _whole(epochs, "Epochs"),
+            "batch_size": _whole(batch_size, "Batch size"),
+            "lr": _number(lr, "Learning rate"),
+            "clip_lr": _number(clip_lr, "CLIP learning rate"),
+            "unfreeze_epoch": _whole(unfreeze_epoch, "Unfreeze epoch"),
+            "max_images": _whole(max_images or 0, "Max training images"),
+        }
         kind, _, block = model.partition("-")
         TrainConfig.for_model(kind, **numbers).check()
-        request = TrainRequest(data=resolve_dataset(data_root, dataset), model=kind, cnn_block=block or "plain",
-                               clip_weights=resolve_clip_weights(data_root, clip_weights), **numbers)
+        request = TrainRequest(
+            data=resolve_dataset(data_root, dataset),
+            model=kind,
+            cnn_block=block or "plain",
+            clip_weights=resolve_clip_weights(data_root, clip_weights),
+            **numbers,
+        )
         run = runner.start(request)
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
         log.info("training not started: %s", exc)
@@ -148,8 +177,11 @@ def progress_text(run: TrainingRun) -> str:
     if state == "failed":
         error = run.error()
         # The trainer speaks in command-line flags; say where the same setting is in this form.
-        hint = " In this form: fill in **CLIP weights file** (a file under the data root), or `random` to try the model out." \
-            if "CLIP" in error and "weights" in error else ""
+        hint = (
+            " In this form: fill in **CLIP weights file** (a file under the data root), or `random` to try the model out."
+            if "CLIP" in error and "weights" in error
+            else ""
+        )
         return f"❌ **Training failed** ({run.run_dir.name}): {error}{hint}"
     if state == "stopped":
         return f"⏹ **Stopped** ({run.run_dir.name}) in epoch {status.get('epoch', 0)}/{status.get('epochs', '?')}."
@@ -190,11 +222,18 @@ def report_outputs(run: TrainingRun) -> tuple[str, pd.DataFrame | None, np.ndarr
     report = run.report()
     if not report:
         return "", None, None
-    summary = (f"**Validation accuracy {report.get('accuracy', 0):.1%}** · macro F1 {report.get('macro_f1', 0):.3f} · "
-               f"weighted F1 {report.get('weighted_f1', 0):.3f} · best checkpoint `{run.best_checkpoint}`")
+    summary = (
+        f"**Validation accuracy {report.get('accuracy', 0):.1%}** · macro F1 {report.get('macro_f1', 0):.3f} · "
+        f"weighted F1 {report.get('weighted_f1', 0):.3f} · best checkpoint `{run.best_checkpoint}`"
+    )
     per_class = report.get("per_class", {})
-    table = pd.DataFrame([[display(c), round(m["precision"], 3), round(m["recall"], 3), round(m["f1"], 3), int(m["support"])]
-                          for c, m in per_class.items()], columns=METRIC_COLUMNS)
+    table = pd.DataFrame(
+        [
+            [display(c), round(m["precision"], 3), round(m["recall"], 3), round(m["f1"], 3), int(m["support"])]
+            for c, m in per_class.items()
+        ],
+        columns=METRIC_COLUMNS,
+    )
     # Pixels rather than a path: Gradio only serves files from its own allowed folders, which need not include runs/.
     try:
         with Image.open(run.run_dir / "report" / "confusion_matrix.png") as im:
@@ -212,8 +251,17 @@ def poll_training(runner: TrainingRunner, seen: tuple | None) -> tuple:
     """
     run = runner.current
     if run is None:
-        return ("No training run yet.", gr.skip(), "", gr.skip(), gr.skip(), gr.skip(), gr.Button(visible=False),
-                gr.Timer(active=False), seen)
+        return (
+            "No training run yet.",
+            gr.skip(),
+            "",
+            gr.skip(),
+            gr.skip(),
+            gr.skip(),
+            gr.Button(visible=False),
+            gr.Timer(active=False),
+            seen,
+        )
     state = run.state()
     rows = run.metrics()
     key = (str(run.run_dir), len(rows), state)
@@ -222,8 +270,17 @@ def poll_training(runner: TrainingRunner, seen: tuple | None) -> tuple:
     figure = curves_figure(rows) if changed and rows else (None if changed else gr.skip())
     summary, table, image = report_outputs(run) if changed else (gr.skip(), gr.skip(), gr.skip())
     usable = not active and run.best_checkpoint.is_file()
-    return (progress_text(run), figure, run.log_tail(), summary, table, image, gr.Button(visible=usable),
-            gr.Timer(active=active), key)
+    return (
+        progress_text(run),
+        figure,
+        run.log_tail(),
+        summary,
+        table,
+        image,
+        gr.Button(visible=usable),
+        gr.Timer(active=active),
+        key,
+    )
 
 
 def use_trained_model(runner: TrainingRunner, models: ModelManager) -> tuple[str, gr.Dropdown]:
@@ -240,14 +297,25 @@ def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: Mode
     root = Path(config.data_root)
     datasets = list_datasets(root)
     with gr.Tab("Training", id="training") as tab:
-        gr.Markdown(f"Datasets are folders under the data root `{root.resolve()}` with `train/` (and `test/`) class "
-                    "folders, or a `fer2013.csv`. Training runs as a separate process; its files go to `runs/ui-<time>/`.")
+        gr.Markdown(
+            f"Datasets are folders under the data root `{root.resolve()}` with `train/` (and `test/`) class "
+            "folders, or a `fer2013.csv`. Training runs as a separate process; its files go to `runs/ui-<time>/`."
+        )
         with gr.Row():
-            dataset = gr.Dropdown(choices=datasets, value=datasets[0] if datasets else None, allow_custom_value=True,
-                                  label="Dataset folder", info="relative to the data root", elem_id="train-dataset")
+            dataset = gr.Dropdown(
+                choices=datasets,
+                value=datasets[0] if datasets else None,
+                allow_custom_value=True,
+                label="Dataset folder",
+                info="relative to the data root",
+                elem_id="train-dataset",
+            )
             model = gr.Radio(MODEL_CHOICES, value="cnn", label="Model")
-            clip_weights = gr.Textbox(label="CLIP weights file", placeholder="under the data root, or 'random'",
-                                      info="CLIP only: pretrained weights cannot be downloaded offline")
+            clip_weights = gr.Textbox(
+                label="CLIP weights file",
+                placeholder="under the data root, or 'random'",
+                info="CLIP only: pretrained weights cannot be downloaded offline",
+            )
         with gr.Row():
             epochs = gr.Number(10, label="Epochs", precision=0, minimum=1)
             batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1)
@@ -259,13 +327,20 @@ def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: Mode
             start = gr.Button("Start training", variant="primary", elem_id="train-start")
             stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         with gr.Row():
-            past = gr.Dropdown(choices=runner.past_runs(), value=None, label="Earlier runs", scale=4, elem_id="train-runs",
-                               info="run folders in runs/, from this tab, earlier sessions or the command line")
+            past = gr.Dropdown(
+                choices=runner.past_runs(),
+                value=None,
+                label="Earlier runs",
+                scale=4,
+                elem_id="train-runs",
+                info="run folders in runs/, from this tab, earlier sessions or the command line",
+            )
             show = gr.Button("Show run", scale=1, elem_id="train-show")
         progress = gr.Markdown("No training run yet.", elem_id="train-progress")
         curves = gr.Plot(label="Training curves", elem_id="train-curves")
-        log_box = gr.Textbox(label="Training log (tail)", lines=10, max_lines=10, autoscroll=True, interactive=False,
-                             elem_id="train-log")
+        log_box = gr.Textbox(
+            label="Training log (tail)", lines=10, max_lines=10, autoscroll=True, interactive=False, elem_id="train-log"
+        )
         summary = gr.Markdown(elem_id="train-summary")
         with gr.Row():
             table = gr.Dataframe(headers=METRIC_COLUMNS, label="Per-class metrics (validation)", interactive=False)
@@ -282,12 +357,22 @@ def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: Mode
     def on_poll(last_seen):
         return poll_training(runner, last_seen)
 
-    start.click(on_start, inputs=[dataset, model, epochs, batch_size, lr, clip_lr, unfreeze, clip_weights, max_images],
-                outputs=[progress, timer], api_visibility="private")
+    start.click(
+        on_start,
+        inputs=[dataset, model, epochs, batch_size, lr, clip_lr, unfreeze, clip_weights, max_images],
+        outputs=[progress, timer],
+        api_visibility="private",
+    )
     stop.click(lambda: stop_training(runner), outputs=progress, api_visibility="private")
     show.click(lambda name: show_run(runner, name), inputs=past, outputs=[progress, timer], api_visibility="private")
     tab.select(lambda: gr.Dropdown(choices=runner.past_runs()), outputs=past, api_visibility="private")
     # Opening the tab picks up a run already in progress (or shows the last one); the timer then follows it.
-    gr.on([timer.tick, tab.select], on_poll, inputs=seen, outputs=poll_outputs, show_progress="hidden",
-          api_visibility="private")
+    gr.on(
+        [timer.tick, tab.select],
+        on_poll,
+        inputs=seen,
+        outputs=poll_outputs,
+        show_progress="hidden",
+        api_visibility="private",
+    )
     use.click(lambda: use_trained_model(runner, models), outputs=[panel.info, panel.choice], api_visibility="private")

@@ -3,6 +3,7 @@
 Handlers never raise into Gradio: bad input becomes a message (and a toast for real problems), so
 no stack trace ever reaches the user. Errors are logged here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import numpy as np
 
-from ..inference.faces import as_rgb
 from ..data.labels import display
-from ..inference.overlay import draw_faces
 from ..inference.explain import ExplainError, explain_image
+from ..inference.faces import as_rgb
+from ..inference.overlay import draw_faces
 from .config import IMAGE_HEIGHT, MAX_SIDE, AppConfig
 from .inputs import PhotoError, client_image, read_image_file, result_file
 from .live import fit_within, label_value, no_model_message
@@ -54,8 +55,15 @@ def _hidden_labels(count: int = MAX_FACE_LABELS) -> list:
     return [gr.Label(value=None, visible=False) for _ in range(count)]
 
 
-def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, max_side: int = MAX_SIDE, *,
-                  from_client: bool = False, explain: bool = False) -> tuple:
+def analyze_photo(
+    models: ModelManager,
+    photo: Any,
+    whole_image: bool = False,
+    max_side: int = MAX_SIDE,
+    *,
+    from_client: bool = False,
+    explain: bool = False,
+) -> tuple:
     """A photo -> (annotated image, message, faces JSON, one gr.Label update per face panel).
 
     Faces are largest first; ``whole_image`` classifies the whole picture as one face (for face crops).
@@ -85,8 +93,10 @@ def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, m
     if max(width, height) > max(rgb.shape[:2]):
         notes.append(f"Analyzed at {rgb.shape[1]}×{rgb.shape[0]} (downscaled from {width}×{height}).")
     if not faces:
-        message = ("No face found in this photo. Faces that are small, turned away or partly covered are hard to "
-                   "detect: try a closer, well-lit photo, or tick **Classify the whole image** if it already is a face crop.")
+        message = (
+            "No face found in this photo. Faces that are small, turned away or partly covered are hard to "
+            "detect: try a closer, well-lit photo, or tick **Classify the whole image** if it already is a face crop."
+        )
         gr.Info("No face found in this photo.")
         return annotated, " ".join([message, *notes]), [], *_hidden_labels()
     summary = ", ".join(f"{display(f['label'])} ({f['score']:.0%})" for f in faces[:MAX_FACE_LABELS])
@@ -97,10 +107,14 @@ def analyze_photo(models: ModelManager, photo: Any, whole_image: bool = False, m
         notes.append(f"At most {models.detector.max_faces} faces are analyzed per photo (the largest ones).")
     small = [str(i + 1) for i, f in enumerate(faces) if not whole_image and min(f["box"][2:]) < SMALL_FACE_PX]
     if small:
-        notes.append(f"Face {', '.join(small)} {'is' if len(small) == 1 else 'are'} smaller than {SMALL_FACE_PX} px, "
-                     "so less reliable.")
-    labels = [gr.Label(value=label_value(f), label=f"Face {i + 1}: {display(f['label'])}", visible=True)
-              for i, f in enumerate(faces[:MAX_FACE_LABELS])]
+        notes.append(
+            f"Face {', '.join(small)} {'is' if len(small) == 1 else 'are'} smaller than {SMALL_FACE_PX} px, "
+            "so less reliable."
+        )
+    labels = [
+        gr.Label(value=label_value(f), label=f"Face {i + 1}: {display(f['label'])}", visible=True)
+        for i, f in enumerate(faces[:MAX_FACE_LABELS])
+    ]
     labels += _hidden_labels(MAX_FACE_LABELS - len(labels))
     return annotated, " ".join([message, *notes]), faces, *labels
 
@@ -118,15 +132,17 @@ def _explained(recognizer: Any, rgb: np.ndarray, faces: list[dict], whole_image:
         return rgb, "No explanation: it could not be computed."
 
 
-def analyze_upload(models: ModelManager, payload: Any, whole_image: bool = False, max_side: int = MAX_SIDE,
-                   explain: bool = False) -> tuple:
+def analyze_upload(
+    models: ModelManager, payload: Any, whole_image: bool = False, max_side: int = MAX_SIDE, explain: bool = False
+) -> tuple:
     """The Upload tab's event handler: ``analyze_photo`` for a client's request, with the result in a file of its own.
 
     ``payload`` is Gradio's unprocessed input: only a file the client uploaded (or inline image data)
     is opened; anything else, such as a path to another file on the server, is refused with a message.
     """
-    annotated, *rest = analyze_photo(models, payload, whole_image, max_side, from_client=True,
-                                     explain=explain is True)  # unprocessed: only a real true turns it on
+    annotated, *rest = analyze_photo(
+        models, payload, whole_image, max_side, from_client=True, explain=explain is True
+    )  # unprocessed: only a real true turns it on
     return result_file(annotated, RESULT_FORMAT), *rest
 
 
@@ -137,21 +153,42 @@ def build_upload_tab(models: ModelManager, config: AppConfig) -> None:
             with gr.Column():
                 # type="filepath" and preprocess=False below: the handler checks that the file was uploaded and decodes
                 # it itself, so a corrupt upload gets a friendly message instead of failing inside Gradio's preprocessing.
-                photo = gr.Image(sources=["upload", "clipboard"], type="filepath", label="Photo", height=IMAGE_HEIGHT,
-                             elem_id="upload-photo")
-                whole = gr.Checkbox(False, label="Classify the whole image", info="skip face detection (for photos that are one face crop)")
-                explain = gr.Checkbox(False, label="Explain (Grad-CAM)", elem_id="upload-explain",
-                                      info="colour each face by how much each part of it drove its label (red: most)")
+                photo = gr.Image(
+                    sources=["upload", "clipboard"],
+                    type="filepath",
+                    label="Photo",
+                    height=IMAGE_HEIGHT,
+                    elem_id="upload-photo",
+                )
+                whole = gr.Checkbox(
+                    False,
+                    label="Classify the whole image",
+                    info="skip face detection (for photos that are one face crop)",
+                )
+                explain = gr.Checkbox(
+                    False,
+                    label="Explain (Grad-CAM)",
+                    elem_id="upload-explain",
+                    info="colour each face by how much each part of it drove its label (red: most)",
+                )
                 run = gr.Button("Analyze", variant="primary")
             with gr.Column():
                 annotated = gr.Image(label="Result", interactive=False, height=IMAGE_HEIGHT, elem_id="upload-annotated")
                 message = gr.Markdown(elem_id="upload-message")
         with gr.Row():
-            labels = [gr.Label(num_top_classes=7, visible=False, elem_classes="face-label") for _ in range(MAX_FACE_LABELS)]
+            labels = [
+                gr.Label(num_top_classes=7, visible=False, elem_classes="face-label") for _ in range(MAX_FACE_LABELS)
+            ]
         with gr.Accordion("Faces as JSON", open=False):
             faces_json = gr.JSON(label="Faces", elem_id="upload-json")
 
         # explain is the last input, with a default: API callers that send (photo, whole image) keep working.
-        gr.on([photo.upload, run.click], lambda p, w, e=False: analyze_upload(models, p, w, config.max_side, e),
-              inputs=[photo, whole, explain], outputs=[annotated, message, faces_json, *labels], preprocess=False,
-              api_name="analyze_photo", concurrency_limit=2)
+        gr.on(
+            [photo.upload, run.click],
+            lambda p, w, e=False: analyze_upload(models, p, w, config.max_side, e),
+            inputs=[photo, whole, explain],
+            outputs=[annotated, message, faces_json, *labels],
+            preprocess=False,
+            api_name="analyze_photo",
+            concurrency_limit=2,
+        )

@@ -7,6 +7,7 @@ flag, which the handler checks at every frame: it then shows "Cancelled" as its 
 progress update still in flight can overwrite it. A run cancelled by Gradio itself (an API client's
 cancel, a closed page) is closed at its next update; either way its ``finally`` cleans up.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -92,19 +93,32 @@ def _every(value: Any) -> int:
 
 def _summary_markdown(result) -> str:
     """The outcome in a few lines: frames, speed and each face's dominant emotion."""
-    lines = [f"Analyzed {result.analyzed_frames} of {result.frames} frames ({result.info.width}×{result.info.height}, "
-             f"{result.frames / result.info.fps:.1f} s) at {result.fps:.0f} frames/s."]
+    lines = [
+        f"Analyzed {result.analyzed_frames} of {result.frames} frames ({result.info.width}×{result.info.height}, "
+        f"{result.frames / result.info.fps:.1f} s) at {result.fps:.0f} frames/s."
+    ]
     for face in result.faces[:10]:
-        lines.append(f"- **Face {face['face_id']}** ({face['first_s']:.1f}–{face['last_s']:.1f} s): mostly "
-                     f"{display(face['dominant'])} ({face['share'][face['dominant']]:.0%} of its frames)")
+        lines.append(
+            f"- **Face {face['face_id']}** ({face['first_s']:.1f}–{face['last_s']:.1f} s): mostly "
+            f"{display(face['dominant'])} ({face['share'][face['dominant']]:.0%} of its frames)"
+        )
     if len(result.faces) > 10:
         lines.append(f"- … and {len(result.faces) - 10} more faces in faces.csv")
-    lines.append(f"\nResults are deleted from the server {OUTPUT_TTL_S:.0f} s after they appear: download what you need.")
+    lines.append(
+        f"\nResults are deleted from the server {OUTPUT_TTL_S:.0f} s after they appear: download what you need."
+    )
     return "\n".join(lines)
 
 
-def analyze_clip(models: ModelManager, video: Any, every: int, sweeper: Sweeper, cache_root: Path,
-                 progress: gr.Progress | None = None, cancelled: threading.Event | None = None) -> Iterator[tuple]:
+def analyze_clip(
+    models: ModelManager,
+    video: Any,
+    every: int,
+    sweeper: Sweeper,
+    cache_root: Path,
+    progress: gr.Progress | None = None,
+    cancelled: threading.Event | None = None,
+) -> Iterator[tuple]:
     """A generator of (annotated video, timeline image, files to download, message) updates for one upload;
     once ``cancelled`` is set it stops at the next frame, with the "Cancelled" message as its last update.
 
@@ -112,7 +126,12 @@ def analyze_clip(models: ModelManager, video: Any, every: int, sweeper: Sweeper,
     """
     path = _upload_path(video)
     if path is None:
-        yield None, None, None, f"Upload a video (MP4, WebM, MOV, AVI; at most {MAX_VIDEO_SECONDS} s) to see the emotion of each face over time."
+        yield (
+            None,
+            None,
+            None,
+            f"Upload a video (MP4, WebM, MOV, AVI; at most {MAX_VIDEO_SECONDS} s) to see the emotion of each face over time.",
+        )
         return
     if not path.resolve().is_relative_to(cache_root.resolve()):
         # Gradio already refuses files outside its upload folder; this handler deletes what it reads, so it checks too.
@@ -127,8 +146,9 @@ def analyze_clip(models: ModelManager, video: Any, every: int, sweeper: Sweeper,
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=cache_root))
     job, shown = None, False
     try:
-        config = VideoConfig(every=_every(every), max_side=VIDEO_MAX_SIDE, annotated_name="annotated.webm",
-                             max_seconds=MAX_VIDEO_SECONDS)
+        config = VideoConfig(
+            every=_every(every), max_side=VIDEO_MAX_SIDE, annotated_name="annotated.webm", max_seconds=MAX_VIDEO_SECONDS
+        )
         job = VideoJob(path, work, recognizer, config)
         total = job.info.frame_count
         last = time.perf_counter()
@@ -150,7 +170,12 @@ def analyze_clip(models: ModelManager, video: Any, every: int, sweeper: Sweeper,
         if not result.faces:
             problem = result.problem()
             gr.Warning(problem[0].upper() + problem[1:] + ".")
-            yield None, None, None, f"⚠️ {problem[0].upper() + problem[1:]}. Faces that are small, turned away or dark are hard to detect."
+            yield (
+                None,
+                None,
+                None,
+                f"⚠️ {problem[0].upper() + problem[1:]}. Faces that are small, turned away or dark are hard to detect.",
+            )
             return
         message = _summary_markdown(result)
         if result.truncated:
@@ -184,18 +209,32 @@ def build_video_tab(models: ModelManager, config: AppConfig) -> None:
             with gr.Column():
                 # A file field, not gr.Video: the browser cannot preview many valid videos (MPEG-4 Part 2, HEVC, AVI)
                 # and gr.Video flags each of them as an error, although OpenCV analyzes them fine.
-                video = gr.File(file_types=["video"], type="filepath", elem_id="video-input",
-                                label=f"Video (MP4, WebM, MOV, AVI, MKV; at most {MAX_VIDEO_SECONDS} s and {config.max_file_size.upper()})")
-                every = gr.Slider(1, MAX_EVERY, value=1, step=1, label="Analyze one frame in N",
-                                  info="higher is faster; the frames between keep the last labels")
+                video = gr.File(
+                    file_types=["video"],
+                    type="filepath",
+                    elem_id="video-input",
+                    label=f"Video (MP4, WebM, MOV, AVI, MKV; at most {MAX_VIDEO_SECONDS} s and {config.max_file_size.upper()})",
+                )
+                every = gr.Slider(
+                    1,
+                    MAX_EVERY,
+                    value=1,
+                    step=1,
+                    label="Analyze one frame in N",
+                    info="higher is faster; the frames between keep the last labels",
+                )
                 with gr.Row():
                     run = gr.Button("Analyze", variant="primary", elem_id="video-run")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="video-cancel")
                 message = gr.Markdown(elem_id="video-message")
             with gr.Column():
                 annotated = gr.Video(label="Annotated video", interactive=False, elem_id="video-annotated")
-                files = gr.File(label="Downloads: annotated video, faces.csv, timeline.png, summary.json",
-                                file_count="multiple", interactive=False, elem_id="video-files")
+                files = gr.File(
+                    label="Downloads: annotated video, faces.csv, timeline.png, summary.json",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="video-files",
+                )
         timeline = gr.Image(label="Emotions over time", type="filepath", interactive=False, elem_id="video-timeline")
 
         cache_root = Path(annotated.GRADIO_CACHE)
@@ -218,6 +257,12 @@ def build_video_tab(models: ModelManager, config: AppConfig) -> None:
             return CANCELLED
 
         # preprocess=False: the handler opens the file itself, so Gradio never converts or probes an upload.
-        run.click(on_run, inputs=[video, every], outputs=[annotated, timeline, files, message],
-                          preprocess=False, api_name="analyze_video", concurrency_limit=1)
+        run.click(
+            on_run,
+            inputs=[video, every],
+            outputs=[annotated, timeline, files, message],
+            preprocess=False,
+            api_name="analyze_video",
+            concurrency_limit=1,
+        )
         cancel.click(on_cancel, outputs=message, api_visibility="private")

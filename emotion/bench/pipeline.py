@@ -1,5 +1,6 @@
 """The live pipeline's benchmark: camera-like frames of real FER2013 faces, per-stage timing of one frame
 (detection, crops, model, overlay), the Grad-CAM explanation's cost, and the app's memory in a fresh process."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,16 @@ from ..utils.runtime import pick_device
 from .timing import FRAME_SIZE, REPO, BenchConfig, proc_status_mb, summarize_ms, time_ms
 
 
-
 def _fer_faces(fer_dir: Path) -> list[np.ndarray]:
     """Candidate real faces: the first few test faces of the expressive classes, as 48x48 uint8."""
     from PIL import Image
 
     test = fer_dir / "test"
     if not test.is_dir():
-        raise FileNotFoundError(f"{test} does not exist: the pipeline benchmark composes its frames from real FER2013 "
-                                "test faces; pass BenchConfig.fer_dir (a folder with test/<class>/*.jpg)")
+        raise FileNotFoundError(
+            f"{test} does not exist: the pipeline benchmark composes its frames from real FER2013 "
+            "test faces; pass BenchConfig.fer_dir (a folder with test/<class>/*.jpg)"
+        )
     files = [f for cls in ("happy", "neutral", "surprise", "sad", "angry") for f in sorted((test / cls).glob("*"))[:6]]
     return [np.asarray(Image.open(f).convert("L")) for f in files]
 
@@ -50,7 +52,9 @@ def compose_frames(detector, fer_dir: Path) -> dict[int, np.ndarray]:
         if len(usable) == 4:
             break
     if len(usable) < 4:
-        raise RuntimeError(f"the face detector found only {len(usable)} of the FER2013 test faces it was shown; is it {detector.source}?")
+        raise RuntimeError(
+            f"the face detector found only {len(usable)} of the FER2013 test faces it was shown; is it {detector.source}?"
+        )
     frames = {}
     for n, spots in layouts.items():
         frame = np.full((*FRAME_SIZE, 3), 128, np.uint8)
@@ -100,8 +104,12 @@ def explain_timings(recognizer, frames: dict[int, np.ndarray], cfg: BenchConfig)
             draw_faces(explain_image(recognizer.classifier, frame, found), found)
 
         with_cam = time_ms(explained, cfg)
-        out[f"{n}_face"] = {"faces_detected": len(faces), "plain_ms": plain, "explained_ms": with_cam,
-                            "explain_ms_per_face": round((with_cam["median"] - plain["median"]) / max(1, len(faces)), 2)}
+        out[f"{n}_face"] = {
+            "faces_detected": len(faces),
+            "plain_ms": plain,
+            "explained_ms": with_cam,
+            "explain_ms_per_face": round((with_cam["median"] - plain["median"]) / max(1, len(faces)), 2),
+        }
     return out
 
 
@@ -122,14 +130,21 @@ def memory_probe(checkpoint: str, face_model: str, device: str, frame_path: str)
     return out
 
 
-def memory_in_fresh_process(checkpoint: Path, face_model: str | None, frame: np.ndarray, cfg: BenchConfig, tmp: Path) -> dict:
+def memory_in_fresh_process(
+    checkpoint: Path, face_model: str | None, frame: np.ndarray, cfg: BenchConfig, tmp: Path
+) -> dict:
     """``memory_probe`` in a fresh interpreter, so this process's own allocations do not count."""
     frame_path = tmp / "frame.npy"
     np.save(frame_path, frame)
     code = "import json, sys; from emotion.bench.pipeline import memory_probe; print(json.dumps(memory_probe(*sys.argv[1:])))"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", code, str(checkpoint), face_model or "", cfg.device, str(frame_path)],
-                          capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(checkpoint), face_model or "", cfg.device, str(frame_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe for {checkpoint} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -6,6 +6,7 @@ timed with random weights: speed does not depend on the weights' values. Figures
 medians and 90th percentiles on whatever else the machine is doing; ``machine.load_avg_1m`` says
 how busy it was.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,27 +20,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .pipeline import memory_in_fresh_process, time_pipeline, compose_frames, explain_timings
+from ..inference.classifier import EmotionClassifier, default_checkpoint
+from ..models.checkpoint import save_checkpoint
+from ..models.networks import ModelConfig, build_model
+from ..utils.runtime import autocast_for, cpu_cores, pick_device
+from .pipeline import compose_frames, explain_timings, memory_in_fresh_process, time_pipeline
 from .report import evaluate_targets
 from .timing import REPO, SHARED_FER, BenchConfig, machine_info, time_ms
 from .training import training_throughput
-from ..models.checkpoint import save_checkpoint
-from ..models.networks import ModelConfig, build_model
-from ..inference.classifier import EmotionClassifier, default_checkpoint
-from ..utils.runtime import autocast_for, cpu_cores, pick_device
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- models under test
 
+
 def _cnn_checkpoint(cfg: BenchConfig, tmp: Path) -> Path:
     if cfg.cnn_checkpoint:
         return Path(cfg.cnn_checkpoint)
     if default_checkpoint().is_file():
         return default_checkpoint()
-    log.warning("no trained CNN at %s: timing an untrained one (speed does not depend on the weights)", default_checkpoint())
-    return _save_untrained(ModelConfig(kind="cnn", cnn_widths=(32, 64, 128, 256), cnn_convs=2), tmp / "cnn_untrained.pt")
+    log.warning(
+        "no trained CNN at %s: timing an untrained one (speed does not depend on the weights)", default_checkpoint()
+    )
+    return _save_untrained(
+        ModelConfig(kind="cnn", cnn_widths=(32, 64, 128, 256), cnn_convs=2), tmp / "cnn_untrained.pt"
+    )
 
 
 def _save_untrained(model_cfg: ModelConfig, path: Path) -> Path:
@@ -64,6 +70,7 @@ def _checkpoints(cfg: BenchConfig, tmp: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- forward-pass variants
 
+
 def _forward_variants(clf: EmotionClassifier, cfg: BenchConfig) -> dict:
     """Raw forward (preprocess + model, input already on the device) per precision, layout and thread count."""
     device, loaded = clf.device, clf.loaded
@@ -71,7 +78,9 @@ def _forward_variants(clf: EmotionClassifier, cfg: BenchConfig) -> dict:
     is_cnn = loaded.config.kind == "cnn"
     # name: (model, autocast dtype, channels-last input, intra-op threads; 0 = torch's default)
     variants: dict[str, tuple[torch.nn.Module, torch.dtype | None, bool, int]] = {
-        "fp32": (loaded.model, None, is_cnn, 0), "bf16": (loaded.model, torch.bfloat16, is_cnn, 0)}
+        "fp32": (loaded.model, None, is_cnn, 0),
+        "bf16": (loaded.model, torch.bfloat16, is_cnn, 0),
+    }
     if device.type == "cuda":
         variants["fp16"] = (loaded.model, torch.float16, is_cnn, 0)
     else:
@@ -79,13 +88,22 @@ def _forward_variants(clf: EmotionClassifier, cfg: BenchConfig) -> dict:
         variants["fp32_1_thread"] = (loaded.model, None, is_cnn, 1)
     if is_cnn:
         # The app runs the CNN channels-last (predict.py); this is the alternative it chose against.
-        variants["fp32_contiguous"] = (copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format), None, False, 0)
+        variants["fp32_contiguous"] = (
+            copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format),
+            None,
+            False,
+            0,
+        )
     if is_cnn and cfg.compile:
         t0 = time.perf_counter()
         compiled = torch.compile(copy.deepcopy(loaded.model))
         with torch.inference_mode():
             for n in (1, 4):  # one compilation per batch size; not part of the timing
-                compiled(loaded.preprocess(torch.rand(n, 1, 48, 48, device=device)).contiguous(memory_format=torch.channels_last))
+                compiled(
+                    loaded.preprocess(torch.rand(n, 1, 48, 48, device=device)).contiguous(
+                        memory_format=torch.channels_last
+                    )
+                )
         compile_s = round(time.perf_counter() - t0, 1)
         log.info("torch.compile of the CNN took %.1fs", compile_s)
         variants["fp32_compiled"] = (compiled, None, True, 0)
@@ -122,18 +140,25 @@ def _onnx_forward(name: str, checkpoint: Path, clf: EmotionClassifier, cfg: Benc
     ort_clf, ort_1_thread = OnnxClassifier(info["path"]), OnnxClassifier(info["path"], threads=1)
     if clf.engine != "torch":  # the comparison is against PyTorch, whichever engine the app picked here
         clf = EmotionClassifier(clf.loaded, clf.device, cfg.amp, clf.tta, engine="torch")
-    out = {"export_seconds": info["export_seconds"], "max_abs_diff": info["max_abs_diff"], "parity_ok": info["parity_ok"],
-           "file_mb": round(info["bytes"] / 2**20, 1)}
+    out = {
+        "export_seconds": info["export_seconds"],
+        "max_abs_diff": info["max_abs_diff"],
+        "parity_ok": info["parity_ok"],
+        "file_mb": round(info["bytes"] / 2**20, 1),
+    }
     for n in (1, 4):
         faces = torch.randint(0, 256, (n, 48, 48), dtype=torch.uint8)
-        out[f"{n}_face"] = {"torch_ms": time_ms(lambda faces=faces: clf.predict_tensor(faces), cfg),
-                            "onnxruntime_ms": time_ms(lambda faces=faces: ort_clf.predict_tensor(faces), cfg),
-                            "onnxruntime_1_thread_ms": time_ms(lambda faces=faces: ort_1_thread.predict_tensor(faces), cfg)}
+        out[f"{n}_face"] = {
+            "torch_ms": time_ms(lambda faces=faces: clf.predict_tensor(faces), cfg),
+            "onnxruntime_ms": time_ms(lambda faces=faces: ort_clf.predict_tensor(faces), cfg),
+            "onnxruntime_1_thread_ms": time_ms(lambda faces=faces: ort_1_thread.predict_tensor(faces), cfg),
+        }
     Path(info["path"]).unlink()  # a ViT-B/32 export is ~350 MB; the benchmark only needed its timing
     return out
 
 
 # ---------------------------------------------------------------- the benchmark
+
 
 def _face_model(cfg: BenchConfig) -> str | None:
     """cfg.face_model, else the copy in ../shared, else None (emotion.inference.faces resolves it: env, cache, download)."""
@@ -143,8 +168,16 @@ def _face_model(cfg: BenchConfig) -> str | None:
     return str(shared) if shared.is_file() else None
 
 
-def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, frames: dict[int, np.ndarray],
-                 cfg: BenchConfig, tmp: Path, result: dict) -> None:
+def _bench_model(
+    name: str,
+    checkpoint: Path,
+    detector,
+    face_model: str | None,
+    frames: dict[int, np.ndarray],
+    cfg: BenchConfig,
+    tmp: Path,
+    result: dict,
+) -> None:
     """Every measurement of one model, written into ``result``."""
     from ..inference.recognizer import Recognizer
 
@@ -163,8 +196,11 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
             pipe = {f"{n}_face": time_pipeline(recognizer, frame, cfg, rotate) for n, frame in frames.items()}
         finally:
             torch.set_num_threads(default_threads)
-        pipe |= {"threads": threads, "model": clf.name,
-                 "autocast": str(clf.dtype).replace("torch.", "") if clf.dtype else "off (fp32)"}
+        pipe |= {
+            "threads": threads,
+            "model": clf.name,
+            "autocast": str(clf.dtype).replace("torch.", "") if clf.dtype else "off (fp32)",
+        }
         result[key][name] = pipe
     pipe = result["pipeline"][name]
     one, four = pipe["1_face"], pipe["4_face"]
@@ -190,8 +226,9 @@ def _bench_model(name: str, checkpoint: Path, detector, face_model: str | None, 
     del clf, recognizer  # a ViT-B/32 is 350 MB: free it before training another copy
     if cfg.training:
         t0 = time.perf_counter()
-        result["training"][name] = training_throughput(name, checkpoint, tmp, train_images=cfg.train_images,
-                                                       device=cfg.device, amp=cfg.amp)
+        result["training"][name] = training_throughput(
+            name, checkpoint, tmp, train_images=cfg.train_images, device=cfg.device, amp=cfg.amp
+        )
         log.info("%s: training throughput took %.0fs", name, time.perf_counter() - t0)
     if cfg.memory:
         mem = memory_in_fresh_process(checkpoint, face_model, frames[1], cfg, tmp)
@@ -209,9 +246,11 @@ def _detectors(detector, frames: dict[int, np.ndarray], cfg: BenchConfig) -> dic
         detectors["blazeface"] = detector
     out = {}
     for name, det in detectors.items():
-        out[name] = {"ms": time_ms(lambda det=det: det.detect(frames[1]), cfg),
-                     "ms_4_face": time_ms(lambda det=det: det.detect(frames[4]), cfg),
-                     "faces_found": {f"{n}_face": len(det.detect(frame)) for n, frame in frames.items()}}
+        out[name] = {
+            "ms": time_ms(lambda det=det: det.detect(frames[1]), cfg),
+            "ms_4_face": time_ms(lambda det=det: det.detect(frames[4]), cfg),
+            "faces_found": {f"{n}_face": len(det.detect(frame)) for n, frame in frames.items()},
+        }
     return out
 
 
@@ -233,9 +272,21 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     from ..inference.faces import FaceDetector
 
     device = pick_device(cfg.device)
-    result: dict = {"machine": machine_info(device), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-                    "detector": {}, "pipeline": {}, "pipeline_1_thread": {}, "pipeline_all_networks": {}, "ratios": {}, "forward": {}, "onnx": {},
-                    "explain": {}, "training": {}, "memory": {}, "video": {}}
+    result: dict = {
+        "machine": machine_info(device),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+        "detector": {},
+        "pipeline": {},
+        "pipeline_1_thread": {},
+        "pipeline_all_networks": {},
+        "ratios": {},
+        "forward": {},
+        "onnx": {},
+        "explain": {},
+        "training": {},
+        "memory": {},
+        "video": {},
+    }
     face_model = _face_model(cfg)
     detector = FaceDetector(face_model, allow_download=False)
     result["machine"]["face_detector"] = detector.source

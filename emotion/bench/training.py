@@ -3,14 +3,15 @@
 ``training_throughput`` gives images/s per training phase (the CNN: ``full``; CLIP: frozen with and
 without the embedding cache, and unfrozen), plus a projection of CLIP's frozen phase to FER2013's size.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from ..models.checkpoint import read_checkpoint
 from ..data.labels import CLASS_NAMES
+from ..models.checkpoint import read_checkpoint
 from ..models.networks import ModelConfig, member_config
 from ..utils.runtime import read_jsonl
 
@@ -37,8 +38,8 @@ def _synthetic_dataset(root: Path, train_images: int) -> Path:
 
 
 def _train_rows(tmp: Path, name: str, **overrides) -> list[dict]:
-    from ..training.loop import train
     from ..training.config import TrainConfig
+    from ..training.loop import train
 
     out = tmp / f"train_{name}"
     train(TrainConfig(out=str(out), clip_weights="random", log_every=3600.0, **overrides))
@@ -46,12 +47,17 @@ def _train_rows(tmp: Path, name: str, **overrides) -> list[dict]:
 
 
 def _phase(row: dict) -> dict:
-    return {"images_per_s": row["images_per_s"], "seconds": row["seconds"], "epoch": row["epoch"],
-            "precision": row.get("precision", "unknown")}
+    return {
+        "images_per_s": row["images_per_s"],
+        "seconds": row["seconds"],
+        "epoch": row["epoch"],
+        "precision": row.get("precision", "unknown"),
+    }
 
 
-def training_throughput(name: str, checkpoint: Path, tmp: Path, *, train_images: int, device: str = "auto",
-                        amp: str = "auto") -> dict:
+def training_throughput(
+    name: str, checkpoint: Path, tmp: Path, *, train_images: int, device: str = "auto", amp: str = "auto"
+) -> dict:
     """Images/s of the real trainer per phase (the CNN: ``full``; CLIP: frozen cached/uncached and unfrozen)."""
     data = tmp / "train_data"
     if not data.exists():
@@ -59,8 +65,15 @@ def training_throughput(name: str, checkpoint: Path, tmp: Path, *, train_images:
     blob = read_checkpoint(checkpoint)
     # One network's training speed: an ensemble's members are trained one by one with the same recipe.
     model_cfg = member_config(ModelConfig.from_dict(blob["model_config"]), 0)
-    common = dict(data=str(data), data_cache=str(tmp / "data_cache"), model=model_cfg, max_images=train_images,
-                  batch_size=min(64, train_images), device=device, amp=amp)
+    common = dict(
+        data=str(data),
+        data_cache=str(tmp / "data_cache"),
+        model=model_cfg,
+        max_images=train_images,
+        batch_size=min(64, train_images),
+        device=device,
+        amp=amp,
+    )
     if name == "cnn":
         # The recipe that trained the checkpoint, as its train_config records it: batch size and weight EMA.
         recipe = blob.get("train_config") or {}
@@ -84,8 +97,10 @@ def training_throughput(name: str, checkpoint: Path, tmp: Path, *, train_images:
         "frozen_uncached": _phase(uncached[0]),
         "unfrozen": _phase(cached[2]),
         "frozen_phase": {
-            "epochs": FROZEN_EPOCHS, "train_images": train_images,
-            "with_cache_s": round(with_cache, 2), "without_cache_s": round(without_cache, 2),
+            "epochs": FROZEN_EPOCHS,
+            "train_images": train_images,
+            "with_cache_s": round(with_cache, 2),
+            "without_cache_s": round(without_cache, 2),
             "speedup": round(without_cache / with_cache, 2),
             "speedup_incl_validation": round(without_cache_val / with_cache, 2),
             "fer2013_with_cache_min": round(with_cache * scale / 60, 1),

@@ -5,6 +5,7 @@ affine matrix per image and applied with a single ``grid_sample``, so a batch co
 call rather than a Python loop over images. ``mix_batch`` adds mixup or CutMix, which also mixes
 the labels, so the trainer weighs the loss of both label sets.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,7 +77,12 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = N
         x0 = torch.rand(n, device=dev, generator=gen) * (w - ew)
         ys = torch.arange(h, device=dev).view(1, h, 1)
         xs = torch.arange(w, device=dev).view(1, 1, w)
-        inside = (ys >= y0.view(n, 1, 1)) & (ys < (y0 + eh).view(n, 1, 1)) & (xs >= x0.view(n, 1, 1)) & (xs < (x0 + ew).view(n, 1, 1))
+        inside = (
+            (ys >= y0.view(n, 1, 1))
+            & (ys < (y0 + eh).view(n, 1, 1))
+            & (xs >= x0.view(n, 1, 1))
+            & (xs < (x0 + ew).view(n, 1, 1))
+        )
         chosen = (torch.rand(n, device=dev, generator=gen) < cfg.erase).view(n, 1, 1)
         mask = (inside & chosen).unsqueeze(1)
         out = torch.where(mask, torch.rand(out.shape, device=dev, generator=gen), out)

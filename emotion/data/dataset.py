@@ -1,5 +1,6 @@
 """Faces in memory: the dataset type, its errors, and the conversions every layer shares (any image to a
 48x48 grayscale face, uint8 faces to model input, a seeded stratified validation split)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

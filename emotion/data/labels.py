@@ -1,4 +1,5 @@
 """The seven FER2013 emotion classes, their display names, emoji and folder-name aliases."""
+
 from __future__ import annotations
 
 # Index order used everywhere in this package (FER2013's folder order).

@@ -11,6 +11,7 @@ The file is a plain ``.npz`` (read with ``allow_pickle=False``): ``labels`` (N,)
 before use, and the decompressed size is bounded by the declared shape, so a hostile file cannot run
 code or take more memory than the faces it claims to hold.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,15 +79,22 @@ def write_packed(images: torch.Tensor, labels: torch.Tensor, path: str | os.Path
     faces = images.numpy()
     blob = lzma.compress(encode_faces(faces).tobytes(), format=lzma.FORMAT_XZ, filters=_FILTERS)
     buffer = io.BytesIO()
-    np.savez(buffer, version=np.int64(PACK_VERSION), shape=np.array(faces.shape, dtype=np.int64),
-             labels=labels.numpy().astype(np.int64), faces_xz=np.frombuffer(blob, dtype=np.uint8))
+    np.savez(
+        buffer,
+        version=np.int64(PACK_VERSION),
+        shape=np.array(faces.shape, dtype=np.int64),
+        labels=labels.numpy().astype(np.int64),
+        faces_xz=np.frombuffer(blob, dtype=np.uint8),
+    )
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, path)
     except OSError as exc:  # a file where the folder should be, no permission, a full disk
-        raise PackError(f"could not write {path} ({exc.strerror or exc}); pass an --out folder you can write to") from exc
+        raise PackError(
+            f"could not write {path} ({exc.strerror or exc}); pass an --out folder you can write to"
+        ) from exc
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -100,18 +108,32 @@ def read_packed(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
         with np.load(path, allow_pickle=False) as z:
             fields = {k: z[k] for k in ("version", "shape", "labels", "faces_xz")}
     except KeyError as exc:
-        raise PackError(f"{path} is not a packed split: it lacks the field {exc}; pack one with `train_cli.py pack`") from None
+        raise PackError(
+            f"{path} is not a packed split: it lacks the field {exc}; pack one with `train_cli.py pack`"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - zip, header and pickle errors all mean a bad file
-        raise PackError(f"{path} is not a readable packed split ({type(exc).__name__}: {str(exc)[:120]}); "
-                        "pack one with `train_cli.py pack`") from exc
+        raise PackError(
+            f"{path} is not a readable packed split ({type(exc).__name__}: {str(exc)[:120]}); "
+            "pack one with `train_cli.py pack`"
+        ) from exc
     version, shape, labels, blob = fields["version"], fields["shape"], fields["labels"], fields["faces_xz"]
     if version.shape != () or int(version) != PACK_VERSION:
-        raise PackError(f"{path} is packed in format {version.tolist()}, this version reads {PACK_VERSION}: pack it again")
-    if shape.dtype != np.int64 or shape.shape != (3,) or not (1 <= shape[0] <= MAX_FACES and shape[1] == shape[2] == 48):
-        raise PackError(f"{path} declares faces of shape {shape.tolist()}: expected (N, 48, 48) with 1 <= N <= {MAX_FACES}")
+        raise PackError(
+            f"{path} is packed in format {version.tolist()}, this version reads {PACK_VERSION}: pack it again"
+        )
+    if (
+        shape.dtype != np.int64
+        or shape.shape != (3,)
+        or not (1 <= shape[0] <= MAX_FACES and shape[1] == shape[2] == 48)
+    ):
+        raise PackError(
+            f"{path} declares faces of shape {shape.tolist()}: expected (N, 48, 48) with 1 <= N <= {MAX_FACES}"
+        )
     n = int(shape[0])
     if labels.dtype != np.int64 or labels.shape != (n,) or labels.min() < 0 or labels.max() >= len(CLASS_NAMES):
-        raise PackError(f"{path} has {labels.shape} labels of type {labels.dtype}: expected {n} class indices 0-{len(CLASS_NAMES) - 1}")
+        raise PackError(
+            f"{path} has {labels.shape} labels of type {labels.dtype}: expected {n} class indices 0-{len(CLASS_NAMES) - 1}"
+        )
     if blob.dtype != np.uint8 or blob.ndim != 1:
         raise PackError(f"{path}: its compressed faces are {blob.dtype} {blob.shape}, expected a uint8 byte string")
     size = n * 48 * 48

@@ -3,6 +3,7 @@
 Every image becomes a 48x48 grayscale face, as in FER2013. A split is held in memory as
 ``images`` (N, 48, 48) uint8 and ``labels`` (N,) int64, which is about 66 MB for all of FER2013.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,16 +30,6 @@ CSV_USAGE = {"train": "Training", "test": "PublicTest", "val": "PublicTest", "pr
 CACHE_VERSION = 1  # bump when the decoded format changes
 
 
-
-
-
-
-
-
-
-
-
-
 def _read_face(path: Path) -> np.ndarray | None:
     try:
         with warnings.catch_warnings():  # PIL's decompression-bomb warning: the size is checked right below
@@ -61,18 +52,24 @@ def _default_cache_dir() -> Path:
 def _list_folder_split(split_dir: Path) -> list[tuple[Path, int]]:
     """(file, label) pairs of a ``<split>/<class>/*`` folder, with clear errors for bad layouts."""
     if not split_dir.is_dir():
-        raise DataError(f"{split_dir} does not exist: expected a folder with one sub-folder per class ({', '.join(CLASS_NAMES)})")
+        raise DataError(
+            f"{split_dir} does not exist: expected a folder with one sub-folder per class ({', '.join(CLASS_NAMES)})"
+        )
     found: dict[str, Path] = {}
     for sub in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         name = canonical_label(sub.name)
         if name is None:
-            raise DataError(f"unknown class folder {sub}: expected one of {', '.join(CLASS_NAMES)} (or an alias such as 'happiness')")
+            raise DataError(
+                f"unknown class folder {sub}: expected one of {', '.join(CLASS_NAMES)} (or an alias such as 'happiness')"
+            )
         if name in found:
             raise DataError(f"{sub} and {found[name]} both map to class '{name}'")
         found[name] = sub
     missing = [c for c in CLASS_NAMES if c not in found]
     if missing:
-        raise DataError(f"{split_dir} has no folder for class(es) {', '.join(missing)}: expected one sub-folder per class ({', '.join(CLASS_NAMES)})")
+        raise DataError(
+            f"{split_dir} has no folder for class(es) {', '.join(missing)}: expected one sub-folder per class ({', '.join(CLASS_NAMES)})"
+        )
     items = []
     for name, sub in found.items():
         label = CLASS_NAMES.index(name)
@@ -133,10 +130,12 @@ def _parse_csv_row(row: dict) -> tuple[np.ndarray, int]:
     # A negative code would silently index FER_CSV_CODES from the end (-1 became 'neutral').
     if not 0 <= code < len(FER_CSV_CODES):
         raise ValueError(f"unknown emotion code {code} (expected 0-{len(FER_CSV_CODES) - 1})")
-    values = np.array(str(row.get("pixels", "")).split(), dtype=np.int64)  # wide ints, so 300 is caught, not an OverflowError
+    values = np.array(
+        str(row.get("pixels", "")).split(), dtype=np.int64
+    )  # wide ints, so 300 is caught, not an OverflowError
     if values.size and (values.min() < 0 or values.max() > 255):
         raise ValueError(f"pixel value {int(values.max() if values.max() > 255 else values.min())} is outside 0-255")
-    side = int(round(values.size ** 0.5))
+    side = int(round(values.size**0.5))
     if side * side != values.size or side == 0:
         raise ValueError(f"{values.size} pixels is not a square image")
     return to_face48(values.astype(np.uint8).reshape(side, side)), CLASS_NAMES.index(FER_CSV_CODES[code])
@@ -149,7 +148,9 @@ def _load_csv_split(csv_path: Path, split: str) -> FaceDataset:
         columns = {c.strip() for c in (reader.fieldnames or [])}
         need = {"emotion", "pixels"}
         if not need <= columns:
-            raise DataError(f"{csv_path} has columns {sorted(columns)}: expected at least 'emotion' and 'pixels' (and 'Usage'), as in the original fer2013.csv")
+            raise DataError(
+                f"{csv_path} has columns {sorted(columns)}: expected at least 'emotion' and 'pixels' (and 'Usage'), as in the original fer2013.csv"
+            )
         faces, labels, skipped = [], [], 0
         for row in reader:
             row = {k.strip(): v for k, v in row.items() if k}
@@ -166,7 +167,9 @@ def _load_csv_split(csv_path: Path, split: str) -> FaceDataset:
     if skipped:
         log.warning("skipped %d unreadable row(s) in %s (bad pixels or unknown emotion codes)", skipped, csv_path)
     if not faces:
-        raise DataError(f"{csv_path} has no readable rows with Usage '{usage}' (split '{split}'); Usage values are Training, PublicTest, PrivateTest")
+        raise DataError(
+            f"{csv_path} has no readable rows with Usage '{usage}' (split '{split}'); Usage values are Training, PublicTest, PrivateTest"
+        )
     return FaceDataset(torch.from_numpy(np.stack(faces)), torch.tensor(labels), f"{csv_path}:{usage}", skipped)
 
 
@@ -196,7 +199,9 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
     """
     data = Path(data).expanduser()
     if not data.exists():
-        raise DataError(f"dataset path {data} does not exist: pass a folder with train/ and test/ class folders, or fer2013.csv")
+        raise DataError(
+            f"dataset path {data} does not exist: pass a folder with train/ and test/ class folders, or fer2013.csv"
+        )
     if (data / split).is_dir():
         return _load_folder_split(data / split, Path(cache_dir) if cache_dir else _default_cache_dir())
     if packed_path(data, split).is_file():
@@ -209,8 +214,12 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
     raise DataError(f"{data} has neither a '{split}/' folder of class folders, a packed {split}.npz, nor a fer2013.csv")
 
 
-def pack_dataset(data: str | os.PathLike, out: str | os.PathLike, splits: tuple[str, ...] = ("train", "test"),
-                 cache_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+def pack_dataset(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    splits: tuple[str, ...] = ("train", "test"),
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, dict]:
     """Pack ``splits`` of dataset ``data`` (folders, CSV or packed) into ``out/<split>.npz``, checking that
     each file reads back to exactly the same faces; returns per split the face count and file size."""
     out = Path(out)

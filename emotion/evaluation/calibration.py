@@ -13,6 +13,7 @@ never changes the predicted class, so accuracy is untouched. T is fitted by mini
 log-likelihood of held-out faces over ``log T`` (golden-section search; the NLL is unimodal in ``log T``
 in practice), never on a test split.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,18 +65,26 @@ def reliability_bins(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torc
         return [float(v / c) if c else None for v, c in zip(sums, count, strict=False)]
 
     edges = np.linspace(0.0, 1.0, bins + 1)
-    return {"lower": edges[:-1].round(6).tolist(), "upper": edges[1:].round(6).tolist(), "count": count.tolist(),
-            "confidence": mean(conf_sum), "accuracy": mean(acc_sum)}
+    return {
+        "lower": edges[:-1].round(6).tolist(),
+        "upper": edges[1:].round(6).tolist(),
+        "count": count.tolist(),
+        "confidence": mean(conf_sum),
+        "accuracy": mean(acc_sum),
+    }
 
 
-def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-                               bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, bins: int = ECE_BINS
+) -> float:
     """Top-label ECE: the count-weighted mean over confidence bins of |accuracy - mean confidence|."""
     r = reliability_bins(probs, labels, bins)
     n = sum(r["count"])
     if n == 0:
         return 0.0
-    return float(sum(c * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"], strict=False) if c) / n)
+    return float(
+        sum(c * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"], strict=False) if c) / n
+    )
 
 
 def negative_log_likelihood(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
@@ -118,13 +127,20 @@ def fit_temperature(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch
     return float(math.exp((lo + hi) / 2))
 
 
-def calibration_summary(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, temperature: float) -> dict:
+def calibration_summary(
+    probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, temperature: float
+) -> dict:
     """ECE and NLL of ``probs`` as they are ("before") and with ``temperature`` applied ("after")."""
     raw = torch.as_tensor(_as_probs(probs))
     cal = apply_temperature(raw, temperature)
-    return {"temperature": temperature, "bins": ECE_BINS,
-            "ece_before": expected_calibration_error(raw, labels), "ece_after": expected_calibration_error(cal, labels),
-            "nll_before": negative_log_likelihood(raw, labels), "nll_after": negative_log_likelihood(cal, labels)}
+    return {
+        "temperature": temperature,
+        "bins": ECE_BINS,
+        "ece_before": expected_calibration_error(raw, labels),
+        "ece_after": expected_calibration_error(cal, labels),
+        "nll_before": negative_log_likelihood(raw, labels),
+        "nll_after": negative_log_likelihood(cal, labels),
+    }
 
 
 @dataclass
@@ -143,8 +159,13 @@ def default_held_out(train_config: dict, fraction: float | None, seed: int | Non
     configs = train_config.get("members") if isinstance(train_config.get("members"), list) else [train_config]
     splits = {(c.get("val_split"), c.get("seed")) for c in configs if isinstance(c, dict)}
     stored = next(iter(splits)) if len(splits) == 1 and len(configs) >= 1 else (None, None)
-    own_split = isinstance(stored[0], (int, float)) and not isinstance(stored[0], bool) and 0 < stored[0] < 1 \
-        and isinstance(stored[1], int) and not isinstance(stored[1], bool)
+    own_split = (
+        isinstance(stored[0], (int, float))
+        and not isinstance(stored[0], bool)
+        and 0 < stored[0] < 1
+        and isinstance(stored[1], int)
+        and not isinstance(stored[1], bool)
+    )
     if own_split and fraction in (None, stored[0]) and seed in (None, stored[1]):
         return HeldOut(float(stored[0]), int(stored[1]), True)
     fraction = 0.1 if fraction is None else fraction
@@ -153,8 +174,13 @@ def default_held_out(train_config: dict, fraction: float | None, seed: int | Non
     return HeldOut(float(fraction), 0 if seed is None else int(seed), False)
 
 
-def plot_reliability(probs_before: np.ndarray, labels: np.ndarray, path: str | os.PathLike,
-                     probs_after: np.ndarray | None = None, temperature: float = 1.0) -> None:
+def plot_reliability(
+    probs_before: np.ndarray,
+    labels: np.ndarray,
+    path: str | os.PathLike,
+    probs_after: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> None:
     """Reliability diagram: accuracy against mean confidence per bin, with the diagonal of perfect calibration,
     for the raw probabilities and (when given) those with the temperature applied."""
     import matplotlib
@@ -172,11 +198,22 @@ def plot_reliability(probs_before: np.ndarray, labels: np.ndarray, path: str | o
         r = reliability_bins(probs, labels)
         keep = [j for j, c in enumerate(r["count"]) if c]
         ece = expected_calibration_error(probs, labels)
-        ax.plot([r["confidence"][j] for j in keep], [r["accuracy"][j] for j in keep], marker="o", ms=4, color=colour,
-                label=f"{name} (ECE {ece:.4f})")
+        ax.plot(
+            [r["confidence"][j] for j in keep],
+            [r["accuracy"][j] for j in keep],
+            marker="o",
+            ms=4,
+            color=colour,
+            label=f"{name} (ECE {ece:.4f})",
+        )
         offset = (i - (len(curves) - 1) / 2) * width / len(curves)
-        ax_count.bar([r["lower"][j] + width / 2 + offset for j in keep], [r["count"][j] for j in keep],
-                     width=width / len(curves), color=colour, alpha=0.7)
+        ax_count.bar(
+            [r["lower"][j] + width / 2 + offset for j in keep],
+            [r["count"][j] for j in keep],
+            width=width / len(curves),
+            color=colour,
+            alpha=0.7,
+        )
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"Reliability ({ECE_BINS} confidence bins)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")

@@ -1,5 +1,6 @@
 """Evaluation: accuracy, per-class/macro/weighted precision, recall and F1, the confusion matrix,
 and the seed's pictures (confusion-matrix heatmap, training curves)."""
+
 from __future__ import annotations
 
 import logging
@@ -10,17 +11,19 @@ import numpy as np
 import torch
 
 from ..data.dataset import FaceDataset, split_train_val
-from ..data.splits import load_split
 from ..data.labels import CLASS_NAMES, DISPLAY_NAMES
+from ..data.splits import load_split
 from ..inference.classifier import TTA_VIEWS, EmotionClassifier
-from ..utils.runtime import read_jsonl, write_json_atomic
 from ..models.temperature import write_temperature
+from ..utils.runtime import read_jsonl, write_json_atomic
 from .calibration import calibration_summary, default_held_out, fit_temperature, plot_reliability
 
 log = logging.getLogger(__name__)
 
 
-def predict_dataset(classifier: EmotionClassifier, ds: FaceDataset, batch_size: int = 256, calibrated: bool = True) -> np.ndarray:
+def predict_dataset(
+    classifier: EmotionClassifier, ds: FaceDataset, batch_size: int = 256, calibrated: bool = True
+) -> np.ndarray:
     """Class probabilities (N, 7) for every face of ``ds``, at most ``batch_size`` images (faces times TTA
     views) a forward pass; ``calibrated`` False: before the checkpoint's temperature."""
     if batch_size < 1:
@@ -56,7 +59,12 @@ def compute_metrics(labels: np.ndarray, preds: np.ndarray) -> dict:
         "weighted_recall": float((recall * weights).sum()),
         "weighted_f1": float((f1 * weights).sum()),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(CLASS_NAMES)
         },
         "class_names": list(CLASS_NAMES),
@@ -71,13 +79,19 @@ def format_table(m: dict) -> str:
     for name, c in m["per_class"].items():
         lines.append(f"{name:<12}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>9d}")
     lines.append("-" * 51)
-    lines.append(f"{'macro avg':<12}{m['macro_precision']:>10.4f}{m['macro_recall']:>10.4f}{m['macro_f1']:>10.4f}{m['n']:>9d}")
-    lines.append(f"{'weighted avg':<12}{m['weighted_precision']:>10.4f}{m['weighted_recall']:>10.4f}{m['weighted_f1']:>10.4f}{m['n']:>9d}")
+    lines.append(
+        f"{'macro avg':<12}{m['macro_precision']:>10.4f}{m['macro_recall']:>10.4f}{m['macro_f1']:>10.4f}{m['n']:>9d}"
+    )
+    lines.append(
+        f"{'weighted avg':<12}{m['weighted_precision']:>10.4f}{m['weighted_recall']:>10.4f}{m['weighted_f1']:>10.4f}{m['n']:>9d}"
+    )
     lines.append(f"accuracy {m['accuracy']:.4f} ({m['accuracy'] * 100:.2f}%) on {m['n']} faces")
     if "ece" in m:  # reports written before calibration existed lack it
         c = m["calibration"]
-        lines.append(f"ECE ({c['bins']} bins) {m['ece']:.4f}, NLL {m['nll']:.4f} with temperature {c['temperature']:.4f} "
-                     f"(ECE {c['ece_before']:.4f}, NLL {c['nll_before']:.4f} without)")
+        lines.append(
+            f"ECE ({c['bins']} bins) {m['ece']:.4f}, NLL {m['nll']:.4f} with temperature {c['temperature']:.4f} "
+            f"(ECE {c['ece_before']:.4f}, NLL {c['nll_before']:.4f} without)"
+        )
     return "\n".join(lines)
 
 
@@ -100,7 +114,18 @@ def plot_confusion(m: dict, path: str | os.PathLike, title: str = "") -> None:
     annot = np.array([[f"{norm[i, j] * 100:.0f}%\n{cm[i, j]}" for j in range(len(cm))] for i in range(len(cm))])
     names = [DISPLAY_NAMES[c] for c in CLASS_NAMES]
     fig, ax = plt.subplots(figsize=(8, 6.5))
-    sns.heatmap(norm, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=1, xticklabels=names, yticklabels=names, ax=ax, cbar_kws={"label": "fraction of true class"})
+    sns.heatmap(
+        norm,
+        annot=annot,
+        fmt="",
+        cmap="Blues",
+        vmin=0,
+        vmax=1,
+        xticklabels=names,
+        yticklabels=names,
+        ax=ax,
+        cbar_kws={"label": "fraction of true class"},
+    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"Confusion matrix (accuracy {m['accuracy'] * 100:.2f}%)")
@@ -129,8 +154,15 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> bool:
         colour = None if member is None else f"C{i % 10}"
         for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "acc", 100)):
             for split, label, style in (("train", "train", "--"), ("val", "validation", "-")):
-                ax.plot(epochs, [r[f"{split}_{key}"] * scale for r in mine], marker="o", ms=3, label=label + suffix,
-                        color=colour, linestyle="-" if member is None else style)
+                ax.plot(
+                    epochs,
+                    [r[f"{split}_{key}"] * scale for r in mine],
+                    marker="o",
+                    ms=3,
+                    label=label + suffix,
+                    color=colour,
+                    linestyle="-" if member is None else style,
+                )
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="%")
     for ax in (ax_loss, ax_acc):
@@ -155,8 +187,13 @@ def training_history(checkpoint: str | os.PathLike, metrics: dict) -> list[dict]
     if rows or "members" not in metrics:
         return rows or list(metrics.get("history", []))
     members = metrics["members"] if isinstance(metrics["members"], list) else []
-    return [{**row, "member": i} for i, m in enumerate(members, 1) if isinstance(m, dict)
-            for row in m.get("history", []) if isinstance(row, dict)]
+    return [
+        {**row, "member": i}
+        for i, m in enumerate(members, 1)
+        if isinstance(m, dict)
+        for row in m.get("history", [])
+        if isinstance(row, dict)
+    ]
 
 
 def write_report(m: dict, out: str | os.PathLike, history: list[dict] | None = None) -> Path:
@@ -170,20 +207,35 @@ def write_report(m: dict, out: str | os.PathLike, history: list[dict] | None = N
     return out
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
-                        tta: str | bool | None = None, device: str = "auto", batch_size: int = 256, data_cache: str | None = None,
-                        engine: str = "auto") -> dict:
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    split: str = "test",
+    out: str | os.PathLike | None = None,
+    tta: str | bool | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    data_cache: str | None = None,
+    engine: str = "auto",
+) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of ``data``; writes the report to ``out`` when given.
 
     ``tta`` None evaluates with the checkpoint's own inference setting, and ``engine`` "auto" on the engine
     and precision the app picks on this machine, as the app and ``predict`` run it.
     """
-    classifier = EmotionClassifier.from_checkpoint(checkpoint, device=device, tta=tta, engine=engine)  # a bad checkpoint fails before data loads
+    classifier = EmotionClassifier.from_checkpoint(
+        checkpoint, device=device, tta=tta, engine=engine
+    )  # a bad checkpoint fails before data loads
     return evaluate_dataset(classifier, load_split(data, split, data_cache), split, out, batch_size)
 
 
-def evaluate_dataset(classifier: EmotionClassifier, ds: FaceDataset, split: str, out: str | os.PathLike | None = None,
-                     batch_size: int = 256) -> dict:
+def evaluate_dataset(
+    classifier: EmotionClassifier,
+    ds: FaceDataset,
+    split: str,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 256,
+) -> dict:
     """Evaluate a loaded classifier on a loaded dataset; writes the report to ``out`` when given."""
     raw = predict_dataset(classifier, ds, batch_size, calibrated=False)
     probs = classifier.calibrate(raw)  # what the app shows; the temperature never changes the argmax
@@ -191,19 +243,44 @@ def evaluate_dataset(classifier: EmotionClassifier, ds: FaceDataset, split: str,
     m = compute_metrics(labels, probs.argmax(1))
     calibration = calibration_summary(raw, labels, classifier.temperature)
     path = classifier.loaded.path
-    m.update({"checkpoint": path, "model": classifier.name, "data": ds.source, "split": split, "tta": classifier.tta, "skipped": ds.skipped,
-              "ece": calibration["ece_after"], "nll": calibration["nll_after"], "calibration": calibration})
+    m.update(
+        {
+            "checkpoint": path,
+            "model": classifier.name,
+            "data": ds.source,
+            "split": split,
+            "tta": classifier.tta,
+            "skipped": ds.skipped,
+            "ece": calibration["ece_after"],
+            "nll": calibration["nll_after"],
+            "calibration": calibration,
+        }
+    )
     if out is not None:
         write_report(m, out, training_history(path, classifier.loaded.metrics))
-        plot_reliability(raw, labels, Path(out) / "reliability.png", probs if classifier.temperature != 1.0 else None,
-                         classifier.temperature)
+        plot_reliability(
+            raw,
+            labels,
+            Path(out) / "reliability.png",
+            probs if classifier.temperature != 1.0 else None,
+            classifier.temperature,
+        )
         log.info("report written to %s", out)
     return m
 
 
-def calibrate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, *, holdout: float | None = None,
-                         seed: int | None = None, device: str = "auto", engine: str = "auto", write: bool = True,
-                         allow_seen: bool = False, data_cache: str | None = None) -> dict:
+def calibrate_checkpoint(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    holdout: float | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    engine: str = "auto",
+    write: bool = True,
+    allow_seen: bool = False,
+    data_cache: str | None = None,
+) -> dict:
     """Fit the temperature of ``checkpoint`` on held-out faces of the TRAIN split of ``data`` (see
     ``default_held_out``), with the checkpoint's own TTA setting, and store it (``write``) when the networks never
     trained on those faces, or ``allow_seen``. Returns the record: temperature, split fraction and seed, faces,
@@ -212,15 +289,27 @@ def calibrate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike,
     held = default_held_out(classifier.loaded.train_config, holdout, seed)
     _, faces = split_train_val(load_split(data, "train", data_cache), held.fraction, held.seed)
     if not held.unseen:
-        log.warning("the networks of %s were not trained with this split held out: these %d training faces may have been "
-                    "seen in training, where a network is more accurate and confident than on new faces", checkpoint, len(faces))
+        log.warning(
+            "the networks of %s were not trained with this split held out: these %d training faces may have been "
+            "seen in training, where a network is more accurate and confident than on new faces",
+            checkpoint,
+            len(faces),
+        )
     probs = predict_dataset(classifier, faces, calibrated=False)  # the temperature is fitted on the raw output
     labels = faces.labels.numpy()
     temperature = fit_temperature(probs, labels)
-    record = {**calibration_summary(probs, labels, temperature), "split": "train", "holdout": held.fraction,
-              "seed": held.seed, "faces": len(faces), "unseen_in_training": held.unseen, "tta": classifier.tta,
-              "method": "min NLL of p**(1/T), golden-section over log T", "data": faces.source,
-              "accuracy": float((probs.argmax(1) == labels).mean())}
+    record = {
+        **calibration_summary(probs, labels, temperature),
+        "split": "train",
+        "holdout": held.fraction,
+        "seed": held.seed,
+        "faces": len(faces),
+        "unseen_in_training": held.unseen,
+        "tta": classifier.tta,
+        "method": "min NLL of p**(1/T), golden-section over log T",
+        "data": faces.source,
+        "accuracy": float((probs.argmax(1) == labels).mean()),
+    }
     # A temperature fitted on faces the networks trained on is fitted to the wrong accuracy: the shipped ensemble
     # scores 91% on such faces and 72% on PublicTest, and its seen-face T made PublicTest's ECE worse (model card).
     written = write and (held.unseen or allow_seen)

@@ -7,6 +7,7 @@ background and colour drawn from a seeded RNG, and the frame goes through ``Reco
 many faces were found, the accuracy on them, and the accuracy of the same faces' direct 48x48 crops (the
 classifier on the dataset image), overall and per scale, rotation, background and colour bin.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,14 @@ def _background(rng: np.random.Generator, cfg: FrameBenchConfig, textured: bool,
     return np.clip(base[None, None, :] + blobs + ramp, 0, 255).astype(np.uint8).repeat(3 if not colour else 1, axis=2)
 
 
-def place_face(canvas: np.ndarray, face: np.ndarray, centre: tuple[float, float], side: float, angle: float = 0.0,
-               tint: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+def place_face(
+    canvas: np.ndarray,
+    face: np.ndarray,
+    centre: tuple[float, float],
+    side: float,
+    angle: float = 0.0,
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> None:
     """Paint a 48x48 grey face onto an HxWx3 canvas in place: ``side`` px wide, centred at ``centre`` (x, y),
     rotated ``angle`` degrees anticlockwise, its grey multiplied by ``tint`` per RGB channel (a skin tone)."""
     n = face.shape[0]
@@ -84,7 +91,9 @@ def draw_frame(face: np.ndarray, rng: np.random.Generator, cfg: FrameBenchConfig
     scale = math.exp(rng.uniform(math.log(cfg.min_scale), math.log(cfg.max_scale)))
     angle = rng.uniform(-cfg.max_rotation, cfg.max_rotation)
     side = scale * w
-    reach = side * (abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle)))) / 2  # half the rotated extent
+    reach = (
+        side * (abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle)))) / 2
+    )  # half the rotated extent
     cx = w / 2 + rng.uniform(-1, 1) * cfg.max_shift * w
     cy = h / 2 + rng.uniform(-1, 1) * cfg.max_shift * h
     cx, cy = float(np.clip(cx, reach, w - reach)), float(np.clip(cy, min(reach, h / 2), max(h - reach, h / 2)))
@@ -92,8 +101,15 @@ def draw_frame(face: np.ndarray, rng: np.random.Generator, cfg: FrameBenchConfig
     frame = _background(rng, cfg, textured, colour)
     tint = tuple(rng.uniform([0.95, 0.75, 0.6], [1.1, 0.9, 0.8])) if colour else (1.0, 1.0, 1.0)
     place_face(frame, face, (cx, cy), side, angle, tint)
-    return frame, {"scale": scale, "angle": angle, "cx": cx, "cy": cy, "side": side,
-                   "background": "textured" if textured else "plain", "colour": "colour" if colour else "grey"}
+    return frame, {
+        "scale": scale,
+        "angle": angle,
+        "cx": cx,
+        "cy": cy,
+        "side": side,
+        "background": "textured" if textured else "plain",
+        "colour": "colour" if colour else "grey",
+    }
 
 
 def _match(faces: list[dict], cx: float, cy: float, side: float) -> dict | None:
@@ -126,11 +142,19 @@ def summarize(rows: list[dict]) -> dict:
     """Faces, found share, accuracy on found faces and direct-crop accuracy (on the found faces and on all)."""
     n = len(rows)
     found = [r for r in rows if r["found"]]
-    acc = lambda rs, key: (sum(r[key] == r["label"] for r in rs) / len(rs)) if rs else None
-    return {"faces": n, "found": len(found), "found_rate": len(found) / n if n else None,
-            "accuracy_found": acc(found, "pred_frame"), "direct_accuracy_found": acc(found, "pred_direct"),
-            "direct_accuracy_all": acc(rows, "pred_direct"),
-            "false_positives": sum(r["extra_faces"] for r in rows)}
+
+    def acc(rs: list[dict], key: str) -> float | None:
+        return (sum(r[key] == r["label"] for r in rs) / len(rs)) if rs else None
+
+    return {
+        "faces": n,
+        "found": len(found),
+        "found_rate": len(found) / n if n else None,
+        "accuracy_found": acc(found, "pred_frame"),
+        "direct_accuracy_found": acc(found, "pred_direct"),
+        "direct_accuracy_all": acc(rows, "pred_direct"),
+        "false_positives": sum(r["extra_faces"] for r in rows),
+    }
 
 
 def _grouped(rows: list[dict], key: str, order: list[str]) -> dict:
@@ -146,28 +170,46 @@ def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg:
     if cfg.limit is not None:
         order = order[: max(0, cfg.limit)]
     # In chunks: ONNX Runtime sizes each network's memory arena for the largest batch it sees (GBs for a whole split).
-    chunks = [recognizer.classifier.predict_faces(np.asarray(images)[order[i : i + 128]]) for i in range(0, len(order), 128)]
+    chunks = [
+        recognizer.classifier.predict_faces(np.asarray(images)[order[i : i + 128]]) for i in range(0, len(order), 128)
+    ]
     direct = np.concatenate(chunks).argmax(1) if chunks else []
     rows, t0 = [], time.perf_counter()
     for k, i in enumerate(order):
         frame, how = draw_frame(np.asarray(images[i]), rng, cfg)
         faces = recognizer.analyze(frame)
         hit = _match(faces, how["cx"], how["cy"], how["side"])
-        rows.append({"index": int(i), "label": CLASS_NAMES[int(labels[i])], "found": hit is not None,
-                     "pred_frame": hit["label"] if hit else None, "pred_direct": CLASS_NAMES[int(direct[k])],
-                     "extra_faces": len(faces) - (hit is not None), "box": hit["box"] if hit else None,
-                     "scale_bin": _scale_bin(how["scale"]), "rotation_bin": _rotation_bin(how["angle"]),
-                     **{key: round(v, 3) if isinstance(v, float) else v for key, v in how.items()}})
+        rows.append(
+            {
+                "index": int(i),
+                "label": CLASS_NAMES[int(labels[i])],
+                "found": hit is not None,
+                "pred_frame": hit["label"] if hit else None,
+                "pred_direct": CLASS_NAMES[int(direct[k])],
+                "extra_faces": len(faces) - (hit is not None),
+                "box": hit["box"] if hit else None,
+                "scale_bin": _scale_bin(how["scale"]),
+                "rotation_bin": _rotation_bin(how["angle"]),
+                **{key: round(v, 3) if isinstance(v, float) else v for key, v in how.items()},
+            }
+        )
         if (k + 1) % 500 == 0:
             log.info("frame benchmark: %d/%d faces, %.1f s", k + 1, len(order), time.perf_counter() - t0)
     scales = [_scale_bin(math.sqrt(a * b)) for a, b in pairwise(SCALE_BINS)]
     rotations = [_rotation_bin((a + b) / 2) for a, b in pairwise(ROTATION_BINS)]
-    return {"config": asdict(cfg), "detector": getattr(recognizer.detector, "source", None),
-            "model": recognizer.classifier.name, "tta": recognizer.classifier.tta,
-            "seconds": round(time.perf_counter() - t0, 1), "overall": summarize(rows),
-            "by_scale": _grouped(rows, "scale_bin", scales), "by_rotation": _grouped(rows, "rotation_bin", rotations),
-            "by_background": _grouped(rows, "background", ["plain", "textured"]),
-            "by_colour": _grouped(rows, "colour", ["grey", "colour"]), "rows": rows}
+    return {
+        "config": asdict(cfg),
+        "detector": getattr(recognizer.detector, "source", None),
+        "model": recognizer.classifier.name,
+        "tta": recognizer.classifier.tta,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "overall": summarize(rows),
+        "by_scale": _grouped(rows, "scale_bin", scales),
+        "by_rotation": _grouped(rows, "rotation_bin", rotations),
+        "by_background": _grouped(rows, "background", ["plain", "textured"]),
+        "by_colour": _grouped(rows, "colour", ["grey", "colour"]),
+        "rows": rows,
+    }
 
 
 def _pct(v: float | None) -> str:
@@ -176,14 +218,20 @@ def _pct(v: float | None) -> str:
 
 def format_frames_table(report: dict) -> str:
     """The report as a markdown table: one row overall, then one per bin."""
-    lines = ["| faces | n | found % | acc. on found % | direct acc. same faces % | direct acc. all % | false pos. |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    groups = [("all", {"": report["overall"]})] + [(name, report[f"by_{name}"]) for name in ("scale", "rotation", "background", "colour")]
+    lines = [
+        "| faces | n | found % | acc. on found % | direct acc. same faces % | direct acc. all % | false pos. |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups = [("all", {"": report["overall"]})] + [
+        (name, report[f"by_{name}"]) for name in ("scale", "rotation", "background", "colour")
+    ]
     for name, bins in groups:
         for label, s in bins.items():
             title = "all" if name == "all" else f"{name} {label}"
-            lines.append(f"| {title} | {s['faces']} | {_pct(s['found_rate'])} | {_pct(s['accuracy_found'])} | "
-                         f"{_pct(s['direct_accuracy_found'])} | {_pct(s['direct_accuracy_all'])} | {s['false_positives']} |")
+            lines.append(
+                f"| {title} | {s['faces']} | {_pct(s['found_rate'])} | {_pct(s['accuracy_found'])} | "
+                f"{_pct(s['direct_accuracy_found'])} | {_pct(s['direct_accuracy_all'])} | {s['false_positives']} |"
+            )
     return "\n".join(lines)
 
 
@@ -192,7 +240,9 @@ def write_frames_report(report: dict, out: str | os.PathLike) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "frames.json", report)
-    head = (f"Frame benchmark: {report['model']} (tta {report['tta']}), detector {report['detector']}, "
-            f"seed {report['config']['seed']}\n\n")
+    head = (
+        f"Frame benchmark: {report['model']} (tta {report['tta']}), detector {report['detector']}, "
+        f"seed {report['config']['seed']}\n\n"
+    )
     (out / "frames.md").write_text(head + format_frames_table(report) + "\n")
     return out

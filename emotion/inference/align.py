@@ -6,6 +6,7 @@ in-plane rotation, which the warp undoes. The constants below were measured on F
 ``scripts/measure_fer_framing.py`` (medians over the faces BlazeFace found); coordinates are continuous
 48x48-crop units, (0, 0) the crop's top-left corner.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,8 +90,9 @@ def aligned_crop(rgb: np.ndarray, eyes: tuple[float, float, float, float]) -> np
     k = max(1, min(MAX_SUPERSAMPLE, math.ceil(1.0 / math.hypot(a[0, 0], a[0, 1]) - 1e-6)))  # <= 1 source px per sample
     a, t = a * k, t * k
     t = t + a @ np.array([0.5, 0.5]) - 0.5  # OpenCV puts pixel centres at integers, not at +0.5
-    out = cv2.warpAffine(patch, np.hstack([a, t[:, None]]), (FACE * k, FACE * k), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.warpAffine(
+        patch, np.hstack([a, t[:, None]]), (FACE * k, FACE * k), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     if k > 1:
         out = cv2.resize(out, (FACE, FACE), interpolation=cv2.INTER_AREA)
     return out

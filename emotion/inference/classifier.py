@@ -1,4 +1,5 @@
 """Classify face crops with a trained checkpoint: the package API the CLI and the app share."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,11 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.checkpoint import CheckpointError, LoadedModel, load_checkpoint, member_network
 from ..data.dataset import to_face48
 from ..data.labels import CLASS_NAMES
-from ..utils.runtime import amp_dtype, autocast_for, fastest, pick_device
+from ..models.checkpoint import CheckpointError, LoadedModel, load_checkpoint, member_network
 from ..models.temperature import apply_temperature, resolve_temperature
+from ..utils.runtime import amp_dtype, autocast_for, fastest, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,13 @@ def resolve_tta(tta: str | bool | None, loaded: LoadedModel) -> str:
     """The TTA mode to use: ``tta`` itself, or (None) the checkpoint's own inference setting."""
     if tta is None:
         stored = loaded.inference.get("tta", "none") if isinstance(loaded.inference, dict) else None
-        if not isinstance(stored, str) or stored not in TTA_VIEWS:  # a damaged or hostile file: refuse it like any other malformed entry
-            raise CheckpointError(f"{loaded.path}: its inference setting {str(loaded.inference)[:80]!r} is not valid; "
-                                  f"re-release it with `train_cli.py ship --tta {'|'.join(TTA_VIEWS)}`")
+        if (
+            not isinstance(stored, str) or stored not in TTA_VIEWS
+        ):  # a damaged or hostile file: refuse it like any other malformed entry
+            raise CheckpointError(
+                f"{loaded.path}: its inference setting {str(loaded.inference)[:80]!r} is not valid; "
+                f"re-release it with `train_cli.py ship --tta {'|'.join(TTA_VIEWS)}`"
+            )
         return stored
     elif isinstance(tta, bool):
         tta = "flip" if tta else "none"
@@ -92,8 +97,14 @@ def default_checkpoint() -> Path:
 class EmotionClassifier:
     """A loaded checkpoint that turns face crops into class probabilities, all faces in one forward pass."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, amp: str = "auto", tta: str | bool | None = None,
-                 engine: str = "auto"):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: torch.device,
+        amp: str = "auto",
+        tta: str | bool | None = None,
+        engine: str = "auto",
+    ):
         self.loaded = loaded
         self.device = device
         self.dtype = amp_dtype(device, amp)
@@ -139,12 +150,16 @@ class EmotionClassifier:
             def once() -> None:
                 self._onnx, self.dtype = setting
                 self.predict_tensor(face)
+
             return once
 
         winner, seconds = fastest({name: run(setting) for name, setting in options.items()})
         self._onnx, self.dtype = options[winner]
-        log.info("engine auto: one face takes %s; using %s",
-                 ", ".join(f"{t * 1e3:.1f} ms in {name}" for name, t in seconds.items()), winner)
+        log.info(
+            "engine auto: one face takes %s; using %s",
+            ", ".join(f"{t * 1e3:.1f} ms in {name}" for name, t in seconds.items()),
+            winner,
+        )
         return winner.rsplit(" ", 1)[-1]
 
     @staticmethod
@@ -152,8 +167,14 @@ class EmotionClassifier:
         return str(dtype).replace("torch.", "") if dtype is not None else "fp32"
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto", amp: str = "auto",
-                        tta: str | bool | None = None, engine: str = "auto") -> EmotionClassifier:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str = "auto",
+        amp: str = "auto",
+        tta: str | bool | None = None,
+        engine: str = "auto",
+    ) -> EmotionClassifier:
         """Load ``path`` (default: ``default_checkpoint()``) for inference; ``tta`` None uses the checkpoint's
         setting; ``engine``: auto, torch or onnxruntime (see ``resolve_engine``)."""
         dev = pick_device(device)
@@ -202,13 +223,16 @@ class EmotionClassifier:
             return apply_temperature(torch.from_numpy(probs), self.temperature).numpy()
         return apply_temperature(probs, self.temperature)
 
-    def predict_faces(self, faces: Sequence[np.ndarray] | np.ndarray, member: int | None = None,
-                      calibrated: bool = True) -> np.ndarray:
+    def predict_faces(
+        self, faces: Sequence[np.ndarray] | np.ndarray, member: int | None = None, calibrated: bool = True
+    ) -> np.ndarray:
         """Probabilities (N, 7) for face crops of any size and colour (HxW or HxWxC uint8 arrays, RGB);
         ``member`` and ``calibrated`` as in ``predict_tensor``."""
         if len(faces) == 0:
             return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
-        batch = torch.from_numpy(np.stack([f if f.shape == (48, 48) and f.dtype == np.uint8 else to_face48(f) for f in faces]))
+        batch = torch.from_numpy(
+            np.stack([f if f.shape == (48, 48) and f.dtype == np.uint8 else to_face48(f) for f in faces])
+        )
         return self.predict_tensor(batch, member, calibrated).numpy()
 
 

@@ -14,6 +14,7 @@ and nothing else changes.
 
 CLIP models (a vision transformer) have no convolutional stage: they raise ``ExplainError``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,13 +29,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..models.checkpoint import LoadedModel, member_network
 from ..data.dataset import FACE_SIZE, to_face48
-from .align import fer_transform
-from .faces import Box, _fer_square, as_rgb, crop_faces
 from ..data.labels import CLASS_NAMES
-from .classifier import TTA_VIEWS, EmotionClassifier, resolve_tta, tta_views
+from ..models.checkpoint import LoadedModel, member_network
 from ..utils.runtime import amp_dtype, autocast_for
+from .align import fer_transform
+from .classifier import TTA_VIEWS, EmotionClassifier, resolve_tta, tta_views
+from .faces import Box, _fer_square, as_rgb, crop_faces
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,19 @@ def _resolve(model: EmotionClassifier | LoadedModel, tta: str | None) -> tuple[L
 def conv_networks(loaded: LoadedModel) -> list[nn.Module]:
     """The model's networks, each with a convolutional ``features`` stage and a ``head``; ExplainError otherwise."""
     if loaded.config.kind != "cnn":
-        raise ExplainError(f"{loaded.name} is a CLIP vision transformer, which has no convolutional stage for "
-                           "Grad-CAM; explanations need a CNN checkpoint such as the shipped assets/emotion_cnn.pt")
+        raise ExplainError(
+            f"{loaded.name} is a CLIP vision transformer, which has no convolutional stage for "
+            "Grad-CAM; explanations need a CNN checkpoint such as the shipped assets/emotion_cnn.pt"
+        )
     nets = [member_network(loaded, i) for i in range(loaded.config.members)]
     for net in nets:
-        if not isinstance(getattr(net, "features", None), nn.Module) or not isinstance(getattr(net, "head", None), nn.Module):
-            raise ExplainError(f"{loaded.name}: a {type(net).__name__} has no convolutional 'features' stage and 'head', "
-                               "so Grad-CAM cannot explain it")
+        if not isinstance(getattr(net, "features", None), nn.Module) or not isinstance(
+            getattr(net, "head", None), nn.Module
+        ):
+            raise ExplainError(
+                f"{loaded.name}: a {type(net).__name__} has no convolutional 'features' stage and 'head', "
+                "so Grad-CAM cannot explain it"
+            )
     return nets
 
 
@@ -81,7 +88,13 @@ def check_explainable(model: EmotionClassifier | LoadedModel) -> None:
 def _face_batch(faces: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
     """48x48 uint8 crops as a float tensor (N, 1, 48, 48) in [0, 1]; ValueError for anything else."""
     try:
-        arr = faces.cpu().numpy() if isinstance(faces, torch.Tensor) else np.asarray(faces) if len(faces) else np.zeros((0, 48, 48), np.uint8)
+        arr = (
+            faces.cpu().numpy()
+            if isinstance(faces, torch.Tensor)
+            else np.asarray(faces)
+            if len(faces)
+            else np.zeros((0, 48, 48), np.uint8)
+        )
     except (TypeError, ValueError) as exc:  # e.g. crops of different sizes
         raise ValueError(f"gradcam takes 48x48 uint8 face crops (N, 48, 48): {exc}") from exc
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != (FACE_SIZE, FACE_SIZE):
@@ -100,7 +113,9 @@ def _class_indices(classes: Sequence[int | str], n: int) -> torch.Tensor:
         elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(CLASS_NAMES):
             out.append(int(c))
         else:
-            raise ValueError(f"unknown class {str(c)[:40]!r}: use one of {', '.join(CLASS_NAMES)} or 0-{len(CLASS_NAMES) - 1}")
+            raise ValueError(
+                f"unknown class {str(c)[:40]!r}: use one of {', '.join(CLASS_NAMES)} or 0-{len(CLASS_NAMES) - 1}"
+            )
     return torch.tensor(out, dtype=torch.long)
 
 
@@ -132,8 +147,12 @@ def _network_pass(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     return acts, net.head(acts).float()
 
 
-def gradcam(model: EmotionClassifier | LoadedModel, faces: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
-            classes: Sequence[int | str] | None = None, tta: str | None = None) -> np.ndarray:
+def gradcam(
+    model: EmotionClassifier | LoadedModel,
+    faces: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
+    classes: Sequence[int | str] | None = None,
+    tta: str | None = None,
+) -> np.ndarray:
     """Grad-CAM heatmaps (N, 48, 48) float32 in [0, 1] for 48x48 uint8 face crops (N, 48, 48).
 
     ``classes`` (names or indices, one per face) picks the class each map explains; None explains the
@@ -170,8 +189,9 @@ def gradcam(model: EmotionClassifier | LoadedModel, faces: Sequence[np.ndarray] 
     return torch.nan_to_num(heat, nan=0.0).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
 
 
-def crop_to_frame(box: Box | Sequence[int], frame_shape: Sequence[int], *, whole_image: bool = False,
-                  margin: float = CROP_MARGIN) -> np.ndarray:
+def crop_to_frame(
+    box: Box | Sequence[int], frame_shape: Sequence[int], *, whole_image: bool = False, margin: float = CROP_MARGIN
+) -> np.ndarray:
     """The 2x3 affine matrix taking pixel coordinates of a face's 48x48 crop to the frame it was cut from.
 
     The one place that knows how crops are cut (mirrors ``faces.crop_faces`` and, for ``whole_image``,
@@ -209,8 +229,18 @@ def _aligned_crop_to_frame(eyes: tuple[float, float, float, float]) -> np.ndarra
 def _blend_one(out: np.ndarray, heat: np.ndarray, matrix: np.ndarray, alpha: float) -> None:
     """Blend one heatmap, coloured, into ``out`` in place where ``matrix`` puts its crop (only that rectangle is warped)."""
     height, width = out.shape[:2]
-    corners = matrix @ np.array([[-0.5, -0.5, 1], [FACE_SIZE - 0.5, -0.5, 1], [-0.5, FACE_SIZE - 0.5, 1],
-                                 [FACE_SIZE - 0.5, FACE_SIZE - 0.5, 1]], dtype=np.float64).T
+    corners = (
+        matrix
+        @ np.array(
+            [
+                [-0.5, -0.5, 1],
+                [FACE_SIZE - 0.5, -0.5, 1],
+                [-0.5, FACE_SIZE - 0.5, 1],
+                [FACE_SIZE - 0.5, FACE_SIZE - 0.5, 1],
+            ],
+            dtype=np.float64,
+        ).T
+    )
     x0, y0 = max(0, int(np.floor(corners[0].min()))), max(0, int(np.floor(corners[1].min())))
     x1, y1 = min(width, int(np.ceil(corners[0].max())) + 1), min(height, int(np.ceil(corners[1].max())) + 1)
     if x1 <= x0 or y1 <= y0:
@@ -221,15 +251,27 @@ def _blend_one(out: np.ndarray, heat: np.ndarray, matrix: np.ndarray, alpha: flo
     level = np.round(np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0) * 255).astype(np.uint8)
     colour = cv2.cvtColor(cv2.applyColorMap(level, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     warped = cv2.warpAffine(colour, local, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    mask = cv2.warpAffine(np.ones((FACE_SIZE, FACE_SIZE), np.float32), local, size, flags=cv2.INTER_NEAREST,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    mask = cv2.warpAffine(
+        np.ones((FACE_SIZE, FACE_SIZE), np.float32),
+        local,
+        size,
+        flags=cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
     a = (alpha * mask)[:, :, None]
     roi = out[y0:y1, x0:x1].astype(np.float32)
     out[y0:y1, x0:x1] = np.round(roi * (1.0 - a) + warped.astype(np.float32) * a).astype(np.uint8)
 
 
-def overlay_heatmaps(rgb: np.ndarray, boxes: Sequence[Box | Sequence[int]], heatmaps: np.ndarray, *,
-                     whole_image: bool = False, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def overlay_heatmaps(
+    rgb: np.ndarray,
+    boxes: Sequence[Box | Sequence[int]],
+    heatmaps: np.ndarray,
+    *,
+    whole_image: bool = False,
+    alpha: float = OVERLAY_ALPHA,
+) -> np.ndarray:
     """A copy of ``rgb`` with each heatmap (N, 48, 48, values in [0, 1]) coloured (JET: blue low, red high) and
     blended at ``alpha`` over the square its face's crop was cut from (see ``crop_to_frame``)."""
     out = as_rgb(rgb).copy()
@@ -250,8 +292,9 @@ def _face_box(face: dict) -> Box:
     return Box(*(int(v) for v in face["box"][:4]), eyes=tuple(float(v) for v in eyes) if usable else None)
 
 
-def explain_image(classifier: EmotionClassifier, rgb: np.ndarray, faces: Sequence[dict], *,
-                  whole_image: bool = False) -> np.ndarray:
+def explain_image(
+    classifier: EmotionClassifier, rgb: np.ndarray, faces: Sequence[dict], *, whole_image: bool = False
+) -> np.ndarray:
     """``rgb`` with the saliency of each face of ``Recognizer.analyze``'s result (``faces``) overlaid, explaining
     the label each face got; draw boxes and labels on top with ``overlay.draw_faces``. ExplainError for CLIP."""
     image = as_rgb(rgb)
@@ -273,7 +316,9 @@ def prepare_out_dir(path: str | os.PathLike) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ExplainError(f"cannot create the --explain folder {out} ({exc.strerror or exc}); pick a writable folder") from exc
+        raise ExplainError(
+            f"cannot create the --explain folder {out} ({exc.strerror or exc}); pick a writable folder"
+        ) from exc
     return out
 
 
@@ -288,8 +333,9 @@ def _png_name(image: str, taken: set[str]) -> str:
     return name
 
 
-def write_explanations(results: Sequence[dict], classifier: EmotionClassifier, out_dir: Path, *,
-                       whole_image: bool = False) -> list[Path]:
+def write_explanations(
+    results: Sequence[dict], classifier: EmotionClassifier, out_dir: Path, *, whole_image: bool = False
+) -> list[Path]:
     """One PNG per readable image of ``recognizer.predict_files``' ``results``: its faces' saliency, boxes and
     labels, in ``out_dir`` (see ``prepare_out_dir``); returns the files written. Images that could not be
     read are skipped (their result holds the error)."""
@@ -310,7 +356,9 @@ def write_explanations(results: Sequence[dict], classifier: EmotionClassifier, o
         try:
             Image.fromarray(picture).save(path, format="PNG")
         except OSError as exc:
-            raise ExplainError(f"cannot write {path} ({exc.strerror or exc}); pick a writable --explain folder") from exc
+            raise ExplainError(
+                f"cannot write {path} ({exc.strerror or exc}); pick a writable --explain folder"
+            ) from exc
         log.info("explained %s -> %s", result["image"], path)
         written.append(path)
     return written

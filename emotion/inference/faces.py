@@ -8,11 +8,12 @@ says which one runs, so a fallback is never silent.
 Box convention: every backend reports boxes framed as BlazeFace frames a face (brows to chin, cheek to
 cheek); Haar boxes are converted to that framing, so crops look the same whichever backend ran.
 """
+
 from __future__ import annotations
 
-import hashlib
 import atexit
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -34,15 +35,19 @@ log = logging.getLogger(__name__)
 
 ENV_FACE_MODEL = "EMOTION_FACE_MODEL"
 FACE_MODEL_FILENAME = "face_detection_short_range.tflite"
-FACE_MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/"
-                  "float16/latest/blaze_face_short_range.tflite")
+FACE_MODEL_URL = (
+    "https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/"
+    "float16/latest/blaze_face_short_range.tflite"
+)
 # Google-pinned digests of BlazeFace short-range (mediapipe's third_party/external_files.bzl): the plain model
 # (also shipped in the mediapipe 0.10.x wheels and in ../shared) and the variant with TFLite metadata.
 # A download matching neither is rejected.
-KNOWN_FACE_MODEL_SHA256 = frozenset({
-    "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",  # face_detection_short_range.tflite
-    "42012b078cc201e994674ac863862577279644f3ba405729ccd964f03e9f12d5",  # face_detection_short_range_with_metadata.tflite
-})
+KNOWN_FACE_MODEL_SHA256 = frozenset(
+    {
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",  # face_detection_short_range.tflite
+        "42012b078cc201e994674ac863862577279644f3ba405729ccd964f03e9f12d5",  # face_detection_short_range_with_metadata.tflite
+    }
+)
 DOWNLOAD_TIMEOUT_S = 10.0
 MAX_DOWNLOAD_BYTES = 10 * 2**20  # the model is 230 KB; anything far bigger is not it
 HAAR_CASCADE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
@@ -51,9 +56,13 @@ DETECT_MAX_SIDE = 1280  # larger frames are downscaled for detection: BlazeFace 
 # The Haar cascade's cost grows with the pixels it scans: at 640x480 it took ~70 ms, on a third of that
 # (213x160) ~4 ms, and webcam faces (100 px and up) are still 30+ px there, well above its 20 px window.
 # It then finds faces from about a tenth of the image's longer side, still smaller than BlazeFace short-range can.
-HAAR_SCAN_SIDE = 240  # the Haar cascade scans a grayscale copy shrunk by the integer factor nearest to reaching this longer side
+HAAR_SCAN_SIDE = (
+    240  # the Haar cascade scans a grayscale copy shrunk by the integer factor nearest to reaching this longer side
+)
 HAAR_MIN_PX = 20  # smallest face, in pixels of that copy (a 640x480 frame: 60 px faces)
-HAAR_SCALE_STEP = 1.15  # window growth per pyramid level: 1.1 found no more faces on webcam-sized faces for 40% more time
+HAAR_SCALE_STEP = (
+    1.15  # window growth per pyramid level: 1.1 found no more faces on webcam-sized faces for 40% more time
+)
 MIN_FACE_PX = 20  # smaller faces carry too little detail for a 48x48 classifier
 MAX_FACES = 20  # bounds latency on crowd photos; the largest faces are kept
 
@@ -117,8 +126,10 @@ def _resolve(path: str | os.PathLike | None, allow_download: bool) -> tuple[str 
         if given:
             p = Path(given).expanduser()
             if not p.is_file():
-                raise FileNotFoundError(f"face model {p} (from {how}) does not exist; point it at "
-                                        f"{FACE_MODEL_FILENAME} or unset it to use the cached/downloaded model")
+                raise FileNotFoundError(
+                    f"face model {p} (from {how}) does not exist; point it at "
+                    f"{FACE_MODEL_FILENAME} or unset it to use the cached/downloaded model"
+                )
             return str(p), f"MediaPipe BlazeFace ({p}, from {how})", True
     cached = cache_dir() / FACE_MODEL_FILENAME
     if cached.is_file() and cached.stat().st_size > 0:
@@ -131,8 +142,11 @@ def _resolve(path: str | os.PathLike | None, allow_download: bool) -> tuple[str 
         except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
             log.warning("could not download the BlazeFace face model from %s (%s)", FACE_MODEL_URL, exc)
             why += ", download failed"
-    return None, (f"OpenCV Haar cascade (fallback: {why}; pass --face-model or set "
-                  f"${ENV_FACE_MODEL} to {FACE_MODEL_FILENAME})"), False
+    return (
+        None,
+        (f"OpenCV Haar cascade (fallback: {why}; pass --face-model or set ${ENV_FACE_MODEL} to {FACE_MODEL_FILENAME})"),
+        False,
+    )
 
 
 def resolve_face_model(path: str | None = None, allow_download: bool = True) -> tuple[str | None, str]:
@@ -228,8 +242,15 @@ class FaceDetector:
     ``min_face_px`` are dropped and only the ``max_faces`` largest are kept.
     """
 
-    def __init__(self, model_path: str | None = None, min_confidence: float = 0.5, allow_download: bool = True,
-                 max_faces: int = MAX_FACES, min_face_px: int = MIN_FACE_PX, backend: str = "auto"):
+    def __init__(
+        self,
+        model_path: str | None = None,
+        min_confidence: float = 0.5,
+        allow_download: bool = True,
+        max_faces: int = MAX_FACES,
+        min_face_px: int = MIN_FACE_PX,
+        backend: str = "auto",
+    ):
         self.min_confidence = min_confidence
         self.max_faces = max_faces
         self.min_face_px = min_face_px
@@ -259,7 +280,9 @@ class FaceDetector:
             self.backend = "haar"
             self._haar = cv2.CascadeClassifier(str(HAAR_CASCADE))
             if self._haar.empty():
-                raise RuntimeError(f"OpenCV's Haar cascade {HAAR_CASCADE} could not be loaded and no MediaPipe model was found")
+                raise RuntimeError(
+                    f"OpenCV's Haar cascade {HAAR_CASCADE} could not be loaded and no MediaPipe model was found"
+                )
         self.source = description
         log.info("face detector: %s", description)
 
@@ -267,9 +290,11 @@ class FaceDetector:
     def _create_mediapipe(path: str, min_confidence: float):
         from mediapipe.tasks.python import BaseOptions, vision  # imported lazily: only this backend needs it
 
-        options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=path),
-                                             running_mode=vision.RunningMode.IMAGE,
-                                             min_detection_confidence=min_confidence)
+        options = vision.FaceDetectorOptions(
+            base_options=BaseOptions(model_asset_path=path),
+            running_mode=vision.RunningMode.IMAGE,
+            min_detection_confidence=min_confidence,
+        )
         return vision.FaceDetector.create_from_options(options)
 
     def detect(self, rgb: np.ndarray) -> list[Box]:
@@ -278,7 +303,9 @@ class FaceDetector:
         height, width = rgb.shape[:2]
         # An integer factor keeps INTER_AREA on its fast path: 0.1 s instead of 0.27 s for an 8000x6000 frame.
         factor = math.ceil(max(height, width) / DETECT_MAX_SIDE)
-        small = rgb if factor == 1 else cv2.resize(rgb, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
+        small = (
+            rgb if factor == 1 else cv2.resize(rgb, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
+        )
         sx, sy = width / small.shape[1], height / small.shape[0]
         with self._lock:
             raw = self._detect_mediapipe(small) if self._mp is not None else self._detect_haar(small)
@@ -316,8 +343,9 @@ class FaceDetector:
         factor = max(1, round(max(gray.shape) / HAAR_SCAN_SIDE))
         if factor > 1:
             gray = cv2.resize(gray, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
-        found, votes = self._haar.detectMultiScale2(gray, scaleFactor=HAAR_SCALE_STEP, minNeighbors=4,
-                                                    minSize=(HAAR_MIN_PX, HAAR_MIN_PX))
+        found, votes = self._haar.detectMultiScale2(
+            gray, scaleFactor=HAAR_SCALE_STEP, minNeighbors=4, minSize=(HAAR_MIN_PX, HAAR_MIN_PX)
+        )
         out = []
         for x, y, w, h in _drop_nested(np.asarray(found, dtype=np.float64).reshape(-1, 4), np.ravel(votes)) * factor:
             side = w * _HAAR_TO_BLAZE_SCALE
@@ -342,8 +370,11 @@ def _drop_nested(boxes: np.ndarray, votes: np.ndarray) -> np.ndarray:
     kept: list[np.ndarray] = []
     for i in np.argsort(-np.asarray(votes), kind="stable"):
         x, y, w, h = boxes[i]
-        if not any(max(0.0, min(x + w, kx + kw) - max(x, kx)) * max(0.0, min(y + h, ky + kh) - max(y, ky))
-                   > 0.5 * min(w * h, kw * kh) for kx, ky, kw, kh in kept):
+        if not any(
+            max(0.0, min(x + w, kx + kw) - max(x, kx)) * max(0.0, min(y + h, ky + kh) - max(y, ky))
+            > 0.5 * min(w * h, kw * kh)
+            for kx, ky, kw, kh in kept
+        ):
             kept.append(boxes[i])
     return np.array(kept).reshape(-1, 4)
 

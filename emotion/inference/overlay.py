@@ -1,4 +1,5 @@
 """Draw recognition results onto a frame: a box, the emotion and its confidence per face (OpenCV only, fast)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,8 +7,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .faces import as_rgb
 from ..data.labels import display
+from .faces import as_rgb
 
 # One RGB colour per class, chosen to be told apart at a glance (and not to rely on red/green alone).
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {

@@ -6,6 +6,7 @@ flicker; faces are matched between frames by box overlap. With an ensemble, a tr
 network per frame, in turn, and each face keeps every network's latest output: their mean is the
 ensemble's prediction (for a still face, exactly), at the cost of one network per frame.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,15 +14,15 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from typing import BinaryIO
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from ..data.dataset import MAX_DECODE_PIXELS, WIDE_MODES, to_face48, wide_to_uint8
-from .faces import Box, FaceDetector, as_rgb, crop_faces
 from .classifier import EmotionClassifier, face_result
+from .faces import Box, FaceDetector, as_rgb, crop_faces
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ class FaceTracker:
         self._frame += 1
         return (self._frame - 1) % members
 
-    def update(self, boxes: Sequence[Box], probs: np.ndarray, member: int | None = None, members: int = 1) -> np.ndarray:
+    def update(
+        self, boxes: Sequence[Box], probs: np.ndarray, member: int | None = None, members: int = 1
+    ) -> np.ndarray:
         """Smoothed probabilities for this frame's faces, in the order of ``boxes``. ``probs`` are the
         model's, or with ``member`` those of that network (0-based) of a ``members``-network ensemble."""
         probs = np.asarray(probs, dtype=np.float32)
@@ -99,8 +102,10 @@ class FaceTracker:
             raise ValueError(f"{len(boxes)} boxes but {len(probs)} probability rows")
         if member is not None and not 0 <= member < members:
             raise ValueError(f"member must be 0-{members - 1}, got {member}")
-        pairs = sorted(((box_iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
-                       reverse=True)
+        pairs = sorted(
+            ((box_iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
+            reverse=True,
+        )
         matched_tracks: set[int] = set()
         track_of: dict[int, int] = {}
         for iou, ti, bi in pairs:
@@ -127,7 +132,9 @@ class FaceTracker:
         self.tracks = [t for t in self.tracks if t.missed <= self.max_age]
         for bi, box in enumerate(boxes):
             if bi not in track_of:
-                self.tracks.append(_Track(box, probs[bi].copy(), self._next_id, _latest_outputs(probs[bi], member, members)))
+                self.tracks.append(
+                    _Track(box, probs[bi].copy(), self._next_id, _latest_outputs(probs[bi], member, members))
+                )
                 ids[bi] = self._next_id
                 self._next_id += 1
         self.ids = ids
@@ -141,8 +148,14 @@ class Recognizer:
         self.classifier = classifier
         self.detector = detector
 
-    def analyze(self, rgb: np.ndarray, *, whole_image: bool = False, tracker: FaceTracker | None = None,
-                timings: dict[str, float] | None = None) -> list[dict]:
+    def analyze(
+        self,
+        rgb: np.ndarray,
+        *,
+        whole_image: bool = False,
+        tracker: FaceTracker | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[dict]:
         """Emotions of every face in an image, largest face first, as ``emotion.inference.classifier.face_result`` dicts.
 
         ``rgb`` is an RGB, RGBA or grayscale array of any size. ``whole_image`` classifies the whole image
@@ -197,8 +210,9 @@ def _draft_request(size: tuple[int, int], max_side: int | None, max_pixels: int)
     return None if request == (width, height) else request
 
 
-def read_rgb(source: str | os.PathLike | BinaryIO, max_side: int | None = None,
-             max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
+def read_rgb(
+    source: str | os.PathLike | BinaryIO, max_side: int | None = None, max_pixels: int = MAX_DECODE_PIXELS
+) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB, turned upright by its EXIF orientation; raises on unreadable files.
 
     With ``max_side`` the image is shrunk to fit it, and JPEGs are decoded at reduced scale, so an
@@ -218,8 +232,9 @@ def read_rgb(source: str | os.PathLike | BinaryIO, max_side: int | None = None,
         if request is not None:
             im.draft(None, request)  # JPEG only: decodes at 1/2 to 1/8 scale; other formats are unchanged
         if im.width * im.height > max_pixels:
-            raise ImageTooLargeError(f"{im.width}x{im.height} pixels, more than the {max_pixels / 1e6:.0f} megapixels "
-                                     "that are decoded")
+            raise ImageTooLargeError(
+                f"{im.width}x{im.height} pixels, more than the {max_pixels / 1e6:.0f} megapixels that are decoded"
+            )
         im = ImageOps.exif_transpose(im)  # phone photos are often stored sideways with an EXIF rotation
         if max_side:
             im.thumbnail((max_side, max_side))

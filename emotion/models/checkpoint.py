@@ -4,6 +4,7 @@ Checkpoints are plain ``torch.save`` dicts of tensors and JSON-like values, writ
 (temp file, then rename) and always read with ``torch.load(weights_only=True)``, so loading one
 never runs code from the file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,9 +44,16 @@ SHIP_WEIGHTS = ("fp16", "int8")  # how ship stores weight matrices (see ship_che
 SCALE_SUFFIX = "::scale"  # an int8 matrix's per-output-channel scales are stored under its name plus this
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.Tensor], model_cfg: ModelConfig, *,
-                    train_config: dict | None = None, metrics: dict | None = None, training_state: dict | None = None,
-                    inference: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | Mapping[str, torch.Tensor],
+    model_cfg: ModelConfig,
+    *,
+    train_config: dict | None = None,
+    metrics: dict | None = None,
+    training_state: dict | None = None,
+    inference: dict | None = None,
+) -> None:
     """Write ``model`` (a module or its state dict) and its description to ``path`` atomically;
     ``inference`` holds settings such as the TTA mode."""
     weights = model.state_dict() if isinstance(model, nn.Module) else model
@@ -76,8 +84,10 @@ def write_atomic(path: str | os.PathLike, blob: dict) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)  # never leave a partial file behind; the previous checkpoint at ``path`` stays
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
-        raise CheckpointWriteError(f"could not write checkpoint {path} ({reason}); free disk space or make "
-                                   f"{path.parent} writable, then try again (a training run continues with --resume)") from exc
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path} ({reason}); free disk space or make "
+            f"{path.parent} writable, then try again (a training run continues with --resume)"
+        ) from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -95,21 +105,30 @@ def read_checkpoint(path: str | os.PathLike, *, dequantize: bool = True) -> dict
     which keeps the stored form for rewriting the file as it is."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: train one with `python train_cli.py train` or pick a file that exists")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist: train one with `python train_cli.py train` or pick a file that exists"
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable emotion checkpoint ({_one_line(exc)})") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an emotion checkpoint (no '{FORMAT}' marker); checkpoints come from `train_cli.py train`")
+        raise CheckpointError(
+            f"{path} is not an emotion checkpoint (no '{FORMAT}' marker); checkpoints come from `train_cli.py train`"
+        )
     names = blob.get("class_names")
     if not isinstance(names, (list, tuple)) or list(names) != list(CLASS_NAMES):
         raise CheckpointError(f"{path} predicts classes {str(names)[:200]}, expected {list(CLASS_NAMES)}")
     weights = blob.get("model")
-    if not isinstance(weights, dict) or not weights or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                              for k, v in weights.items()):
-        raise CheckpointError(f"{path} has no model weights (its 'model' entry is missing or not a dict of tensors); "
-                              "it is damaged or was not written by `train_cli.py train`")
+    if (
+        not isinstance(weights, dict)
+        or not weights
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items())
+    ):
+        raise CheckpointError(
+            f"{path} has no model weights (its 'model' entry is missing or not a dict of tensors); "
+            "it is damaged or was not written by `train_cli.py train`"
+        )
     if dequantize:
         blob["model"] = _dequantized(weights, path)
     model_config(blob, path)  # raises for a missing or malformed config
@@ -134,9 +153,13 @@ def model_config(blob: dict, path: str | os.PathLike) -> ModelConfig:
 
 def check_model_config(cfg: ModelConfig) -> None:
     """Raise ValueError when ``cfg`` is not a model this package can build at a sane size."""
+
     def sizes(name: str, values, low: int = 1) -> None:
-        if not isinstance(values, tuple) or not 1 <= len(values) <= MAX_DEPTH or not all(
-                isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_WIDTH for v in values):
+        if (
+            not isinstance(values, tuple)
+            or not 1 <= len(values) <= MAX_DEPTH
+            or not all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_WIDTH for v in values)
+        ):
             raise ValueError(f"{name} must be 1-{MAX_DEPTH} whole numbers in {low}-{MAX_WIDTH}, got {values!r}")
 
     if cfg.kind not in ("cnn", "clip"):
@@ -150,10 +173,16 @@ def check_model_config(cfg: ModelConfig) -> None:
     if not isinstance(cfg.members, int) or isinstance(cfg.members, bool) or not 1 <= cfg.members <= MAX_MEMBERS:
         raise ValueError(f"members must be a whole number in 1-{MAX_MEMBERS}, got {cfg.members!r}")
     blocks = cfg.member_blocks
-    if blocks != () and (not isinstance(blocks, tuple) or len(blocks) != cfg.members or cfg.kind != "cnn"
-                         or not all(isinstance(b, str) and b in CNN_BLOCKS for b in blocks)):
-        raise ValueError(f"member_blocks must be empty, or one of {', '.join(CNN_BLOCKS)} for each of the "
-                         f"{cfg.members} networks of a CNN ensemble; got {str(blocks)[:100]}")
+    if blocks != () and (
+        not isinstance(blocks, tuple)
+        or len(blocks) != cfg.members
+        or cfg.kind != "cnn"
+        or not all(isinstance(b, str) and b in CNN_BLOCKS for b in blocks)
+    ):
+        raise ValueError(
+            f"member_blocks must be empty, or one of {', '.join(CNN_BLOCKS)} for each of the "
+            f"{cfg.members} networks of a CNN ensemble; got {str(blocks)[:100]}"
+        )
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
     if cfg.num_classes != len(CLASS_NAMES):
@@ -170,7 +199,9 @@ class LoadedModel:
     path: str
     metrics: dict
     train_config: dict
-    inference: dict = field(default_factory=dict)  # how the checkpoint's headline accuracy was measured, e.g. {"tta": "shift"}
+    inference: dict = field(
+        default_factory=dict
+    )  # how the checkpoint's headline accuracy was measured, e.g. {"tta": "shift"}
 
     @property
     def name(self) -> str:
@@ -206,14 +237,26 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         model.load_state_dict(blob["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the model its config describes ({_one_line(exc)[:300]})") from exc
+        raise CheckpointError(
+            f"{path}: weights do not match the model its config describes ({_one_line(exc)[:300]})"
+        ) from exc
     # A diverged run's NaN weights would make every prediction NaN (and `predict --json` print invalid JSON).
     if not all(torch.isfinite(t).all() for t in blob["model"].values() if t.is_floating_point()):
-        raise CheckpointError(f"{path} holds NaN or infinite weights (a training run that diverged); use another checkpoint")
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights (a training run that diverged); use another checkpoint"
+        )
     model.to(device).eval()
     preprocess.to(device)
     log.info("loaded %s from %s", cfg.kind, path)
-    return LoadedModel(model, preprocess, cfg, str(path), blob.get("metrics", {}), blob.get("train_config", {}), blob.get("inference", {}))
+    return LoadedModel(
+        model,
+        preprocess,
+        cfg,
+        str(path),
+        blob.get("metrics", {}),
+        blob.get("train_config", {}),
+        blob.get("inference", {}),
+    )
 
 
 def member_weights(path: str | os.PathLike, member: int = 1) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -227,8 +270,9 @@ def member_weights(path: str | os.PathLike, member: int = 1) -> tuple[ModelConfi
     return member_config(loaded.config, member - 1), dict(member_network(loaded, member - 1).state_dict())
 
 
-def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike, *, tta: str,
-                    weights: str = "fp16") -> None:
+def ship_checkpoint(
+    sources: Sequence[str | os.PathLike], dst: str | os.PathLike, *, tta: str, weights: str = "fp16"
+) -> None:
     """Release trained checkpoints as one file at ``dst``: their weights without optimizer state, with the
     inference setting ``tta``. Several sources (one architecture; CNNs may mix plain and residual stages)
     become an ensemble whose probabilities are averaged. Weight matrices are stored as float16 (``weights="fp16"``), which halves the file, or as
@@ -247,8 +291,11 @@ def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike
         raise CheckpointError("ship combines single trained networks; one of the checkpoints is already an ensemble")
     # CNNs may differ in the kind of their stages (plain or residual), nothing else: they share preprocessing and input.
     if any(replace(c, cnn_block=cfgs[0].cnn_block) != cfgs[0] for c in cfgs[1:]):
-        raise CheckpointError("an ensemble needs checkpoints of one architecture (CNNs may mix --cnn-block plain and residual); "
-                              "their model configs differ: " + "; ".join(f"{src}: {c.to_dict()}" for src, c in zip(sources, cfgs, strict=False))[:400])
+        raise CheckpointError(
+            "an ensemble needs checkpoints of one architecture (CNNs may mix --cnn-block plain and residual); "
+            "their model configs differ: "
+            + "; ".join(f"{src}: {c.to_dict()}" for src, c in zip(sources, cfgs, strict=False))[:400]
+        )
     blocks = tuple(c.cnn_block for c in cfgs)
     cfg = replace(cfgs[0], members=len(blobs), member_blocks=blocks if len(set(blocks)) > 1 else ())
     if len(blobs) == 1:
@@ -258,14 +305,20 @@ def ship_checkpoint(sources: Sequence[str | os.PathLike], dst: str | os.PathLike
     try:  # the combined weights must fit the combined config before anything is written
         build_model(cfg, clip_weights="random")[0].load_state_dict(state)
     except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"the weights of {', '.join(map(str, sources))} do not fit their config ({_one_line(exc)[:300]})") from exc
+        raise CheckpointError(
+            f"the weights of {', '.join(map(str, sources))} do not fit their config ({_one_line(exc)[:300]})"
+        ) from exc
     stored: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         stored.update(_int8_with_scales(k, v) if weights == "int8" else {k: _half_if_exact_enough(v)})
     if len(blobs) == 1:
         metrics, train_config = blobs[0].get("metrics", {}), blobs[0].get("train_config", {})
     else:  # each member's training, so the card and report can show every run
-        metrics = {"members": [{"checkpoint": str(src), **blob.get("metrics", {})} for src, blob in zip(sources, blobs, strict=False)]}
+        metrics = {
+            "members": [
+                {"checkpoint": str(src), **blob.get("metrics", {})} for src, blob in zip(sources, blobs, strict=False)
+            ]
+        }
         train_config = {**blobs[0].get("train_config", {}), "members": [blob.get("train_config", {}) for blob in blobs]}
     save_checkpoint(dst, stored, cfg, train_config=train_config, metrics=metrics, inference={"tta": tta})
 
@@ -296,14 +349,24 @@ def _dequantized(weights: dict[str, torch.Tensor], path: str | os.PathLike) -> d
         if name.endswith(SCALE_SUFFIX):
             base = name[: -len(SCALE_SUFFIX)]
             if weights.get(base) is None or weights[base].dtype != torch.int8:
-                raise CheckpointError(f"{path}: '{name[:100]}' scales a weight that is not an int8 matrix; the file is damaged")
+                raise CheckpointError(
+                    f"{path}: '{name[:100]}' scales a weight that is not an int8 matrix; the file is damaged"
+                )
             continue
         scale = weights.get(name + SCALE_SUFFIX)
         if t.dtype != torch.int8:
             out[name] = t
-        elif scale is None or not scale.is_floating_point() or scale.dim() != 1 or t.dim() < 2 or scale.numel() != t.shape[0]:
-            raise CheckpointError(f"{path}: int8 weight '{name[:100]}' has no scale for each of its {t.shape[0] if t.dim() else 0} "
-                                  "output channels; the file is damaged or was not written by `train_cli.py ship`")
+        elif (
+            scale is None
+            or not scale.is_floating_point()
+            or scale.dim() != 1
+            or t.dim() < 2
+            or scale.numel() != t.shape[0]
+        ):
+            raise CheckpointError(
+                f"{path}: int8 weight '{name[:100]}' has no scale for each of its {t.shape[0] if t.dim() else 0} "
+                "output channels; the file is damaged or was not written by `train_cli.py ship`"
+            )
         else:
             out[name] = t.float() * scale.float().view(-1, *[1] * (t.dim() - 1))
     return out

@@ -6,6 +6,7 @@ graph, so the file cannot disagree with the normalisation its weights were train
 dimension is dynamic. ``OnnxClassifier`` has the ``predict_tensor`` / ``predict_faces`` interface of
 ``emotion.inference.classifier.EmotionClassifier`` and runs on ONNX Runtime, without PyTorch in the loop.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,10 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .temperature import apply_temperature, check_temperature, resolve_temperature
-from .checkpoint import LoadedModel, load_checkpoint, member_network
 from ..data.dataset import to_face48
 from ..data.labels import CLASS_NAMES
+from .checkpoint import LoadedModel, load_checkpoint, member_network
+from .temperature import apply_temperature, check_temperature, resolve_temperature
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,15 @@ def onnx_graph(loaded: LoadedModel, opset: int = 17, member: int | None = None) 
         # The torch.export-based exporter needs onnxscript, which is not a dependency; the TorchScript one is enough here.
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX export")
         torch.onnx.export(
-            wrapper, (torch.rand(2, 1, 48, 48),), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
-            do_constant_folding=True, dynamo=False,
+            wrapper,
+            (torch.rand(2, 1, 48, 48),),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
     return buffer.getvalue()
 
@@ -97,8 +104,14 @@ def session_options(threads: int = 0, spin: bool = True):
     return options
 
 
-def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, opset: int = 17, *,
-                faces: np.ndarray | None = None, tolerance: float = PARITY_TOLERANCE) -> dict:
+def export_onnx(
+    checkpoint: str | os.PathLike,
+    out_path: str | os.PathLike,
+    opset: int = 17,
+    *,
+    faces: np.ndarray | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+) -> dict:
     """Export ``checkpoint`` to ``out_path`` as ONNX and check ONNX Runtime against PyTorch.
 
     ``faces`` (uint8 (N, 48, 48) or float (N, 1, 48, 48) in [0, 1]) is the parity batch; None uses
@@ -115,10 +128,14 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, opse
     t0 = time.perf_counter()
     proto = onnx.load_from_string(onnx_graph(loaded, opset))
     # Self-description, like the checkpoints: what the file predicts and what it was made from.
-    meta = {"class_names": json.dumps(list(CLASS_NAMES)), "model_config": json.dumps(loaded.config.to_dict()),
-            "source_checkpoint": Path(checkpoint).name, "input": "faces float32 (N, 1, 48, 48) in [0, 1], grayscale",
-            # The graph outputs raw probabilities (parity with PyTorch); OnnxClassifier applies this after them.
-            "temperature": json.dumps(resolve_temperature(loaded))}
+    meta = {
+        "class_names": json.dumps(list(CLASS_NAMES)),
+        "model_config": json.dumps(loaded.config.to_dict()),
+        "source_checkpoint": Path(checkpoint).name,
+        "input": "faces float32 (N, 1, 48, 48) in [0, 1], grayscale",
+        # The graph outputs raw probabilities (parity with PyTorch); OnnxClassifier applies this after them.
+        "temperature": json.dumps(resolve_temperature(loaded)),
+    }
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(out))
@@ -134,10 +151,25 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, opse
     got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     diff = float(np.abs(got - expected).max())
     ok = diff <= tolerance
-    (log.info if ok else log.error)("exported %s to %s: ONNX Runtime vs PyTorch max |diff| %.2e over %d faces (%s, tolerance %.0e)",
-                                    loaded.name, out, diff, len(x), "ok" if ok else "MISMATCH", tolerance)
-    return {"path": str(out), "max_abs_diff": diff, "parity_ok": ok, "opset": opset, "kind": loaded.config.kind,
-            "bytes": out.stat().st_size, "export_seconds": round(export_seconds, 2), "parity_faces": len(x)}
+    (log.info if ok else log.error)(
+        "exported %s to %s: ONNX Runtime vs PyTorch max |diff| %.2e over %d faces (%s, tolerance %.0e)",
+        loaded.name,
+        out,
+        diff,
+        len(x),
+        "ok" if ok else "MISMATCH",
+        tolerance,
+    )
+    return {
+        "path": str(out),
+        "max_abs_diff": diff,
+        "parity_ok": ok,
+        "opset": opset,
+        "kind": loaded.config.kind,
+        "bytes": out.stat().st_size,
+        "export_seconds": round(export_seconds, 2),
+        "parity_faces": len(x),
+    }
 
 
 class OnnxClassifier:
@@ -148,7 +180,9 @@ class OnnxClassifier:
         import onnxruntime as ort
 
         self.path = str(path)
-        self.session = ort.InferenceSession(self.path, session_options(threads), providers=list(providers or _providers()))
+        self.session = ort.InferenceSession(
+            self.path, session_options(threads), providers=list(providers or _providers())
+        )
         meta = self.session.get_modelmeta().custom_metadata_map
         names = json.loads(meta.get("class_names", "null"))
         if names is not None and names != list(CLASS_NAMES):

@@ -7,6 +7,7 @@ but, in a CNN ensemble, the kind of their stages (``member_blocks``): plain and 
 that model's weights expect, so training, evaluation and the app can never disagree about
 normalisation or input size.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,10 +35,14 @@ class ModelConfig:
     cnn_widths: tuple[int, ...] = (32, 64, 128, 256)  # CNN channels per stage (48, 24, 12, 6 px): 1.17M parameters
     cnn_convs: int = 2  # 3x3 conv layers per CNN stage
     cnn_block: str = "plain"  # "plain": VGG stages joined by max-pooling; "residual": one residual block with squeeze-excitation per stage, strided
-    cnn_normalize: str = "image"  # "image": standardise each face (robust to contrast and lighting); "dataset": fixed mean/std
+    cnn_normalize: str = (
+        "image"  # "image": standardise each face (robust to contrast and lighting); "dataset": fixed mean/std
+    )
     num_classes: int = NUM_CLASSES  # output classes (FER2013 has 7)
     members: int = 1  # networks in the model; > 1 is an ensemble whose probabilities are averaged
-    member_blocks: tuple[str, ...] = ()  # an ensemble of plain and residual CNNs: each member's cnn_block; () = all cnn_block
+    member_blocks: tuple[
+        str, ...
+    ] = ()  # an ensemble of plain and residual CNNs: each member's cnn_block; () = all cnn_block
 
     def to_dict(self) -> dict:
         """Plain-JSON form, for checkpoints."""
@@ -54,8 +59,14 @@ class ModelConfig:
 class Preprocess(nn.Module):
     """Faces (N, 1, 48, 48) in [0, 1] -> model input: channel repeat, resize and normalisation."""
 
-    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bicubic",
-                 per_image: bool = False):
+    def __init__(
+        self,
+        size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        interpolation: str = "bicubic",
+        per_image: bool = False,
+    ):
         super().__init__()
         self.size = size
         self.per_image = per_image
@@ -110,7 +121,9 @@ class ClipEmotionModel(nn.Module):
         params: list[nn.Parameter] = []
         resblocks = getattr(getattr(enc, "transformer", None), "resblocks", None)
         if resblocks is None:
-            raise ValueError(f"{type(enc).__name__} has no transformer.resblocks; partial unfreezing supports open_clip ViTs")
+            raise ValueError(
+                f"{type(enc).__name__} has no transformer.resblocks; partial unfreezing supports open_clip ViTs"
+            )
         if blocks > 0:
             for block in list(resblocks)[-blocks:]:
                 params += list(block.parameters())
@@ -123,7 +136,9 @@ class ClipEmotionModel(nn.Module):
 
 def classifier_head(in_ch: int, cfg: ModelConfig) -> nn.Sequential:
     """The CNNs' head: global average pooling, dropout, linear to the classes."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(in_ch, cfg.num_classes))
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(in_ch, cfg.num_classes)
+    )
 
 
 class EmotionCNN(nn.Module):
@@ -139,7 +154,11 @@ class EmotionCNN(nn.Module):
         in_ch = 1
         for i, width in enumerate(cfg.cnn_widths):
             for _ in range(cfg.cnn_convs):
-                layers += [nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(in_ch, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
                 in_ch = width
             if i < len(cfg.cnn_widths) - 1:
                 layers.append(nn.MaxPool2d(2))
@@ -156,8 +175,13 @@ class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, reduction: int = 8):
         super().__init__()
         hidden = max(channels // reduction, 4)
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(x)
@@ -171,19 +195,24 @@ class ResidualStage(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(convs):
-            layers += [nn.Conv2d(in_ch if i == 0 else width, width, 3, stride=stride if i == 0 else 1, padding=1, bias=False),
-                       nn.BatchNorm2d(width)]
+            layers += [
+                nn.Conv2d(in_ch if i == 0 else width, width, 3, stride=stride if i == 0 else 1, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+            ]
             if i < convs - 1:
                 layers.append(nn.ReLU(inplace=True))
         self.body = nn.Sequential(*layers, SqueezeExcite(width))
         self.stride = stride
         # The projection subsamples, then applies a 1x1 conv: the arithmetic of a strided 1x1 conv, which
         # crashed PyTorch 2.14's channels-last fp32 backward on the CPU (8 -> 16 channels, 48 px).
-        self.shortcut = nn.Identity() if stride == 1 and in_ch == width else nn.Sequential(
-            nn.Conv2d(in_ch, width, 1, bias=False), nn.BatchNorm2d(width))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and in_ch == width
+            else nn.Sequential(nn.Conv2d(in_ch, width, 1, bias=False), nn.BatchNorm2d(width))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        skip = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
         return F.relu(self.body(x) + self.shortcut(skip))
 
 
@@ -195,7 +224,11 @@ class EmotionResNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         first = cfg.cnn_widths[0]
-        layers: list[nn.Module] = [nn.Conv2d(1, first, 3, padding=1, bias=False), nn.BatchNorm2d(first), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(1, first, 3, padding=1, bias=False),
+            nn.BatchNorm2d(first),
+            nn.ReLU(inplace=True),
+        ]
         in_ch = first
         for i, width in enumerate(cfg.cnn_widths):
             layers.append(ResidualStage(in_ch, width, cfg.cnn_convs, stride=1 if i == 0 else 2))
@@ -223,7 +256,9 @@ class Ensemble(nn.Module):
 CNN_BLOCKS = {"plain": EmotionCNN, "residual": EmotionResNet}  # ModelConfig.cnn_block -> network class
 
 
-def build_model(cfg: ModelConfig, clip_weights: str | None = None, cache_dir: str | None = None) -> tuple[nn.Module, Preprocess]:
+def build_model(
+    cfg: ModelConfig, clip_weights: str | None = None, cache_dir: str | None = None
+) -> tuple[nn.Module, Preprocess]:
     """Build the model ``cfg`` describes and the preprocessing its weights expect.
 
     For CLIP, ``clip_weights`` is a file path, ``"random"`` (no pretrained weights, for tests and

@@ -7,6 +7,7 @@ log of the final probabilities, after the ensemble's and TTA's mean. For a singl
 keeps both engines (PyTorch and ONNX Runtime) identical and never changes the predicted class. How T is fitted
 and judged (ECE) is ``emotion.evaluation.calibration``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,12 @@ def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def check_temperature(value: object, where: str = "temperature") -> float:
     """``value`` as a float when it is a real number, finite and within [T_MIN, T_MAX]; ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not T_MIN <= value <= T_MAX:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not T_MIN <= value <= T_MAX
+    ):
         raise ValueError(f"{where} must be a number in [{T_MIN}, {T_MAX}], got {str(value)[:60]!r}")
     return float(value)
 

@@ -7,6 +7,7 @@ Tried in order, each step logged:
 When all fail a ``WeightsError`` says how to provide the file. Random weights come only when asked
 for with ``clip_weights="random"``; they are never a silent fallback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,7 +53,9 @@ def _cached_file(tag_cfg: dict, cache_dir: str | None) -> str | None:
     return None
 
 
-def resolve_clip_weights(model_name: str, pretrained: str, clip_weights: str | None = None, cache_dir: str | None = None) -> str:
+def resolve_clip_weights(
+    model_name: str, pretrained: str, clip_weights: str | None = None, cache_dir: str | None = None
+) -> str:
     """Path of the weights file to load, or ``"random"``; see the module docstring for the order."""
     open_clip = _open_clip()
     explicit = clip_weights or os.environ.get(ENV_VAR)
@@ -68,12 +71,16 @@ def resolve_clip_weights(model_name: str, pretrained: str, clip_weights: str | N
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
-        raise WeightsError(f"open_clip has no pretrained tag '{pretrained}' for {model_name} (known: {tags}); pass --clip-weights FILE")
+        raise WeightsError(
+            f"open_clip has no pretrained tag '{pretrained}' for {model_name} (known: {tags}); pass --clip-weights FILE"
+        )
     cached = _cached_file(tag_cfg, cache_dir)
     if cached:
         log.info("CLIP %s/%s: step 2, found in cache %s", model_name, pretrained, cached)
         return cached
-    log.info("CLIP %s/%s: step 2, not in cache %s; step 3, downloading", model_name, pretrained, cache_dir or "(default)")
+    log.info(
+        "CLIP %s/%s: step 2, not in cache %s; step 3, downloading", model_name, pretrained, cache_dir or "(default)"
+    )
     try:
         return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
     except Exception as exc:
@@ -85,11 +92,15 @@ def resolve_clip_weights(model_name: str, pretrained: str, clip_weights: str | N
         ) from exc
 
 
-def load_clip_encoder(model_name: str, pretrained: str, clip_weights: str | None = None, cache_dir: str | None = None) -> tuple[nn.Module, int, dict]:
+def load_clip_encoder(
+    model_name: str, pretrained: str, clip_weights: str | None = None, cache_dir: str | None = None
+) -> tuple[nn.Module, int, dict]:
     """The open_clip image tower (text tower dropped), its embedding width and its preprocessing config."""
     open_clip = _open_clip()
     if open_clip.get_model_config(model_name) is None:
-        raise WeightsError(f"unknown open_clip architecture '{model_name}'; choose one of open_clip.list_models(), e.g. ViT-B-32, ViT-B-16, ViT-L-14")
+        raise WeightsError(
+            f"unknown open_clip architecture '{model_name}'; choose one of open_clip.list_models(), e.g. ViT-B-32, ViT-B-16, ViT-L-14"
+        )
     weights = resolve_clip_weights(model_name, pretrained, clip_weights, cache_dir)
     # The pretrained tag fixes the activation (OpenAI weights use QuickGELU) and the normalisation,
     # also when the file comes from elsewhere or the weights are random, so checkpoints stay compatible.
@@ -104,7 +115,9 @@ def load_clip_encoder(model_name: str, pretrained: str, clip_weights: str | None
             cache_dir=cache_dir,
         )
     except Exception as exc:
-        raise WeightsError(f"could not load CLIP {model_name} weights from {weights}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        raise WeightsError(
+            f"could not load CLIP {model_name} weights from {weights}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
     cfg = open_clip.get_model_preprocess_cfg(clip)
     size = cfg.get("size", 224)
     preprocess = {

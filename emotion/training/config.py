@@ -4,6 +4,7 @@ The CLI and the app's Training tab build a ``TrainConfig``, call ``check()`` bef
 and ``claim_run_folder`` refuses to mix a new run into an old one unless ``resume`` or ``overwrite``
 says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,7 +38,9 @@ class TrainConfig:
     unfreeze_epoch: int = 10  # first (1-based) epoch in which CLIP's last blocks train; 0 = never frozen
     unfreeze_blocks: int = 4  # CLIP transformer blocks unfrozen then, plus the final norm and projection
     embedding_cache: bool = True  # while CLIP is frozen, embed every image once and train the adapter on that
-    cache_flip: bool = False  # also cache mirrored images and pick a view at random (flip augmentation, 2x the caching cost)
+    cache_flip: bool = (
+        False  # also cache mirrored images and pick a view at random (flip augmentation, 2x the caching cost)
+    )
     val_split: float = 0.0  # >0: carve this fraction of train for validation instead of using the test split
     val_name: str = "test"  # split used for validation when val_split is 0
     seed: int = 0  # seeds shuffling, augmentation, the val split and initialisation
@@ -49,13 +52,21 @@ class TrainConfig:
     data_cache: str | None = None  # where decoded datasets are cached (default ~/.cache/emotion)
     max_images: int = 0  # >0: train on at most this many images (quick trials and benchmarks)
     resume: bool = False  # continue from out/last.pt
-    overwrite: bool = False  # start over in an out folder that already holds a run (its checkpoints and metrics are removed)
+    overwrite: bool = (
+        False  # start over in an out folder that already holds a run (its checkpoints and metrics are removed)
+    )
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation
-    teacher: str | None = None  # checkpoint whose predictions the network also learns to match (distillation); None = off
+    teacher: str | None = (
+        None  # checkpoint whose predictions the network also learns to match (distillation); None = off
+    )
     distill_weight: float = 0.5  # with a teacher: share of the loss spent matching it, the rest on the labels
     distill_temperature: float = 2.0  # with a teacher: softens both distributions so the runner-up classes teach too
-    teacher_cache: bool = False  # with a teacher: predict each training face once (face and mirror) instead of every augmented batch
-    init_from: str | None = None  # checkpoint whose weights the network starts from (fine-tuning); None = random initialisation
+    teacher_cache: bool = (
+        False  # with a teacher: predict each training face once (face and mirror) instead of every augmented batch
+    )
+    init_from: str | None = (
+        None  # checkpoint whose weights the network starts from (fine-tuning); None = random initialisation
+    )
     init_member: int = 1  # with init_from: which network of an ensemble file to start from (1-based, in file order)
     log_every: float = 2.0  # seconds between status.json updates
 
@@ -64,7 +75,12 @@ class TrainConfig:
         """The recipe for ``kind`` ("clip": the seed's; "cnn": the one that trained the shipped model), then ``overrides``."""
         base = {"model": ModelConfig(kind=kind)}
         if kind == "cnn":
-            base.update(epochs=26, lr=2e-3, ema_decay=0.999, model=ModelConfig(kind="cnn", dropout=0.2, cnn_widths=(48, 96, 192, 384)))
+            base.update(
+                epochs=26,
+                lr=2e-3,
+                ema_decay=0.999,
+                model=ModelConfig(kind="cnn", dropout=0.2, cnn_widths=(48, 96, 192, 384)),
+            )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -73,8 +89,17 @@ class TrainConfig:
 
         The CLI and the app's Training tab both call this before anything is started or written.
         """
-        def number(name: str, label: str, low: float, high: float, *, low_open: bool = False, whole: bool = False,
-                   owner: object = self) -> None:
+
+        def number(
+            name: str,
+            label: str,
+            low: float,
+            high: float,
+            *,
+            low_open: bool = False,
+            whole: bool = False,
+            owner: object = self,
+        ) -> None:
             value = getattr(owner, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             ok = ok and (value > low if low_open else value >= low) and value <= high
@@ -82,15 +107,19 @@ class TrainConfig:
                 ok = ok and float(value).is_integer()
             if not ok:
                 kind = "a whole number" if whole else "a number"
-                raise ConfigError(f"{label} must be {kind} {'above' if low_open else 'at least'} {low:g} "
-                                  f"and at most {high:g}, got {value!r}")
+                raise ConfigError(
+                    f"{label} must be {kind} {'above' if low_open else 'at least'} {low:g} "
+                    f"and at most {high:g}, got {value!r}"
+                )
 
         number("epochs", "epochs (--epochs)", 1, 10_000, whole=True)
         number("batch_size", "batch size (--batch-size)", 1, 65_536, whole=True)
         number("lr", "learning rate (--lr)", 0, 1.0, low_open=True)
         number("clip_lr", "CLIP learning rate (--clip-lr)", 0, 1.0, low_open=True)
         number("weight_decay", "weight decay (--weight-decay)", 0, 1.0)
-        number("warmup_epochs", "warmup epochs (--warmup-epochs)", 0, self.epochs if isinstance(self.epochs, int) else 0)
+        number(
+            "warmup_epochs", "warmup epochs (--warmup-epochs)", 0, self.epochs if isinstance(self.epochs, int) else 0
+        )
         number("min_lr_ratio", "minimum learning-rate ratio", 0, 1.0)
         number("label_smoothing", "label smoothing (--label-smoothing)", 0, 0.99)
         number("ema_decay", "EMA decay (--ema-decay)", 0, 0.99999)
@@ -110,10 +139,14 @@ class TrainConfig:
         if self.teacher_cache and self.teacher is None:
             raise ConfigError("--teacher-cache caches a teacher's predictions: add --teacher CHECKPOINT")
         if self.teacher is not None and self.model.kind == "clip" and self.embedding_cache and self.unfreeze_epoch != 0:
-            raise ConfigError("a teacher needs the faces at every step: add --no-embedding-cache (or --unfreeze-epoch 0)")
+            raise ConfigError(
+                "a teacher needs the faces at every step: add --no-embedding-cache (or --unfreeze-epoch 0)"
+            )
         number("init_member", "initial network (--init-member)", 1, MAX_MEMBERS, whole=True)
         if self.init_from is not None and not Path(self.init_from).is_file():
-            raise ConfigError(f"--init-from: no checkpoint at {self.init_from}; give a .pt file written by train or ship")
+            raise ConfigError(
+                f"--init-from: no checkpoint at {self.init_from}; give a .pt file written by train or ship"
+            )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: use one")
         try:
@@ -121,8 +154,10 @@ class TrainConfig:
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from exc
         if self.model.members != 1:
-            raise ConfigError("the trainer trains one network at a time: train each with its own --seed, then "
-                              "combine them with `train_cli.py ship RUN1/best.pt RUN2/best.pt ...`")
+            raise ConfigError(
+                "the trainer trains one network at a time: train each with its own --seed, then "
+                "combine them with `train_cli.py ship RUN1/best.pt RUN2/best.pt ...`"
+            )
 
     def to_dict(self) -> dict:
         """JSON form stored in checkpoints."""
@@ -139,9 +174,13 @@ class RunExistsError(ValueError):
     """The run folder already holds a run, and neither resume nor overwrite was asked for."""
 
 
-
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # a folder holding any of these holds a run's work
-RESTART_FILES = (*RUN_FILES, "embeddings.pt", "teacher_targets.pt", "status.json")  # removed by --overwrite so nothing stale survives
+RESTART_FILES = (
+    *RUN_FILES,
+    "embeddings.pt",
+    "teacher_targets.pt",
+    "status.json",
+)  # removed by --overwrite so nothing stale survives
 
 
 def claim_run_folder(cfg: TrainConfig, main: bool = True) -> None:
@@ -154,10 +193,11 @@ def claim_run_folder(cfg: TrainConfig, main: bool = True) -> None:
     if not found or cfg.resume:
         return
     if not cfg.overwrite:
-        raise RunExistsError(f"{out} already holds a training run ({', '.join(found)}): pass --resume to continue it, "
-                             "--overwrite to start over in it, or choose another --out")
+        raise RunExistsError(
+            f"{out} already holds a training run ({', '.join(found)}): pass --resume to continue it, "
+            "--overwrite to start over in it, or choose another --out"
+        )
     if main:
         log.warning("--overwrite: removing the previous run's %s from %s", ", ".join(found), out)
         for name in RESTART_FILES:
             (out / name).unlink(missing_ok=True)
-

@@ -11,6 +11,7 @@ preprocessing, so any checkpoint can teach any network. Two ways to ask it:
   CutMix mixed the faces. Training then runs at the student's own speed; the targets ignore the crop,
   rotation and lighting changes, which hardly change an expression.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..models.checkpoint import LoadedModel, load_checkpoint, write_atomic
 from ..data.dataset import faces_to_input
 from ..data.labels import NUM_CLASSES
+from ..models.checkpoint import LoadedModel, load_checkpoint, write_atomic
 from ..utils.runtime import autocast_for
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,16 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     """KL divergence from the teacher's to the student's softened distribution, scaled by T^2 (Hinton et al.)
     so its gradients keep their size whatever the temperature."""
     t = temperature
-    kl = F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher / t, -1), log_target=True, reduction="batchmean")
+    kl = F.kl_div(
+        F.log_softmax(student.float() / t, -1), F.log_softmax(teacher / t, -1), log_target=True, reduction="batchmean"
+    )
     return kl * t * t
 
 
 @torch.no_grad()
-def teacher_targets(teacher: LoadedModel, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
-                    batch_size: int = 256) -> torch.Tensor:
+def teacher_targets(
+    teacher: LoadedModel, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None, batch_size: int = 256
+) -> torch.Tensor:
     """The teacher's log-probabilities (N, classes), float32 on the CPU, for uint8 faces (N, 48, 48): the mean
     of its probabilities for each face and its mirror, so the targets do not depend on which way a face looks."""
     out = []
@@ -71,9 +75,15 @@ def teacher_targets(teacher: LoadedModel, images: torch.Tensor, device: torch.de
     return torch.cat(out)
 
 
-def cached_teacher_targets(teacher: LoadedModel, teacher_path: str | os.PathLike, images: torch.Tensor,
-                           cache_path: str | os.PathLike, device: torch.device, dtype: torch.dtype | None,
-                           write: bool = True) -> torch.Tensor:
+def cached_teacher_targets(
+    teacher: LoadedModel,
+    teacher_path: str | os.PathLike,
+    images: torch.Tensor,
+    cache_path: str | os.PathLike,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    write: bool = True,
+) -> torch.Tensor:
     """``teacher_targets`` for ``images``, kept in ``cache_path`` so a resumed run does not predict them again.
 
     The file is used only when it was made by the same teacher file (its SHA-256) for as many faces, and
@@ -86,14 +96,20 @@ def cached_teacher_targets(teacher: LoadedModel, teacher_path: str | os.PathLike
         try:
             blob = torch.load(cache_path, map_location="cpu", weights_only=True)
             targets = blob["log_probs"]
-            if (blob.get("teacher_sha256") == digest and isinstance(targets, torch.Tensor)
-                    and targets.shape == (len(images), NUM_CLASSES) and targets.dtype == torch.float32
-                    and torch.allclose(targets.exp().sum(1), torch.ones(len(targets)), atol=1e-3)):  # NaN fails too
+            if (
+                blob.get("teacher_sha256") == digest
+                and isinstance(targets, torch.Tensor)
+                and targets.shape == (len(images), NUM_CLASSES)
+                and targets.dtype == torch.float32
+                and torch.allclose(targets.exp().sum(1), torch.ones(len(targets)), atol=1e-3)
+            ):  # NaN fails too
                 log.info("teacher targets: %d faces from %s", len(targets), cache_path)
                 return targets
             log.warning("teacher targets in %s are for another teacher or dataset: predicting them again", cache_path)
         except Exception as exc:  # a damaged or hostile file is never trusted, only replaced
-            log.warning("teacher targets in %s are unreadable (%s): predicting them again", cache_path, type(exc).__name__)
+            log.warning(
+                "teacher targets in %s are unreadable (%s): predicting them again", cache_path, type(exc).__name__
+            )
     log.info("teacher targets: predicting %d training faces and their mirrors once", len(images))
     targets = teacher_targets(teacher, images, device, dtype)
     if write:

@@ -2,6 +2,7 @@
 
 Every helper is a no-op, or returns its input, when the run has a single process.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 ``embedding_cache`` keeps the embeddings in the run folder (``embeddings.pt``), keyed by everything they
 depend on, so a resumed run reuses them; under ``torchrun`` each process embeds a share and gathers the rest.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,17 +18,25 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..data.dataset import FaceDataset, faces_to_input
-from .distributed import Dist
 from ..models.networks import ClipEmotionModel
 from ..utils.runtime import autocast_for
 from .config import TrainConfig
+from .distributed import Dist
 
 log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def embed(model: ClipEmotionModel, preprocess: nn.Module, images: torch.Tensor, device: torch.device,
-           dtype: torch.dtype | None, d: Dist, flip: bool = False, batch: int = 128) -> torch.Tensor:
+def embed(
+    model: ClipEmotionModel,
+    preprocess: nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    d: Dist,
+    flip: bool = False,
+    batch: int = 128,
+) -> torch.Tensor:
     """CLIP embeddings of every image, each process embedding a share and gathering the rest."""
     mine = images[d.rank :: d.world]
     out = []
@@ -52,11 +61,28 @@ def embed(model: ClipEmotionModel, preprocess: nn.Module, images: torch.Tensor, 
     return full
 
 
-def embedding_cache(model: ClipEmotionModel, preprocess: nn.Module, train: FaceDataset, val: FaceDataset,
-                     cfg: TrainConfig, device: torch.device, dtype: torch.dtype | None, d: Dist) -> dict:
+def embedding_cache(
+    model: ClipEmotionModel,
+    preprocess: nn.Module,
+    train: FaceDataset,
+    val: FaceDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    d: Dist,
+) -> dict:
     """Frozen-encoder embeddings of train (plain and flipped) and val, kept in out/ so a resume reuses them."""
-    key = {"model": cfg.model.to_dict(), "weights": cfg.clip_weights or cfg.model.pretrained, "train": len(train), "flip": cfg.cache_flip,
-           "val": len(val), "data": cfg.data, "val_split": cfg.val_split, "max_images": cfg.max_images, "seed": cfg.seed}
+    key = {
+        "model": cfg.model.to_dict(),
+        "weights": cfg.clip_weights or cfg.model.pretrained,
+        "train": len(train),
+        "flip": cfg.cache_flip,
+        "val": len(val),
+        "data": cfg.data,
+        "val_split": cfg.val_split,
+        "max_images": cfg.max_images,
+        "seed": cfg.seed,
+    }
     path = Path(cfg.out) / "embeddings.pt"
     if path.exists():
         blob = torch.load(path, weights_only=True)
@@ -65,7 +91,9 @@ def embedding_cache(model: ClipEmotionModel, preprocess: nn.Module, train: FaceD
             return blob
     t0 = time.time()
     views = 2 if cfg.cache_flip else 1
-    log.info("embedding %d train images (x%d views) and %d val images with the frozen encoder", len(train), views, len(val))
+    log.info(
+        "embedding %d train images (x%d views) and %d val images with the frozen encoder", len(train), views, len(val)
+    )
     model.eval()
     blob = {
         "key": json.dumps(key, sort_keys=True),

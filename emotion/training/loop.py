@@ -9,6 +9,7 @@ Outputs in ``out``: ``last.pt`` (every epoch, with optimizer state, for ``resume
 (best validation accuracy), ``metrics.jsonl`` (one row per epoch), ``status.json`` (live progress)
 and ``train.log``. Runs under ``torchrun`` use DDP (NCCL on GPUs, gloo on CPU); rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import gc
@@ -29,14 +30,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data.augment import augment, mix_batch
-from ..models.checkpoint import save_checkpoint
 from ..data.dataset import FaceDataset, faces_to_input
+from ..models.checkpoint import save_checkpoint
+from ..utils.runtime import autocast_for, write_json_atomic
+from .config import TrainConfig, claim_run_folder
 from .distill import distill_loss, mix_targets, teacher_logits
 from .distributed import Dist, all_reduce_sum, finite_everywhere, init_distributed
 from .embedding_cache import embedding_cache
 from .optim import lr_factor, set_phase
-from ..utils.runtime import autocast_for, write_json_atomic
-from .config import TrainConfig, claim_run_folder
 from .setup import TrainingRun, resume_run, setup_run
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,16 @@ class TrainingDiverged(RuntimeError):
 
 
 @torch.inference_mode()
-def _validate(model: nn.Module, preprocess: nn.Module, val: FaceDataset, cfg: TrainConfig, device: torch.device,
-              dtype: torch.dtype | None, d: Dist, embeddings: torch.Tensor | None) -> tuple[float, float]:
+def _validate(
+    model: nn.Module,
+    preprocess: nn.Module,
+    val: FaceDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    d: Dist,
+    embeddings: torch.Tensor | None,
+) -> tuple[float, float]:
     """(loss, accuracy) on this process's share of val, reduced over processes."""
     model.eval()
     idx = torch.arange(d.rank, len(val), d.world)
@@ -93,7 +102,14 @@ def train(cfg: TrainConfig) -> dict:
     else:
         logging.getLogger("emotion").setLevel(logging.WARNING)  # rank 0 alone reports progress
     status_path = out / "status.json"
-    status = {"state": "starting", "epoch": 0, "epochs": cfg.epochs, "step": 0, "steps_per_epoch": 0, "pid": os.getpid()}
+    status = {
+        "state": "starting",
+        "epoch": 0,
+        "epochs": cfg.epochs,
+        "step": 0,
+        "steps_per_epoch": 0,
+        "pid": os.getpid(),
+    }
 
     def publish(**changes) -> None:
         status.update(changes, time=time.time())
@@ -108,7 +124,9 @@ def train(cfg: TrainConfig) -> dict:
         finished = True
         return result
     except BaseException as exc:
-        publish(state="stopped" if isinstance(exc, KeyboardInterrupt) else "failed", error=f"{type(exc).__name__}: {exc}")
+        publish(
+            state="stopped" if isinstance(exc, KeyboardInterrupt) else "failed", error=f"{type(exc).__name__}: {exc}"
+        )
         raise
     finally:
         if handler is not None:
@@ -146,9 +164,15 @@ def _write_status(path: Path, status: dict) -> None:
 
 
 def _diverged(what: str, epoch: int, out: Path) -> TrainingDiverged:
-    kept = f"the last good checkpoint {out / 'last.pt'} is kept" if (out / "last.pt").is_file() else "no checkpoint had been written yet"
-    return TrainingDiverged(f"{what} became NaN or infinite in epoch {epoch}: training stopped, {kept}; "
-                            "lower --lr (or --clip-lr) and start again with --overwrite")
+    kept = (
+        f"the last good checkpoint {out / 'last.pt'} is kept"
+        if (out / "last.pt").is_file()
+        else "no checkpoint had been written yet"
+    )
+    return TrainingDiverged(
+        f"{what} became NaN or infinite in epoch {epoch}: training stopped, {kept}; "
+        "lower --lr (or --clip-lr) and start again with --overwrite"
+    )
 
 
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -164,8 +188,9 @@ class EpochStats:
     seconds: float
 
 
-def batch_loss(run: TrainingRun, idx: torch.Tensor, step_module: nn.Module, phase: str,
-               use_cache: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def batch_loss(
+    run: TrainingRun, idx: torch.Tensor, step_module: nn.Module, phase: str, use_cache: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """(loss, logits, labels, mixup partner labels, weight of the labels) of one batch of training faces."""
     cfg, device, model = run.cfg, run.device, run.model
     y = run.train_ds.labels[idx].to(device)
@@ -206,12 +231,16 @@ def _epoch_order(run: TrainingRun, epoch: int) -> torch.Tensor:
     """This process's batches of training-face indices for ``epoch``: (steps_per_epoch, batch_size)."""
     d, cfg = run.d, run.cfg
     torch.manual_seed(cfg.seed * 100003 + epoch * d.world + d.rank)  # same batches and augmentation after a resume
-    sampler = DistributedSampler(range(len(run.train_ds)), num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    sampler = DistributedSampler(
+        range(len(run.train_ds)), num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
     sampler.set_epoch(epoch)
     return torch.tensor(list(sampler))[: run.steps_per_epoch * cfg.batch_size].view(run.steps_per_epoch, cfg.batch_size)
 
 
-def train_epoch(run: TrainingRun, epoch: int, phase: str, step_module: nn.Module, use_cache: bool, publish) -> EpochStats:
+def train_epoch(
+    run: TrainingRun, epoch: int, phase: str, step_module: nn.Module, use_cache: bool, publish
+) -> EpochStats:
     """One pass over the training faces: schedule, loss, step and weight average per batch."""
     cfg, optimizer = run.cfg, run.optimizer
     total_steps = run.steps_per_epoch * cfg.epochs
@@ -250,19 +279,27 @@ def train_epoch(run: TrainingRun, epoch: int, phase: str, step_module: nn.Module
     return EpochStats(loss_sum, correct, seen, seconds)
 
 
-def validate_and_save(run: TrainingRun, epoch: int, phase: str, stats: EpochStats, use_cache: bool,
-                      embed_seconds: float) -> dict:
+def validate_and_save(
+    run: TrainingRun, epoch: int, phase: str, stats: EpochStats, use_cache: bool, embed_seconds: float
+) -> dict:
     """Validate the shipped weights, append the epoch's metrics row, write last.pt (and best.pt); returns the row."""
     cfg, shipped = run.cfg, run.shipped
-    val_loss, val_acc = _validate(shipped, run.preprocess, run.val_ds, cfg, run.device, run.dtype, run.d,
-                                  run.cache["val"] if use_cache else None)
+    val_loss, val_acc = _validate(
+        shipped, run.preprocess, run.val_ds, cfg, run.device, run.dtype, run.d, run.cache["val"] if use_cache else None
+    )
     if not math.isfinite(val_loss):
         raise _diverged("the validation loss", epoch, run.out)
     row = {
-        "epoch": epoch, "phase": phase, "train_loss": stats.loss_sum / stats.seen, "train_acc": stats.correct / stats.seen,
-        "val_loss": val_loss, "val_acc": val_acc,
+        "epoch": epoch,
+        "phase": phase,
+        "train_loss": stats.loss_sum / stats.seen,
+        "train_acc": stats.correct / stats.seen,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
         "lr": {g["name"]: g["lr"] for g in run.optimizer.param_groups if not g["name"].endswith("_no_decay")},
-        "seconds": round(stats.seconds, 2), "images_per_s": round(stats.seen / stats.seconds, 1), "time": time.time(),
+        "seconds": round(stats.seconds, 2),
+        "images_per_s": round(stats.seen / stats.seconds, 1),
+        "time": time.time(),
         "precision": _PRECISION_NAMES[run.dtype],
     }
     if embed_seconds:
@@ -271,21 +308,40 @@ def validate_and_save(run: TrainingRun, epoch: int, phase: str, stats: EpochStat
     if is_best:
         run.best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch}
     if run.d.main:
-        state = {"epoch": epoch, "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-                 "best": run.best, "precision": _PRECISION_NAMES[run.dtype]}
+        state = {
+            "epoch": epoch,
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "best": run.best,
+            "precision": _PRECISION_NAMES[run.dtype],
+        }
         if run.ema is not None:
-            state.update(raw_model={k: v.detach().cpu() for k, v in run.model.state_dict().items()}, ema_updates=run.ema.updates)
+            state.update(
+                raw_model={k: v.detach().cpu() for k, v in run.model.state_dict().items()}, ema_updates=run.ema.updates
+            )
         run.history.append(row)
         # The history travels in the checkpoint so curves can be drawn from the file alone.
         metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "best": run.best, "history": run.history}
-        save_checkpoint(run.last_path, shipped, cfg.model, train_config=cfg.to_dict(), metrics=metrics, training_state=state)
+        save_checkpoint(
+            run.last_path, shipped, cfg.model, train_config=cfg.to_dict(), metrics=metrics, training_state=state
+        )
         if is_best:
             save_checkpoint(run.out / "best.pt", shipped, cfg.model, train_config=cfg.to_dict(), metrics=metrics)
         with open(run.metrics_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-    log.info("epoch %d/%d %s: train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.0fs, %.1f img/s",
-             epoch, cfg.epochs, phase, row["train_loss"], row["train_acc"], val_loss, val_acc,
-             " (best)" if is_best else "", stats.seconds, row["images_per_s"])
+    log.info(
+        "epoch %d/%d %s: train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.0fs, %.1f img/s",
+        epoch,
+        cfg.epochs,
+        phase,
+        row["train_loss"],
+        row["train_acc"],
+        val_loss,
+        val_acc,
+        " (best)" if is_best else "",
+        stats.seconds,
+        row["images_per_s"],
+    )
     return row
 
 
@@ -304,11 +360,20 @@ def _run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path, publish) ->
             embed_seconds = time.time() - t_embed
         # In the frozen phase only the adapter learns, so only it is wrapped (and synchronised) by DDP.
         trainable = run.model.adapter if phase == "frozen" else run.model
-        step_module = DDP(trainable, device_ids=[device.index] if device.type == "cuda" else None) if d.world > 1 else trainable
+        step_module = (
+            DDP(trainable, device_ids=[device.index] if device.type == "cuda" else None) if d.world > 1 else trainable
+        )
         stats = train_epoch(run, epoch, phase, step_module, use_cache, publish)
         validate_and_save(run, epoch, phase, stats, use_cache, embed_seconds)
-        publish(state="training", epoch=epoch, step=run.steps_per_epoch, steps_per_epoch=run.steps_per_epoch, phase=phase)
-    log.info("finished: best val acc %.4f at epoch %d; checkpoint %s", run.best["val_acc"], run.best["epoch"], out / "best.pt")
+        publish(
+            state="training", epoch=epoch, step=run.steps_per_epoch, steps_per_epoch=run.steps_per_epoch, phase=phase
+        )
+    log.info(
+        "finished: best val acc %.4f at epoch %d; checkpoint %s",
+        run.best["val_acc"],
+        run.best["epoch"],
+        out / "best.pt",
+    )
     return {"best_val_acc": run.best["val_acc"], "best_epoch": run.best["epoch"]}
 
 

@@ -1,5 +1,6 @@
 """Optimisation pieces of the training loop: AdamW parameter groups, the learning-rate schedule,
 CLIP's frozen and unfrozen phases, and the moving average of the weights."""
+
 from __future__ import annotations
 
 import copy
@@ -22,13 +23,18 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """AdamW groups: adapter/CNN and unfreezable CLIP parameters, each split into decay and no-decay."""
+
     def split(params: list[nn.Parameter], lr: float, name: str) -> list[dict]:
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]  # biases, norm weights, and CLIP's class embedding
-        return [g for g in (
-            {"params": decay, "lr": lr, "weight_decay": cfg.weight_decay, "name": name},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay"},
-        ) if g["params"]]
+        return [
+            g
+            for g in (
+                {"params": decay, "lr": lr, "weight_decay": cfg.weight_decay, "name": name},
+                {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay"},
+            )
+            if g["params"]
+        ]
 
     if isinstance(model, ClipEmotionModel):
         groups = split(list(model.adapter.parameters()), cfg.lr, "adapter")

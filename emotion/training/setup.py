@@ -1,4 +1,5 @@
 """A training run's set-up: its data, model, precision, optimizer and the state a resumed run restores."""
+
 from __future__ import annotations
 
 import json
@@ -31,33 +32,46 @@ def load_train_val(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset]:
     elif has_split(cfg.data, cfg.val_name):
         val = load_split(cfg.data, cfg.val_name, cfg.data_cache)
     else:
-        raise DataError(f"{cfg.data} has no '{cfg.val_name}' split for validation: add it, or pass --val-split 0.1 to carve one from train")
+        raise DataError(
+            f"{cfg.data} has no '{cfg.val_name}' split for validation: add it, or pass --val-split 0.1 to carve one from train"
+        )
     if cfg.max_images and len(train) > cfg.max_images:
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_images]
         train = train.subset(pick.sort().values)
     return train, val
 
 
-
 def init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     """Start from network ``cfg.init_member`` of ``cfg.init_from`` (CheckpointError when its architecture differs)."""
     saved, weights = member_weights(cfg.init_from, cfg.init_member)
     fields = ("kind", "clip_model", "adapter_dims", "cnn_widths", "cnn_convs", "cnn_block", "cnn_normalize")
-    differ = [f"{name} {getattr(saved, name)} (this run: {getattr(cfg.model, name)})" for name in fields
-              if getattr(saved, name) != getattr(cfg.model, name)]
+    differ = [
+        f"{name} {getattr(saved, name)} (this run: {getattr(cfg.model, name)})"
+        for name in fields
+        if getattr(saved, name) != getattr(cfg.model, name)
+    ]
     if differ:
-        raise CheckpointError(f"--init-from {cfg.init_from}: its network has {', '.join(differ)}; "
-                              "pass the same model flags (--model, --cnn-widths, --cnn-block, ...)")
+        raise CheckpointError(
+            f"--init-from {cfg.init_from}: its network has {', '.join(differ)}; "
+            "pass the same model flags (--model, --cnn-widths, --cnn-block, ...)"
+        )
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise CheckpointError(f"--init-from {cfg.init_from}: its weights do not fit this run's model ({str(exc).splitlines()[0][:200]})") from exc
+        raise CheckpointError(
+            f"--init-from {cfg.init_from}: its weights do not fit this run's model ({str(exc).splitlines()[0][:200]})"
+        ) from exc
     log.info("starting from network %d of %s", cfg.init_member, cfg.init_from)
 
 
-
-def _cpu_training_dtype(model: nn.Module, preprocess: nn.Module, train_ds: FaceDataset, cfg: TrainConfig,
-                        device: torch.device, last_path: Path) -> torch.dtype | None:
+def _cpu_training_dtype(
+    model: nn.Module,
+    preprocess: nn.Module,
+    train_ds: FaceDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    last_path: Path,
+) -> torch.dtype | None:
     """``amp auto`` on a CPU with native bf16: a resumed run keeps the precision its first part timed (so
     it continues on the same numerics); a new run times a step in bf16 and in fp32 and keeps the faster."""
     if cfg.resume and last_path.is_file():
@@ -70,7 +84,6 @@ def _cpu_training_dtype(model: nn.Module, preprocess: nn.Module, train_ds: FaceD
     if cfg.model.kind == "cnn":
         probe = probe.contiguous(memory_format=torch.channels_last)
     return faster_training_dtype(model, probe, device)
-
 
 
 @dataclass
@@ -111,7 +124,6 @@ class TrainingRun:
         return self.ema.module if self.ema is not None else self.model
 
 
-
 def _build_model(cfg: TrainConfig, device: torch.device, out: Path) -> tuple[nn.Module, nn.Module]:
     """The model and its preprocessing on ``device``, started from ``--init-from`` unless resuming."""
     model, preprocess = build_model(cfg.model, cfg.clip_weights, cfg.cache_dir)
@@ -125,12 +137,20 @@ def _build_model(cfg: TrainConfig, device: torch.device, out: Path) -> tuple[nn.
     return model, preprocess
 
 
-
-def _training_dtype(model: nn.Module, preprocess: nn.Module, train_ds: FaceDataset, cfg: TrainConfig, d: Dist,
-                    device: torch.device, out: Path) -> torch.dtype | None:
+def _training_dtype(
+    model: nn.Module,
+    preprocess: nn.Module,
+    train_ds: FaceDataset,
+    cfg: TrainConfig,
+    d: Dist,
+    device: torch.device,
+    out: Path,
+) -> torch.dtype | None:
     """The autocast precision: ``cfg.amp``, where on a CPU with native bf16 "auto" keeps the faster of bf16 and fp32."""
     dtype = amp_dtype(device, cfg.amp)
-    if cfg.amp == "auto" and device.type == "cpu" and dtype is not None:  # a native bf16 flag is not always the faster path
+    if (
+        cfg.amp == "auto" and device.type == "cpu" and dtype is not None
+    ):  # a native bf16 flag is not always the faster path
         dtype = _cpu_training_dtype(model, preprocess, train_ds, cfg, device, out / "last.pt")
         if d.world > 1:  # every process computes in rank 0's choice, so their gradients agree in precision
             choice = torch.tensor([dtype is not None], dtype=torch.int32, device=device)
@@ -139,22 +159,27 @@ def _training_dtype(model: nn.Module, preprocess: nn.Module, train_ds: FaceDatas
     return dtype
 
 
-
 def setup_run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path) -> TrainingRun:
     """Load the data, build the model, pick the precision and make the optimizer: everything before epoch 1."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = load_train_val(cfg)
-    log.info("data: %d train faces %s, %d val faces (%s)", len(train_ds), train_ds.class_counts(), len(val_ds), val_ds.source)
+    log.info(
+        "data: %d train faces %s, %d val faces (%s)", len(train_ds), train_ds.class_counts(), len(val_ds), val_ds.source
+    )
     if train_ds.skipped or val_ds.skipped:
-        log.warning("left out %d unreadable train and %d unreadable val images or CSV rows", train_ds.skipped, val_ds.skipped)
+        log.warning(
+            "left out %d unreadable train and %d unreadable val images or CSV rows", train_ds.skipped, val_ds.skipped
+        )
     model, preprocess = _build_model(cfg, device, out)
     teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
     dtype = _training_dtype(model, preprocess, train_ds, cfg, d, device, out)
     targets = None
     if teacher is not None and cfg.teacher_cache:
-        targets = cached_teacher_targets(teacher, cfg.teacher, train_ds.images, out / "teacher_targets.pt", device, dtype, write=d.main)
+        targets = cached_teacher_targets(
+            teacher, cfg.teacher, train_ds.images, out / "teacher_targets.pt", device, dtype, write=d.main
+        )
         teacher = None  # its predictions are all in hand: free its memory
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.999), fused=device.type == "cuda")
@@ -162,11 +187,27 @@ def setup_run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path) -> Tra
         g["base_lr"] = g["lr"]
     steps_per_epoch = (len(train_ds) // d.world) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise DataError(f"batch size {cfg.batch_size} x {d.world} process(es) is larger than the {len(train_ds)} training faces; lower --batch-size")
+        raise DataError(
+            f"batch size {cfg.batch_size} x {d.world} process(es) is larger than the {len(train_ds)} training faces; lower --batch-size"
+        )
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    return TrainingRun(cfg, d, device, out, train_ds, val_ds, model, preprocess, dtype, optimizer, scaler, ema,
-                       teacher, targets, steps_per_epoch)
-
+    return TrainingRun(
+        cfg,
+        d,
+        device,
+        out,
+        train_ds,
+        val_ds,
+        model,
+        preprocess,
+        dtype,
+        optimizer,
+        scaler,
+        ema,
+        teacher,
+        targets,
+        steps_per_epoch,
+    )
 
 
 def resume_run(run: TrainingRun) -> None:
@@ -179,10 +220,14 @@ def resume_run(run: TrainingRun) -> None:
     if cfg.resume and run.last_path.exists():
         blob = read_checkpoint(run.last_path)
         if blob["model_config"] != cfg.model.to_dict():
-            raise DataError(f"--resume: {run.last_path} holds a different model ({blob['model_config']}); use another --out or the same model flags")
+            raise DataError(
+                f"--resume: {run.last_path} holds a different model ({blob['model_config']}); use another --out or the same model flags"
+            )
         state = blob.get("training_state")
         if not isinstance(state, dict) or not {"epoch", "optimizer", "scaler", "best"} <= set(state):
-            raise CheckpointError(f"--resume: {run.last_path} has no complete training state; use --overwrite to start over")
+            raise CheckpointError(
+                f"--resume: {run.last_path} has no complete training state; use --overwrite to start over"
+            )
         run.model.load_state_dict(state.get("raw_model", blob["model"]))
         if run.ema is not None:
             run.ema.module.load_state_dict(blob["model"])
@@ -190,7 +235,9 @@ def resume_run(run: TrainingRun) -> None:
         run.optimizer.load_state_dict(state["optimizer"])
         run.scaler.load_state_dict(state["scaler"])
         run.start_epoch, run.best = state["epoch"] + 1, state["best"]
-        log.info("resumed from %s after epoch %d (best val acc %.4f)", run.last_path, state["epoch"], run.best["val_acc"])
+        log.info(
+            "resumed from %s after epoch %d (best val acc %.4f)", run.last_path, state["epoch"], run.best["val_acc"]
+        )
     elif cfg.resume:
         log.info("--resume: no %s yet, starting from scratch", run.last_path)
     history = blob.get("metrics", {}).get("history") or read_jsonl(run.metrics_path)

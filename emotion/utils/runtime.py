@@ -1,4 +1,5 @@
 """Small runtime helpers shared by training, evaluation, prediction and the UI: device, AMP, files."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,9 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def fastest(candidates: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 2) -> tuple[str, dict[str, float]]:
+def fastest(
+    candidates: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 2
+) -> tuple[str, dict[str, float]]:
     """The name of the quickest of ``candidates`` (callables doing one unit of work) and each one's median
     seconds. A native bf16 flag does not make bf16 fast: on a 2-core Xeon with AVX512-BF16, bf16 trained this
     project's CNN 1.2x slower than fp32 and ran the shipped ensemble 2.6x slower than fp32 on ONNX Runtime,
@@ -89,11 +92,17 @@ def faster_training_dtype(model: torch.nn.Module, batch: torch.Tensor, device: t
             with autocast_for(device, dtype):
                 out = probe(batch)
             out.float().square().mean().backward()
+
         return run
 
     name, seconds = fastest({"bf16": step(torch.bfloat16), "fp32": step(None)}, repeats=3, warmup=1)
-    log.info("amp auto: a training step of %d images takes %.0f ms in bf16 and %.0f ms in fp32; training in %s",
-             len(batch), seconds["bf16"] * 1e3, seconds["fp32"] * 1e3, name)
+    log.info(
+        "amp auto: a training step of %d images takes %.0f ms in bf16 and %.0f ms in fp32; training in %s",
+        len(batch),
+        seconds["bf16"] * 1e3,
+        seconds["fp32"] * 1e3,
+        name,
+    )
     return torch.bfloat16 if name == "bf16" else None
 
 

@@ -14,6 +14,7 @@ background thread while the current one is analyzed, and ``VideoJob`` encodes th
 another, so decoding, inference and encoding overlap on two cores. Bad files raise ``VideoError`` with a
 message written for the user. The reader's names are importable from here too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,21 @@ from ..inference.recognizer import FaceTracker, Recognizer
 from .reader import VideoError, VideoFrame, VideoInfo, VideoReader, open_capture
 from .report import AnnotatedVideoWriter, FacesCsv, Timeline
 
-__all__ = ["FrameFaces", "VideoAnalyzer", "VideoConfig", "VideoError", "VideoFrame", "VideoInfo", "VideoJob",
-           "VideoReader", "VideoResult", "analyze_video", "benchmark_fps", "open_capture", "write_clip"]
+__all__ = [
+    "FrameFaces",
+    "VideoAnalyzer",
+    "VideoConfig",
+    "VideoError",
+    "VideoFrame",
+    "VideoInfo",
+    "VideoJob",
+    "VideoReader",
+    "VideoResult",
+    "analyze_video",
+    "benchmark_fps",
+    "open_capture",
+    "write_clip",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +56,9 @@ class FrameFaces:
     """A frame with its faces; on frames skipped by ``every`` the faces are those of the last analyzed frame."""
 
     frame: VideoFrame
-    faces: list[dict]  # emotion.inference.classifier.face_result dicts plus "face_id", boxes in the pixels of ``frame.rgb``
+    faces: list[
+        dict
+    ]  # emotion.inference.classifier.face_result dicts plus "face_id", boxes in the pixels of ``frame.rgb``
     analyzed: bool
 
 
@@ -85,8 +101,12 @@ class VideoConfig:
 
     every: int = 1  # analyze one frame in N; the frames between show the last labels in the annotated video
     max_side: int = 1280  # frames are shrunk to this longer side for analysis and the annotated video; 0 = full size
-    smoothing: float = 0.5  # weight of the newest frame in each face's moving average; 1.0 = raw per-frame probabilities
-    annotated_name: str = "annotated.mp4"  # .mp4 (MPEG-4 Part 2, fast) or .webm (VP8: plays in browsers, ~6x slower to encode)
+    smoothing: float = (
+        0.5  # weight of the newest frame in each face's moving average; 1.0 = raw per-frame probabilities
+    )
+    annotated_name: str = (
+        "annotated.mp4"  # .mp4 (MPEG-4 Part 2, fast) or .webm (VP8: plays in browsers, ~6x slower to encode)
+    )
     max_seconds: float = 0.0  # refuse videos longer than this (VideoError); 0 = no limit
     timeline_faces: int = 6  # faces plotted in timeline.png (those seen longest); the CSV and summary keep all
 
@@ -115,8 +135,10 @@ class VideoResult:
     def problem(self) -> str | None:
         """A one-line description of what went wrong with this video (truncated, no faces), or None."""
         if self.truncated:
-            return (f"{self.info.path.name} is truncated or damaged: only {self.frames} of the {self.info.frame_count} "
-                    f"frames it announces could be decoded; the outputs cover its first {self.frames / self.info.fps:.1f} s")
+            return (
+                f"{self.info.path.name} is truncated or damaged: only {self.frames} of the {self.info.frame_count} "
+                f"frames it announces could be decoded; the outputs cover its first {self.frames / self.info.fps:.1f} s"
+            )
         if not self.faces:
             return f"no face was found in any of the {self.analyzed_frames} analyzed frames of {self.info.path.name}"
         return None
@@ -129,8 +151,13 @@ class VideoJob:
     the loop) releases the file and the writers; ``result`` is set only when the whole video was processed.
     """
 
-    def __init__(self, path: str | os.PathLike, out_dir: str | os.PathLike, recognizer: Recognizer,
-                 config: VideoConfig | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        out_dir: str | os.PathLike,
+        recognizer: Recognizer,
+        config: VideoConfig | None = None,
+    ):
         self.config = config or VideoConfig()
         if self.config.every < 1:
             raise ValueError(f"--every must be at least 1, got {self.config.every}")
@@ -143,7 +170,9 @@ class VideoJob:
         info = self.reader.info
         if self.config.max_seconds and info.duration_s > self.config.max_seconds:
             self.reader.close()
-            raise VideoError(f"{info.path.name} lasts {info.duration_s:.0f} s; at most {self.config.max_seconds:.0f} s can be analyzed here")
+            raise VideoError(
+                f"{info.path.name} lasts {info.duration_s:.0f} s; at most {self.config.max_seconds:.0f} s can be analyzed here"
+            )
         self.out_dir = Path(out_dir)
         self.result: VideoResult | None = None
         self._closers: list[Callable[[], None]] = [self.reader.close]
@@ -166,7 +195,9 @@ class VideoJob:
         try:
             for item in analyzer.run(self.reader):
                 if cfg.max_seconds and item.frame.time_s > cfg.max_seconds:
-                    raise VideoError(f"{info.path.name} is longer than {cfg.max_seconds:.0f} s, the most that can be analyzed here")
+                    raise VideoError(
+                        f"{info.path.name} is longer than {cfg.max_seconds:.0f} s, the most that can be analyzed here"
+                    )
                 annotated.write(item.frame.rgb, item.faces)
                 if item.analyzed:
                     analyzed += 1
@@ -180,19 +211,48 @@ class VideoJob:
         frames = self.reader.frames_read
         timeline.plot(self.out_dir / "timeline.png", cfg.timeline_faces)
         faces = timeline.summary()
-        result = VideoResult(info, self.out_dir, annotated.path, csv.path, self.out_dir / "timeline.png",
-                             self.out_dir / "summary.json", frames, analyzed, self.reader.truncated,
-                             time.perf_counter() - start, faces)
-        timeline.write_summary(result.summary, {
-            "video": {"file": info.path.name, "width": info.width, "height": info.height, "fps": round(info.fps, 3),
-                      "frames": frames, "announced_frames": info.frame_count, "truncated": result.truncated,
-                      "analyzed_frames": analyzed, "every": cfg.every, "analyzed_size": list(self.reader.size)},
-            "model": self.recognizer.classifier.name,
-            "face_detector": self.recognizer.detector.source if self.recognizer.detector else None,
-        })
+        result = VideoResult(
+            info,
+            self.out_dir,
+            annotated.path,
+            csv.path,
+            self.out_dir / "timeline.png",
+            self.out_dir / "summary.json",
+            frames,
+            analyzed,
+            self.reader.truncated,
+            time.perf_counter() - start,
+            faces,
+        )
+        timeline.write_summary(
+            result.summary,
+            {
+                "video": {
+                    "file": info.path.name,
+                    "width": info.width,
+                    "height": info.height,
+                    "fps": round(info.fps, 3),
+                    "frames": frames,
+                    "announced_frames": info.frame_count,
+                    "truncated": result.truncated,
+                    "analyzed_frames": analyzed,
+                    "every": cfg.every,
+                    "analyzed_size": list(self.reader.size),
+                },
+                "model": self.recognizer.classifier.name,
+                "face_detector": self.recognizer.detector.source if self.recognizer.detector else None,
+            },
+        )
         self.result = result
-        log.info("%s: %d frames (%d analyzed) in %.1f s, %.1f frames/s, %d face id(s)", info.path.name, frames,
-                 analyzed, result.seconds, result.fps, len(faces))
+        log.info(
+            "%s: %d frames (%d analyzed) in %.1f s, %.1f frames/s, %d face id(s)",
+            info.path.name,
+            frames,
+            analyzed,
+            result.seconds,
+            result.fps,
+            len(faces),
+        )
 
     def run(self) -> VideoResult:
         """Process the whole video and return what was written."""
@@ -207,8 +267,9 @@ class VideoJob:
             self._closers.pop()()
 
 
-def analyze_video(path: str | os.PathLike, out_dir: str | os.PathLike, recognizer: Recognizer,
-                  config: VideoConfig | None = None) -> VideoResult:
+def analyze_video(
+    path: str | os.PathLike, out_dir: str | os.PathLike, recognizer: Recognizer, config: VideoConfig | None = None
+) -> VideoResult:
     """Analyze a whole video into ``out_dir``: annotated video, faces.csv, timeline.png and summary.json."""
     return VideoJob(path, out_dir, recognizer, config).run()
 
@@ -227,8 +288,9 @@ def write_clip(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float
     return writer.path
 
 
-def benchmark_fps(recognizer: Recognizer, frame: np.ndarray, frames: int = 300, fps: float = 30.0,
-                  config: VideoConfig | None = None) -> dict:
+def benchmark_fps(
+    recognizer: Recognizer, frame: np.ndarray, frames: int = 300, fps: float = 30.0, config: VideoConfig | None = None
+) -> dict:
     """Frames per second of ``analyze_video`` end to end (decode, analysis, all four outputs) on a synthetic clip.
 
     The clip shows ``frame`` (e.g. 640x480 with one face) drifting a few pixels per frame, like a steady
@@ -238,6 +300,12 @@ def benchmark_fps(recognizer: Recognizer, frame: np.ndarray, frames: int = 300, 
     with tempfile.TemporaryDirectory(prefix="emotion-video-bench-") as tmp:
         clip = write_clip(Path(tmp) / "clip.mp4", (np.roll(frame, (i % 24) - 12, axis=1) for i in range(frames)), fps)
         result = analyze_video(clip, Path(tmp) / "out", recognizer, config)
-    return {"frames": result.frames, "seconds": round(result.seconds, 3), "fps": round(result.fps, 1),
-            "face_ids": len(result.faces), "every": (config or VideoConfig()).every,
-            "size": [int(frame.shape[1]), int(frame.shape[0])], "torch_threads": torch.get_num_threads()}
+    return {
+        "frames": result.frames,
+        "seconds": round(result.seconds, 3),
+        "fps": round(result.fps, 1),
+        "face_ids": len(result.faces),
+        "every": (config or VideoConfig()).every,
+        "size": [int(frame.shape[1]), int(frame.shape[0])],
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -5,6 +5,7 @@ timestamps from the file (so variable-frame-rate videos get their real times). B
 ``VideoError``, whose message is written for the user: missing, empty, a still image, not a video,
 truncated or damaged, frames too large.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,17 @@ DEFAULT_FPS = 25.0  # used when a file does not state a usable frame rate
 MAX_FRAME_PIXELS = 40_000_000  # 8K UHD is 33 MP; bigger frames would take gigabytes for the few decoded ahead
 # Leading bytes of common video containers: a file with one of these that OpenCV cannot decode is damaged,
 # not "not a video", and the message says so.
-_CONTAINER_MAGIC = ((4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (0, b"RIFF"), (0, b"\x1a\x45\xdf\xa3"), (0, b"OggS"),
-                    (0, b"FLV"), (0, b"\x00\x00\x01\xba"), (0, b"YUV4MPEG2"))
+_CONTAINER_MAGIC = (
+    (4, b"ftyp"),
+    (4, b"moov"),
+    (4, b"mdat"),
+    (0, b"RIFF"),
+    (0, b"\x1a\x45\xdf\xa3"),
+    (0, b"OggS"),
+    (0, b"FLV"),
+    (0, b"\x00\x00\x01\xba"),
+    (0, b"YUV4MPEG2"),
+)
 # Still-image formats OpenCV's FFmpeg backend would open as a one-frame "video".
 _STILL_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "PPM", "JPEG2000", "ICO", "TGA"})
 
@@ -63,9 +73,11 @@ class VideoFrame:
 def _describe_unreadable(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if any(head[offset:offset + len(magic)] == magic for offset, magic in _CONTAINER_MAGIC):
-        return (f"{path.name} looks like a video file but cannot be decoded: it is probably truncated, damaged or "
-                "has no frames; try exporting it again")
+    if any(head[offset : offset + len(magic)] == magic for offset, magic in _CONTAINER_MAGIC):
+        return (
+            f"{path.name} looks like a video file but cannot be decoded: it is probably truncated, damaged or "
+            "has no frames; try exporting it again"
+        )
     return f"{path.name} is not a video OpenCV can read; use a common format such as MP4, WebM, AVI or MOV"
 
 
@@ -91,7 +103,9 @@ def open_capture(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
         raise VideoError(f"{path.name} is empty (0 bytes)")
     still = _still_image_format(path)
     if still:
-        raise VideoError(f"{path.name} is a still {still} image, not a video; use `predict` or the Upload tab for photos")
+        raise VideoError(
+            f"{path.name} is a still {still} image, not a video; use `predict` or the Upload tab for photos"
+        )
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) if cap.isOpened() else 0
     height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) if cap.isOpened() else 0
@@ -100,8 +114,10 @@ def open_capture(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
         raise VideoError(_describe_unreadable(path))
     if width * height > MAX_FRAME_PIXELS:
         cap.release()
-        raise VideoError(f"{path.name} has {width}×{height} frames, more than the {MAX_FRAME_PIXELS / 1e6:.0f} megapixels "
-                         "that can be analyzed; scale it down first")
+        raise VideoError(
+            f"{path.name} has {width}×{height} frames, more than the {MAX_FRAME_PIXELS / 1e6:.0f} megapixels "
+            "that can be analyzed; scale it down first"
+        )
     fps = cap.get(cv2.CAP_PROP_FPS)
     if not (math.isfinite(fps) and 1.0 <= fps <= 1000.0):
         log.warning("%s states no usable frame rate (%s); assuming %.0f fps", path.name, fps, DEFAULT_FPS)
@@ -181,7 +197,9 @@ class VideoReader:
         self._first = self._read()
         if self._first is None:
             self.cap.release()
-            raise VideoError(f"{info.path.name} contains no frame that could be decoded: it is probably truncated or damaged")
+            raise VideoError(
+                f"{info.path.name} contains no frame that could be decoded: it is probably truncated or damaged"
+            )
         height, width = self._first.shape[:2]
         self.info = VideoInfo(info.path, width, height, info.fps, info.frame_count)
         self.max_side = max_side

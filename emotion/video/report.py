@@ -4,6 +4,7 @@ Each writer takes frames or faces as ``emotion.video.analysis`` produces them an
 the video writer encodes in a background thread, the CSV is written row by row, and ``Timeline`` keeps
 seven probabilities per face per analyzed frame (about 1 MB for an hour of one face at 30 fps).
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,7 +44,9 @@ class AnnotatedVideoWriter:
             raise ValueError(f"cannot write {self.path.name}: the annotated video must end in {', '.join(CODECS)}")
         self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*codec), float(fps), tuple(size))
         if not self._writer.isOpened():
-            raise OSError(f"OpenCV cannot write the video {self.path} (codec {codec}); check that the folder is writable")
+            raise OSError(
+                f"OpenCV cannot write the video {self.path} (codec {codec}); check that the folder is writable"
+            )
         self._draw = draw
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
@@ -96,7 +99,9 @@ class FacesCsv:
         for face in faces:
             box = [round(v / self.scale) for v in face["box"]]
             probs = [f"{face['probabilities'][name]:.4f}" for name in CLASS_NAMES]
-            self._csv.writerow([frame, f"{time_s:.3f}", face["face_id"], *box, face["label"], f"{face['score']:.4f}", *probs])
+            self._csv.writerow(
+                [frame, f"{time_s:.3f}", face["face_id"], *box, face["label"], f"{face['score']:.4f}", *probs]
+            )
 
     def close(self) -> None:
         """Flush and close the file (idempotent)."""
@@ -131,15 +136,19 @@ class Timeline:
             share = counts / counts.sum()
             mean = probs.mean(axis=0)
             dominant = max(range(len(CLASS_NAMES)), key=lambda i: (share[i], mean[i]))  # ties go to the likelier one
-            out.append({
-                "face_id": face_id,
-                "frames": len(track.times),
-                "first_s": round(track.times[0], 3),
-                "last_s": round(track.times[-1], 3),
-                "dominant": CLASS_NAMES[dominant],
-                "share": {name: round(float(s), 4) for name, s in zip(CLASS_NAMES, share, strict=False)},
-                "mean_probabilities": {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, mean, strict=False)},
-            })
+            out.append(
+                {
+                    "face_id": face_id,
+                    "frames": len(track.times),
+                    "first_s": round(track.times[0], 3),
+                    "last_s": round(track.times[-1], 3),
+                    "dominant": CLASS_NAMES[dominant],
+                    "share": {name: round(float(s), 4) for name, s in zip(CLASS_NAMES, share, strict=False)},
+                    "mean_probabilities": {
+                        name: round(float(p), 4) for name, p in zip(CLASS_NAMES, mean, strict=False)
+                    },
+                }
+            )
         return out
 
     def write_summary(self, path: Path, header: dict) -> None:
@@ -156,24 +165,44 @@ class Timeline:
         FigureCanvasAgg(fig)  # a canvas of its own: no pyplot, so this is safe in the app's threads
         axes = fig.subplots(max(1, len(shown)), 1, sharex=True, squeeze=False)[:, 0]
         if not shown:
-            axes[0].text(0.5, 0.5, "No face found in the analyzed frames", ha="center", va="center", transform=axes[0].transAxes)
+            axes[0].text(
+                0.5, 0.5, "No face found in the analyzed frames", ha="center", va="center", transform=axes[0].transAxes
+            )
             axes[0].set_axis_off()
         summaries = {s["face_id"]: s for s in self.summary()}
         for ax, face_id in zip(axes, shown, strict=False):
             times, probs = _with_gaps(np.array(self.faces[face_id].times), np.stack(self.faces[face_id].probs))
             for i, name in enumerate(CLASS_NAMES):
-                ax.plot(times, probs[:, i], color=np.array(CLASS_COLOURS[name]) / 255.0, linewidth=1.4, label=display(name, with_emoji=False))
+                ax.plot(
+                    times,
+                    probs[:, i],
+                    color=np.array(CLASS_COLOURS[name]) / 255.0,
+                    linewidth=1.4,
+                    label=display(name, with_emoji=False),
+                )
             s = summaries[face_id]
-            ax.set_title(f"Face {face_id}: mostly {display(s['dominant'], with_emoji=False)} "
-                         f"({s['share'][s['dominant']]:.0%} of {s['frames']} frames)", fontsize=10, loc="left")
+            ax.set_title(
+                f"Face {face_id}: mostly {display(s['dominant'], with_emoji=False)} "
+                f"({s['share'][s['dominant']]:.0%} of {s['frames']} frames)",
+                fontsize=10,
+                loc="left",
+            )
             ax.set_ylim(0, 1)
             ax.set_ylabel("probability")
             ax.grid(alpha=0.3)
         if shown:
             axes[-1].set_xlabel("time (s)")
-            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=len(CLASS_NAMES), fontsize=8, frameon=False)
+            fig.legend(
+                *axes[0].get_legend_handles_labels(),
+                loc="outside upper center",
+                ncol=len(CLASS_NAMES),
+                fontsize=8,
+                frameon=False,
+            )
             if len(self.faces) > len(shown):
-                fig.suptitle(f"{len(shown)} of {len(self.faces)} faces shown (those seen longest); faces.csv has all", fontsize=9)
+                fig.suptitle(
+                    f"{len(shown)} of {len(self.faces)} faces shown (those seen longest); faces.csv has all", fontsize=9
+                )
         fig.savefig(path, dpi=100)
 
 
