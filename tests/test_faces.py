@@ -23,17 +23,10 @@ import pytest
 from make_clip import CLIP_FACES, FER_TEST, clip_frames, load_faces
 
 from emotion.data.labels import CLASS_NAMES
+from emotion.inference import face_model as face_model_mod
 from emotion.inference import faces as faces_mod
-from emotion.inference.faces import (
-    FACE_MODEL_FILENAME,
-    Box,
-    FaceDetector,
-    as_rgb,
-    crop_faces,
-    download_face_model,
-    resolve_face_model,
-    square_boxes,
-)
+from emotion.inference.face_model import FACE_MODEL_FILENAME, download_face_model, resolve_face_model
+from emotion.inference.faces import Box, FaceDetector, as_rgb, crop_faces, square_boxes
 
 FACE_PX = 200
 TRIANGLE = [(20, 20), (420, 20), (220, 260)]  # three faces, 200 px apart at least, inside 640x480
@@ -146,7 +139,7 @@ def test_download_checks_sha256(cache: Path, face_model_path: Path, monkeypatch:
         calls.append((url, timeout))
         return io.BytesIO(payload)
 
-    monkeypatch.setattr(faces_mod, "_urlopen", fake_urlopen)
+    monkeypatch.setattr(face_model_mod, "_urlopen", fake_urlopen)
     payload = b"tampered" + face_model_path.read_bytes()
     with pytest.raises(ValueError, match="sha256"):
         download_face_model(cache / FACE_MODEL_FILENAME)
@@ -158,7 +151,7 @@ def test_download_checks_sha256(cache: Path, face_model_path: Path, monkeypatch:
     path, description = resolve_face_model()
     assert path == str(cache / FACE_MODEL_FILENAME) and "downloaded" in description
     assert Path(path).read_bytes() == payload and [p.name for p in cache.iterdir()] == [FACE_MODEL_FILENAME]
-    assert calls[-1] == (faces_mod.FACE_MODEL_URL, faces_mod.DOWNLOAD_TIMEOUT_S)
+    assert calls[-1] == (face_model_mod.FACE_MODEL_URL, face_model_mod.DOWNLOAD_TIMEOUT_S)
     assert FaceDetector().backend == "mediapipe"  # now served from the cache
     assert len(calls) == 3
 
@@ -167,7 +160,7 @@ def test_download_failure_falls_back(cache: Path, monkeypatch: pytest.MonkeyPatc
     def offline(url: str, timeout: float):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(faces_mod, "_urlopen", offline)
+    monkeypatch.setattr(face_model_mod, "_urlopen", offline)
     detector = FaceDetector()
     assert detector.backend == "haar" and "fallback" in detector.source
 

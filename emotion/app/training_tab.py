@@ -292,6 +292,33 @@ def use_trained_model(runner: TrainingRunner, models: ModelManager) -> tuple[str
     return switch_model(models, str(run.best_checkpoint))
 
 
+def _form_rows(datasets: list[str]) -> list[gr.components.Component]:
+    """The form's two rows of inputs, returned in ``start_training``'s parameter order (not their screen order)."""
+    with gr.Row():
+        dataset = gr.Dropdown(
+            choices=datasets,
+            value=datasets[0] if datasets else None,
+            allow_custom_value=True,
+            label="Dataset folder",
+            info="relative to the data root",
+            elem_id="train-dataset",
+        )
+        model = gr.Radio(MODEL_CHOICES, value="cnn", label="Model")
+        clip_weights = gr.Textbox(
+            label="CLIP weights file",
+            placeholder="under the data root, or 'random'",
+            info="CLIP only: pretrained weights cannot be downloaded offline",
+        )
+    with gr.Row():
+        epochs = gr.Number(10, label="Epochs", precision=0, minimum=1)
+        batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1)
+        lr = gr.Number(1e-3, label="Learning rate", minimum=0)
+        clip_lr = gr.Number(1e-5, label="CLIP learning rate", minimum=0)
+        unfreeze = gr.Number(10, label="Unfreeze CLIP at epoch", precision=0, minimum=0)
+        max_images = gr.Number(0, label="Max training images (0 = all)", precision=0, minimum=0)
+    return [dataset, model, epochs, batch_size, lr, clip_lr, unfreeze, clip_weights, max_images]
+
+
 def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: ModelPanel, config: AppConfig) -> None:
     """The Training tab: form, live progress and final report."""
     root = Path(config.data_root)
@@ -301,28 +328,7 @@ def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: Mode
             f"Datasets are folders under the data root `{root.resolve()}` with `train/` (and `test/`) class "
             "folders, or a `fer2013.csv`. Training runs as a separate process; its files go to `runs/ui-<time>/`."
         )
-        with gr.Row():
-            dataset = gr.Dropdown(
-                choices=datasets,
-                value=datasets[0] if datasets else None,
-                allow_custom_value=True,
-                label="Dataset folder",
-                info="relative to the data root",
-                elem_id="train-dataset",
-            )
-            model = gr.Radio(MODEL_CHOICES, value="cnn", label="Model")
-            clip_weights = gr.Textbox(
-                label="CLIP weights file",
-                placeholder="under the data root, or 'random'",
-                info="CLIP only: pretrained weights cannot be downloaded offline",
-            )
-        with gr.Row():
-            epochs = gr.Number(10, label="Epochs", precision=0, minimum=1)
-            batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1)
-            lr = gr.Number(1e-3, label="Learning rate", minimum=0)
-            clip_lr = gr.Number(1e-5, label="CLIP learning rate", minimum=0)
-            unfreeze = gr.Number(10, label="Unfreeze CLIP at epoch", precision=0, minimum=0)
-            max_images = gr.Number(0, label="Max training images (0 = all)", precision=0, minimum=0)
+        form = _form_rows(datasets)
         with gr.Row():
             start = gr.Button("Start training", variant="primary", elem_id="train-start")
             stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -357,12 +363,7 @@ def build_training_tab(runner: TrainingRunner, models: ModelManager, panel: Mode
     def on_poll(last_seen):
         return poll_training(runner, last_seen)
 
-    start.click(
-        on_start,
-        inputs=[dataset, model, epochs, batch_size, lr, clip_lr, unfreeze, clip_weights, max_images],
-        outputs=[progress, timer],
-        api_visibility="private",
-    )
+    start.click(on_start, inputs=form, outputs=[progress, timer], api_visibility="private")
     stop.click(lambda: stop_training(runner), outputs=progress, api_visibility="private")
     show.click(lambda name: show_run(runner, name), inputs=past, outputs=[progress, timer], api_visibility="private")
     tab.select(lambda: gr.Dropdown(choices=runner.past_runs()), outputs=past, api_visibility="private")

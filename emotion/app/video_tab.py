@@ -16,14 +16,14 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from ..data.labels import display
-from ..video.analysis import VideoConfig, VideoError, VideoJob
+from ..video.analysis import VideoConfig, VideoError, VideoJob, VideoResult
 from .config import AppConfig
 from .live import no_model_message
 
@@ -110,6 +110,62 @@ def _summary_markdown(result) -> str:
     return "\n".join(lines)
 
 
+def _upload_refusal(path: Path | None, cache_root: Path) -> str | None:
+    """Why the upload at ``path`` is not analyzed (no file, or one outside Gradio's cache), or None to go on."""
+    if path is None:
+        return f"Upload a video (MP4, WebM, MOV, AVI; at most {MAX_VIDEO_SECONDS} s) to see the emotion of each face over time."
+    if not path.resolve().is_relative_to(cache_root.resolve()):
+        # Gradio already refuses files outside its upload folder; this handler deletes what it reads, so it checks too.
+        log.warning("refused a video path outside Gradio's cache: %s", path)
+        return "⚠️ No uploaded video was received; please upload the file again."
+    return None
+
+
+def _follow_job(
+    job: VideoJob, progress: gr.Progress | None, cancelled: threading.Event | None
+) -> Generator[tuple, None, bool]:
+    """Run ``job`` to its end, yielding a progress update every ``PROGRESS_EVERY_S``; returns True when cancelled.
+
+    On cancel it yields the "Cancelled" message as its last update (see the module docstring for why).
+    """
+    total = job.info.frame_count
+    last = time.perf_counter()
+    start = last
+    for item in job:
+        if cancelled is not None and cancelled.is_set():
+            yield None, None, None, CANCELLED
+            return True
+        now = time.perf_counter()
+        if now - last >= PROGRESS_EVERY_S:
+            last = now
+            done = item.frame.index + 1
+            rate = done / (now - start)
+            if progress is not None:
+                progress((done, total or None), desc="Analyzing", unit="frames")
+            of = f" of {total} ({done / total:.0%})" if total else ""
+            yield gr.skip(), gr.skip(), gr.skip(), f"Analyzing: frame {done}{of}, {rate:.0f} frames/s …"
+    return False
+
+
+def _result_update(result: VideoResult) -> tuple[tuple, bool]:
+    """The last update for a finished job's ``result``, and whether it shows results the browser will fetch."""
+    if not result.faces:
+        problem = result.problem()
+        gr.Warning(problem[0].upper() + problem[1:] + ".")
+        return (
+            None,
+            None,
+            None,
+            f"⚠️ {problem[0].upper() + problem[1:]}. Faces that are small, turned away or dark are hard to detect.",
+        ), False
+    message = _summary_markdown(result)
+    if result.truncated:
+        gr.Warning(result.problem())
+        message = f"⚠️ {result.problem()}.\n\n{message}"
+    files = [str(p) for p in (result.annotated, result.csv, result.timeline, result.summary)]
+    return (str(result.annotated), str(result.timeline), files, message), True
+
+
 def analyze_clip(
     models: ModelManager,
     video: Any,
@@ -125,18 +181,9 @@ def analyze_clip(
     Bad input (not a video, empty, truncated, too long, no faces) is shown as a warning, never raised.
     """
     path = _upload_path(video)
-    if path is None:
-        yield (
-            None,
-            None,
-            None,
-            f"Upload a video (MP4, WebM, MOV, AVI; at most {MAX_VIDEO_SECONDS} s) to see the emotion of each face over time.",
-        )
-        return
-    if not path.resolve().is_relative_to(cache_root.resolve()):
-        # Gradio already refuses files outside its upload folder; this handler deletes what it reads, so it checks too.
-        log.warning("refused a video path outside Gradio's cache: %s", path)
-        yield None, None, None, "⚠️ No uploaded video was received; please upload the file again."
+    refusal = _upload_refusal(path, cache_root)
+    if refusal is not None:
+        yield None, None, None, refusal
         return
     recognizer = models.recognizer
     if recognizer is None:
@@ -150,40 +197,11 @@ def analyze_clip(
             every=_every(every), max_side=VIDEO_MAX_SIDE, annotated_name="annotated.webm", max_seconds=MAX_VIDEO_SECONDS
         )
         job = VideoJob(path, work, recognizer, config)
-        total = job.info.frame_count
-        last = time.perf_counter()
-        start = last
-        for item in job:
-            if cancelled is not None and cancelled.is_set():
-                yield None, None, None, CANCELLED
-                return
-            now = time.perf_counter()
-            if now - last >= PROGRESS_EVERY_S:
-                last = now
-                done = item.frame.index + 1
-                rate = done / (now - start)
-                if progress is not None:
-                    progress((done, total or None), desc="Analyzing", unit="frames")
-                of = f" of {total} ({done / total:.0%})" if total else ""
-                yield gr.skip(), gr.skip(), gr.skip(), f"Analyzing: frame {done}{of}, {rate:.0f} frames/s …"
-        result = job.result
-        if not result.faces:
-            problem = result.problem()
-            gr.Warning(problem[0].upper() + problem[1:] + ".")
-            yield (
-                None,
-                None,
-                None,
-                f"⚠️ {problem[0].upper() + problem[1:]}. Faces that are small, turned away or dark are hard to detect.",
-            )
+        if (yield from _follow_job(job, progress, cancelled)):
             return
-        message = _summary_markdown(result)
-        if result.truncated:
-            gr.Warning(result.problem())
-            message = f"⚠️ {result.problem()}.\n\n{message}"
-        shown = True  # from here the results belong to the browser: they are deleted on the TTL, not at once
-        files = [str(p) for p in (result.annotated, result.csv, result.timeline, result.summary)]
-        yield str(result.annotated), str(result.timeline), files, message
+        # Set before the yield: from here the results belong to the browser, deleted on the TTL, not at once.
+        update, shown = _result_update(job.result)
+        yield update
     except VideoError as exc:
         log.info("video upload refused: %s", exc)
         gr.Warning(str(exc))

@@ -62,16 +62,19 @@ def _faces(key: str) -> str:
     return f"{n} face" + ("s" if n > 1 else "")
 
 
-def format_report(result: dict) -> str:
-    """The benchmark as readable tables, targets marked PASS or MISS."""
-    m = result["machine"]
-    out = [
+def _machine_section(m: dict) -> list[str]:
+    """The machine and its load, which every figure below depends on."""
+    return [
         f"machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
         f"native bf16: {'yes' if m['native_bf16'] else 'no'}, device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}",
         f"load average {m['load_avg_1m']} at start, {m.get('load_avg_1m_end', '?')} at end (other work inflates every figure)",
         f"face detector: {m.get('face_detector', '?')}",
         "",
     ]
+
+
+def _detector_section(result: dict) -> list[str]:
+    """Face detectors timed alone; empty when none was."""
     rows = [
         [
             name,
@@ -81,12 +84,17 @@ def format_report(result: dict) -> str:
         ]
         for name, d in result.get("detector", {}).items()
     ]
-    if rows:
-        out += (
-            ["face detectors alone, 640x480 frame, ms median/p90"]
-            + _table(["detector", "1 face", "4 faces", "found"], rows)
-            + [""]
-        )
+    if not rows:
+        return []
+    return (
+        ["face detectors alone, 640x480 frame, ms median/p90"]
+        + _table(["detector", "1 face", "4 faces", "found"], rows)
+        + [""]
+    )
+
+
+def _pipeline_section(result: dict) -> list[str]:
+    """The live pipeline per stage (all threads, 1 thread, all networks), then its ratios; empty when not run."""
     stages = ["detect", "crop", "forward", "smooth", "overlay", "total"]
     rows = []
     for key, label in (
@@ -105,31 +113,42 @@ def format_report(result: dict) -> str:
                     ]
                     + [p["total_ms"]["min"]]
                 )
-    if rows:
-        threads = ", ".join(f"{name} {pipe['threads']}" for name, pipe in result["pipeline"].items())
-        out += [
-            f"live pipeline, 640x480 frame, ms median/p90 (torch threads: {threads}; and 1 thread; an ensemble runs "
-            "one network per frame, in turn, and 'all networks' every network on every frame)"
-        ]
-        out += _table(["frame", "found"] + stages + ["total min"], rows) + [""]
-        out += _table(
-            ["model", "total/forward 1 face", "total/forward 4 faces", "4 faces / 1 face"],
-            [
-                [k, r["total_over_forward_1_face"], r["total_over_forward_4_face"], r["four_vs_one_face"]]
-                for k, r in result["ratios"].items()
-            ],
-        ) + [""]
+    if not rows:
+        return []
+    threads = ", ".join(f"{name} {pipe['threads']}" for name, pipe in result["pipeline"].items())
+    out = [
+        f"live pipeline, 640x480 frame, ms median/p90 (torch threads: {threads}; and 1 thread; an ensemble runs "
+        "one network per frame, in turn, and 'all networks' every network on every frame)"
+    ]
+    out += _table(["frame", "found"] + stages + ["total min"], rows) + [""]
+    out += _table(
+        ["model", "total/forward 1 face", "total/forward 4 faces", "4 faces / 1 face"],
+        [
+            [k, r["total_over_forward_1_face"], r["total_over_forward_4_face"], r["four_vs_one_face"]]
+            for k, r in result["ratios"].items()
+        ],
+    ) + [""]
+    return out
+
+
+def _forward_section(result: dict) -> list[str]:
+    """The forward pass alone per model and variant; empty when none was timed."""
     rows = [
         [name, variant] + [f"{v[n]['median']:.2f} ({v[n]['min']:.2f})" for n in ("1_face", "4_face")]
         for name, variants in result["forward"].items()
         for variant, v in variants.items()
     ]
-    if rows:
-        out += (
-            ["forward pass (preprocess + model, input on the device), ms median (min)"]
-            + _table(["model", "variant", "1 face", "4 faces"], rows)
-            + [""]
-        )
+    if not rows:
+        return []
+    return (
+        ["forward pass (preprocess + model, input on the device), ms median (min)"]
+        + _table(["model", "variant", "1 face", "4 faces"], rows)
+        + [""]
+    )
+
+
+def _onnx_section(result: dict) -> list[str]:
+    """PyTorch against ONNX Runtime; empty when not compared."""
     rows = [
         [name, _faces(n)]
         + [o[n][k]["median"] for k in ("torch_ms", "onnxruntime_ms", "onnxruntime_1_thread_ms")]
@@ -137,9 +156,17 @@ def format_report(result: dict) -> str:
         for name, o in result["onnx"].items()
         for n in ("1_face", "4_face")
     ]
-    if rows:
-        out += ["predict_tensor: PyTorch vs ONNX Runtime, ms median"]
-        out += _table(["model", "faces", "pytorch", "onnxruntime", "onnxruntime 1 thread", "max |diff|"], rows) + [""]
+    if not rows:
+        return []
+    return (
+        ["predict_tensor: PyTorch vs ONNX Runtime, ms median"]
+        + _table(["model", "faces", "pytorch", "onnxruntime", "onnxruntime 1 thread", "max |diff|"], rows)
+        + [""]
+    )
+
+
+def _explain_section(result: dict) -> list[str]:
+    """Photo analysis without and with Grad-CAM; empty when not timed."""
     rows = [
         [
             name,
@@ -151,28 +178,42 @@ def format_report(result: dict) -> str:
         for name, frames in result.get("explain", {}).items()
         for n, e in frames.items()
     ]
-    if rows:
-        out += ["photo analysis + overlay (every network, the checkpoint's TTA), without and with Grad-CAM, ms median"]
-        out += _table(["model", "faces", "without", "with Grad-CAM", "Grad-CAM ms per face"], rows) + [""]
+    if not rows:
+        return []
+    return (
+        ["photo analysis + overlay (every network, the checkpoint's TTA), without and with Grad-CAM, ms median"]
+        + _table(["model", "faces", "without", "with Grad-CAM", "Grad-CAM ms per face"], rows)
+        + [""]
+    )
+
+
+def _training_section(result: dict) -> list[str]:
+    """Training throughput per model and phase, and what CLIP's embedding cache saves; empty when not run."""
     rows = [
         [name, phase, t.get("precision", ""), t["images_per_s"], t["seconds"], t.get("embed_seconds", "")]
         for name, phases in result["training"].items()
         for phase, t in phases.items()
         if "images_per_s" in t
     ]
-    if rows:
-        out += ["training throughput (real trainer)"] + _table(
-            ["model", "phase", "precision", "images/s", "epoch s", "embed s"], rows
+    if not rows:
+        return []
+    out = ["training throughput (real trainer)"] + _table(
+        ["model", "phase", "precision", "images/s", "epoch s", "embed s"], rows
+    )
+    frozen = result["training"].get("clip", {}).get("frozen_phase")
+    if frozen:
+        out.append(
+            f"CLIP frozen phase, epochs 1-{frozen['epochs']}: {frozen['with_cache_s']}s with the cache vs "
+            f"{frozen['without_cache_s']}s without ({frozen['speedup']}x; {frozen['speedup_incl_validation']}x counting "
+            f"validation) for {frozen['train_images']} images; "
+            f"on FER2013 about {frozen['fer2013_with_cache_min']} vs {frozen['fer2013_without_cache_min']} min"
         )
-        frozen = result["training"].get("clip", {}).get("frozen_phase")
-        if frozen:
-            out.append(
-                f"CLIP frozen phase, epochs 1-{frozen['epochs']}: {frozen['with_cache_s']}s with the cache vs "
-                f"{frozen['without_cache_s']}s without ({frozen['speedup']}x; {frozen['speedup_incl_validation']}x counting "
-                f"validation) for {frozen['train_images']} images; "
-                f"on FER2013 about {frozen['fer2013_with_cache_min']} vs {frozen['fer2013_without_cache_min']} min"
-            )
-        out.append("")
+    return out + [""]
+
+
+def _video_and_memory_section(result: dict) -> list[str]:
+    """Video analysis speed and the app's memory, one line each when measured."""
+    out = []
     video = result.get("video")
     if video:
         out += [
@@ -186,6 +227,21 @@ def format_report(result: dict) -> str:
             + ", ".join(f"{k} {v:.0f} MB" for k, v in result["memory"].items()),
             "",
         ]
+    return out
+
+
+def format_report(result: dict) -> str:
+    """The benchmark as readable tables, targets marked PASS or MISS."""
+    out = [
+        *_machine_section(result["machine"]),
+        *_detector_section(result),
+        *_pipeline_section(result),
+        *_forward_section(result),
+        *_onnx_section(result),
+        *_explain_section(result),
+        *_training_section(result),
+        *_video_and_memory_section(result),
+    ]
     out += ["targets"] + _table(
         ["target", "value", "limit", "result"],
         [[t["target"], t["value"], t["limit"], "PASS" if t["pass"] else "MISS"] for t in result["targets"]],

@@ -1,8 +1,7 @@
 """Face detection (MediaPipe BlazeFace, or OpenCV's Haar cascade as a fallback) and FER2013-style face crops.
 
-The BlazeFace model is found in this order: an explicit path (``--face-model``) or ``$EMOTION_FACE_MODEL``,
-a copy in the cache dir (``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion``), a one-time download from
-Google with a sha256 check, and otherwise the Haar cascade bundled with OpenCV. ``FaceDetector.source``
+The BlazeFace model file is found by ``emotion.inference.face_model`` (explicit path or ``$EMOTION_FACE_MODEL``,
+cache, checked download); without one the Haar cascade bundled with OpenCV runs. ``FaceDetector.source``
 says which one runs, so a fallback is never silent.
 
 Box convention: every backend reports boxes framed as BlazeFace frames a face (brows to chin, cheek to
@@ -13,13 +12,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import logging
 import math
-import os
-import tempfile
 import threading
-import urllib.request
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -30,26 +25,10 @@ import numpy as np
 
 from ..data.dataset import to_face48
 from .align import aligned_crop, estimate_eyes
+from .face_model import _resolve
 
 log = logging.getLogger(__name__)
 
-ENV_FACE_MODEL = "EMOTION_FACE_MODEL"
-FACE_MODEL_FILENAME = "face_detection_short_range.tflite"
-FACE_MODEL_URL = (
-    "https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/"
-    "float16/latest/blaze_face_short_range.tflite"
-)
-# Google-pinned digests of BlazeFace short-range (mediapipe's third_party/external_files.bzl): the plain model
-# (also shipped in the mediapipe 0.10.x wheels and in ../shared) and the variant with TFLite metadata.
-# A download matching neither is rejected.
-KNOWN_FACE_MODEL_SHA256 = frozenset(
-    {
-        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",  # face_detection_short_range.tflite
-        "42012b078cc201e994674ac863862577279644f3ba405729ccd964f03e9f12d5",  # face_detection_short_range_with_metadata.tflite
-    }
-)
-DOWNLOAD_TIMEOUT_S = 10.0
-MAX_DOWNLOAD_BYTES = 10 * 2**20  # the model is 230 KB; anything far bigger is not it
 HAAR_CASCADE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
 
 DETECT_MAX_SIDE = 1280  # larger frames are downscaled for detection: BlazeFace sees 128x128 anyway
@@ -72,7 +51,6 @@ MAX_FACES = 20  # bounds latency on crowd photos; the largest faces are kept
 _HAAR_TO_BLAZE_SCALE = 0.81
 _HAAR_TO_BLAZE_SHIFT = 0.095
 _FER_CENTRE_SHIFT = 0.12
-_urlopen = urllib.request.urlopen  # module attribute so tests can stand in for the network
 
 
 @dataclass(frozen=True)
@@ -89,74 +67,6 @@ class Box:
     h: int
     score: float = 1.0
     eyes: tuple[float, float, float, float] | None = None
-
-
-def cache_dir() -> Path:
-    """Where downloaded models live: ``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion``."""
-    root = os.environ.get("EMOTION_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "emotion")
-    return Path(root).expanduser()
-
-
-def download_face_model(dest: Path, url: str = FACE_MODEL_URL, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Download the BlazeFace model to ``dest`` atomically; raises OSError or ValueError (unknown sha256)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        digest, size = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, _urlopen(url, timeout=timeout) as resp:
-            while chunk := resp.read(1 << 16):
-                size += len(chunk)
-                if size > MAX_DOWNLOAD_BYTES:
-                    raise ValueError(f"{url} is larger than {MAX_DOWNLOAD_BYTES} bytes: not the BlazeFace model")
-                digest.update(chunk)
-                out.write(chunk)
-        sha = digest.hexdigest()
-        if sha not in KNOWN_FACE_MODEL_SHA256:
-            raise ValueError(f"{url} has sha256 {sha}, which is not a known BlazeFace short-range model; rejected")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
-def _resolve(path: str | os.PathLike | None, allow_download: bool) -> tuple[str | None, str, bool]:
-    """(model path or None, description, whether the user named it explicitly)."""
-    for given, how in ((path, "--face-model"), (os.environ.get(ENV_FACE_MODEL), f"${ENV_FACE_MODEL}")):
-        if given:
-            p = Path(given).expanduser()
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"face model {p} (from {how}) does not exist; point it at "
-                    f"{FACE_MODEL_FILENAME} or unset it to use the cached/downloaded model"
-                )
-            return str(p), f"MediaPipe BlazeFace ({p}, from {how})", True
-    cached = cache_dir() / FACE_MODEL_FILENAME
-    if cached.is_file() and cached.stat().st_size > 0:
-        return str(cached), f"MediaPipe BlazeFace ({cached}, cached)", False
-    why = "no MediaPipe model found"
-    if allow_download:
-        try:
-            download_face_model(cached)
-            return str(cached), f"MediaPipe BlazeFace ({cached}, downloaded)", False
-        except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
-            log.warning("could not download the BlazeFace face model from %s (%s)", FACE_MODEL_URL, exc)
-            why += ", download failed"
-    return (
-        None,
-        (f"OpenCV Haar cascade (fallback: {why}; pass --face-model or set ${ENV_FACE_MODEL} to {FACE_MODEL_FILENAME})"),
-        False,
-    )
-
-
-def resolve_face_model(path: str | None = None, allow_download: bool = True) -> tuple[str | None, str]:
-    """The BlazeFace model to use and a description of where it came from; (None, ...) means Haar fallback.
-
-    Raises FileNotFoundError when an explicitly named model (argument or env var) does not exist.
-    """
-    found, description, _ = _resolve(path, allow_download)
-    log.info("face detector: %s", description)
-    return found, description
 
 
 def as_rgb(image: np.ndarray | None) -> np.ndarray:
@@ -236,7 +146,7 @@ def _close_at_exit() -> None:
 class FaceDetector:
     """Finds faces in RGB frames; create it once and share it (``detect`` is thread-safe).
 
-    ``model_path`` names a BlazeFace model (see ``resolve_face_model`` for the search order);
+    ``model_path`` names a BlazeFace model (see ``face_model.resolve_face_model`` for the search order);
     ``backend="haar"`` skips it and runs the Haar cascade (e.g. to benchmark the fallback);
     ``min_confidence`` applies to BlazeFace only (Haar boxes have no score); faces smaller than
     ``min_face_px`` are dropped and only the ``max_faces`` largest are kept.
