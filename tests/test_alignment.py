@@ -1,4 +1,4 @@
-"""Eye-aligned FER2013 crops (emotion/align.py), the frame benchmark (emotion/frame_bench.py) and bad frames."""
+"""Eye-aligned FER2013 crops (emotion/inference/align.py), the frame benchmark (emotion/evaluation/frames.py) and bad frames."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig, rotate: bool 
 
 def explain_timings(recognizer, frames: dict[int, np.ndarray], cfg: BenchConfig) -> dict:
     """Per frame of ``frames`` (faces -> frame): a photo's analysis (every network, the checkpoint's TTA) plus the
-    overlay, without and with Grad-CAM (``emotion.explain``), in ms, and the extra ms per face the explanation costs."""
+    overlay, without and with Grad-CAM (``emotion.inference.explain``), in ms, and the extra ms per face the explanation costs."""
     from ..inference.explain import explain_image
     from ..inference.overlay import draw_faces
 

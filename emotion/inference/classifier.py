@@ -218,7 +218,7 @@ class EmotionClassifier:
 
     def calibrate(self, probs: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         """The checkpoint's temperature applied to final probabilities (after the ensemble's and TTA's mean, on
-        either engine, so both agree); the predicted class never changes. See ``emotion.calibration``."""
+        either engine, so both agree); the predicted class never changes. See ``emotion.models.temperature``."""
         if isinstance(probs, np.ndarray):
             return apply_temperature(torch.from_numpy(probs), self.temperature).numpy()
         return apply_temperature(probs, self.temperature)

@@ -312,7 +312,7 @@ def square_boxes(boxes: Sequence[Box], frame_shape: Sequence[int], margin: float
 def crop_faces(rgb: np.ndarray, boxes: Sequence[Box], margin: float = 0.25) -> list[np.ndarray]:
     """48x48 uint8 grayscale crops framed like FER2013 training faces, one per box.
 
-    A box with ``eyes`` is cropped by ``emotion.align.aligned_crop`` (scale, centre and tilt from the eyes);
+    A box with ``eyes`` is cropped by ``emotion.inference.align.aligned_crop`` (scale, centre and tilt from the eyes);
     one without is the square around the box. Parts of the square that fall outside the frame are filled by
     replicating the edge, which keeps the face centred as in FER2013 rather than shifted or squashed.
     """
