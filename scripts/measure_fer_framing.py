@@ -1,10 +1,10 @@
-"""Measure how FER2013 TRAIN faces are framed, for the aligned face crop (emotion/align.py).
+"""Measure how FER2013 TRAIN faces are framed, for the aligned face crop (emotion/inference/align.py).
 
 Each sampled train face is upscaled 4x (48 -> 192 px), pasted in the middle of a grey 640x480 frame, and
 shown to MediaPipe BlazeFace; its eye keypoints and box are mapped back into the 48x48 crop's coordinates
 (continuous, the crop's top-left corner is (0, 0), a pixel is 1 unit). Medians (robust to the odd bad
 detection) and quartiles over every face found are printed as JSON; the medians are the constants in
-emotion/align.py. Only the train split is read: framing constants must not be fitted on the test split.
+emotion/inference/align.py. Only the train split is read: framing constants must not be fitted on the test split.
 
     python scripts/measure_fer_framing.py --data ../shared/fer2013 --faces 3000 --seed 0
 """
