@@ -110,6 +110,23 @@ def test_estimated_eyes_follow_the_measured_framing() -> None:
     assert math.isclose(lx - rx, align.EYE_DIST_IN_BOX * 50) and math.isclose(ry, 200 + align.EYE_CY_IN_BOX * 50)
 
 
+def test_framing_eyes_take_the_keypoints_tilt_and_the_boxs_centre() -> None:
+    box = (100, 200, 50, 50)
+    upright = align.estimate_eyes(*box)
+    # Upright keypoints, off-centre and too far apart: the box places them, the scale is the mean of both.
+    rx, ry, lx, ly = align.framing_eyes(*box, (110.0, 210.0, 150.0, 210.0))
+    assert math.isclose((rx + lx) / 2, (upright[0] + upright[2]) / 2) and math.isclose(ry, upright[1])
+    assert math.isclose(ry, ly) and math.isclose(lx - rx, (align.EYE_DIST_IN_BOX * 50 + 40) / 2)
+    # Tilted keypoints: their angle is kept and the eye midpoint turns with it about the box's centre.
+    t = math.radians(20)
+    rx, ry, lx, ly = align.framing_eyes(*box, (120.0, 215.0, 120 + 20 * math.cos(t), 215 + 20 * math.sin(t)))
+    assert math.isclose(math.atan2(ly - ry, lx - rx), t)
+    ox, oy = (align.EYE_CX_IN_BOX - 0.5) * 50, (align.EYE_CY_IN_BOX - 0.5) * 50
+    mx, my = 125 + math.cos(t) * ox - math.sin(t) * oy, 225 + math.sin(t) * ox + math.cos(t) * oy
+    assert math.isclose((rx + lx) / 2, mx) and math.isclose((ry + ly) / 2, my)
+    assert align.framing_eyes(*box, (5.0, 5.0, 5.0, 5.0)) == (5.0, 5.0, 5.0, 5.0)  # degenerate: unchanged
+
+
 # --- real faces through BlazeFace ----------------------------------------------------------------
 
 

@@ -1,10 +1,10 @@
 """Face crops aligned like FER2013: one similarity warp puts the eyes where FER2013 train faces have them.
 
-A detector's box only says roughly where a face is; its size wobbles and it ignores head tilt. The eyes say
-more: their midpoint fixes the crop's centre, their distance its scale and the line through them the
-in-plane rotation, which the warp undoes. The constants below were measured on FER2013 TRAIN faces by
-``scripts/measure_fer_framing.py`` (medians over the faces BlazeFace found); coordinates are continuous
-48x48-crop units, (0, 0) the crop's top-left corner.
+A detector's box only says roughly where a face is and ignores head tilt; two eye keypoints give the tilt
+but jitter. ``framing_eyes`` combines them: the line through the keypoints gives the in-plane rotation,
+which the warp undoes, the box the crop's centre, and both together its scale. The constants below were
+measured on FER2013 TRAIN faces by ``scripts/measure_fer_framing.py`` (medians over the faces BlazeFace
+found); coordinates are continuous 48x48-crop units, (0, 0) the crop's top-left corner.
 """
 
 from __future__ import annotations
@@ -31,6 +31,28 @@ def estimate_eyes(x: float, y: float, w: float, h: float) -> tuple[float, float,
     """(right eye x, y, left eye x, y) where FER2013's framing puts them in an upright BlazeFace-framed box."""
     cx, cy, half = x + EYE_CX_IN_BOX * w, y + EYE_CY_IN_BOX * h, EYE_DIST_IN_BOX * w / 2
     return (cx - half, cy, cx + half, cy)
+
+
+def framing_eyes(
+    x: float, y: float, w: float, h: float, keypoints: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
+    """The eyes a detected face is aligned on: tilt from its eye keypoints, centre and scale mostly from its box.
+
+    Two keypoints are noisy: alone they set the crop's centre and scale poorly. The eye line's angle is kept;
+    the eye midpoint is placed where FER2013's framing has it in the box (``EYE_*_IN_BOX``, turned by that
+    angle about the box's centre) and the eye distance is the mean of the box's estimate and the keypoints'.
+    On 700 FER2013 train faces in frames this cut the gap to their direct crops' accuracy from 14.3 to 12.1
+    points (box framing alone: 12.7). Keypoints that are not two distinct points are returned unchanged.
+    """
+    rx, ry, lx, ly = (float(v) for v in keypoints)
+    dist = math.hypot(lx - rx, ly - ry)
+    if not math.isfinite(dist) or dist < 1e-3:
+        return keypoints
+    cos, sin = (lx - rx) / dist, (ly - ry) / dist
+    half = (EYE_DIST_IN_BOX * w + dist) / 4  # half the mean of the two eye distances
+    ox, oy = (EYE_CX_IN_BOX - 0.5) * w, (EYE_CY_IN_BOX - 0.5) * h  # eye midpoint from the box centre, upright
+    cx, cy = x + w / 2 + cos * ox - sin * oy, y + h / 2 + sin * ox + cos * oy
+    return (cx - half * cos, cy - half * sin, cx + half * cos, cy + half * sin)
 
 
 def fer_transform(eyes: tuple[float, float, float, float]) -> np.ndarray:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from ..data.dataset import to_face48
-from .align import aligned_crop, estimate_eyes
+from .align import aligned_crop, estimate_eyes, framing_eyes
 from .face_model import _resolve
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,9 @@ _FER_CENTRE_SHIFT = 0.12
 class Box:
     """A face box in frame pixels, with the detector's confidence (1.0 for Haar, which has none).
 
-    ``eyes`` is (x, y) of the subject's right eye then left eye, in frame pixels (a MediaPipe box's keypoints;
-    a Haar box's are estimated from the box); crops are aligned on them. None: framed from the box alone.
+    ``eyes`` is (x, y) of the subject's right eye then left eye, in frame pixels, that crops are aligned
+    on: for a MediaPipe box ``align.framing_eyes`` of its box and eye keypoints (the keypoints' tilt, the box's
+    centre and scale), for a Haar box estimated from the box alone. None: framed from the box alone.
     """
 
     x: int
@@ -242,6 +243,7 @@ class FaceDetector:
             kps = det.keypoints or []
             if len(kps) >= 2:  # keypoints 0 and 1: the subject's right and left eye, relative to the image size
                 eyes = (kps[0].x * width, kps[0].y * height, kps[1].x * width, kps[1].y * height)
+                eyes = framing_eyes(b.origin_x, b.origin_y, b.width, b.height, eyes)
             else:
                 eyes = estimate_eyes(b.origin_x, b.origin_y, b.width, b.height)
             out.append((b.origin_x, b.origin_y, b.width, b.height, score, eyes))
@@ -312,9 +314,9 @@ def square_boxes(boxes: Sequence[Box], frame_shape: Sequence[int], margin: float
 def crop_faces(rgb: np.ndarray, boxes: Sequence[Box], margin: float = 0.25) -> list[np.ndarray]:
     """48x48 uint8 grayscale crops framed like FER2013 training faces, one per box.
 
-    A box with ``eyes`` is cropped by ``emotion.inference.align.aligned_crop`` (scale, centre and tilt from the eyes);
-    one without is the square around the box. Parts of the square that fall outside the frame are filled by
-    replicating the edge, which keeps the face centred as in FER2013 rather than shifted or squashed.
+    A box with ``eyes`` is cropped by ``emotion.inference.align.aligned_crop`` (scale, centre and tilt from the eyes,
+    see ``Box``); one without is the square around the box. Parts of the square that fall outside the frame
+    are filled by replicating the edge, which keeps the face centred as in FER2013 rather than shifted or squashed.
     """
     rgb = as_rgb(rgb)
     height, width = rgb.shape[:2]
