@@ -121,3 +121,20 @@ def launched_app(config) -> Iterator[tuple]:
         yield app, url
     finally:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def models(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The app's ModelManager on the tiny CNN and BlazeFace, with empty assets/ and runs/ folders (one per module)."""
+    from emotion.app.model_panel import ModelManager
+
+    base = tmp_path_factory.mktemp("app")
+    return ModelManager(tiny_cnn_checkpoint, face_model_path, "cpu", base / "assets", base / "runs", ROOT)
+
+
+@pytest.fixture(scope="module")
+def scene(real_faces: dict[str, list[np.ndarray]]) -> np.ndarray:
+    """A 640x480 frame with one real face, as a webcam would see it."""
+    from make_clip import face_scene
+
+    return face_scene(real_faces["happy"][0])

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from make_clip import face_scene
 from PIL import Image
 
 import train_cli
@@ -167,17 +166,6 @@ def test_overlay_colours_only_the_crop_and_the_hot_spot_red() -> None:
 
 
 # --- the app and the command line -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def models(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelManager:
-    base = tmp_path_factory.mktemp("app")
-    return ModelManager(tiny_cnn_checkpoint, face_model_path, "cpu", base / "assets", base / "runs", ROOT)
-
-
-@pytest.fixture(scope="module")
-def scene(real_faces: dict[str, list[np.ndarray]]) -> np.ndarray:
-    return face_scene(real_faces["happy"][0])
 
 
 def test_upload_with_explain_overlays_saliency_and_keeps_the_results(models: ModelManager, scene: np.ndarray) -> None:

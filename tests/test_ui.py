@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_folder_dataset
-from make_clip import face_scene
 from PIL import Image
 
 from emotion.app.live import FACE_HOLD_FRAMES, LiveSession, analyze_frame
@@ -35,18 +34,6 @@ from emotion.models.checkpoint import CheckpointError
 ROOT = Path(__file__).resolve().parent.parent
 SKIP = gr.skip()
 DISPLAY_NAMES = {display(c) for c in CLASS_NAMES}
-
-
-@pytest.fixture(scope="module")
-def models(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelManager:
-    base = tmp_path_factory.mktemp("app")
-    return ModelManager(tiny_cnn_checkpoint, face_model_path, "cpu", base / "assets", base / "runs", ROOT)
-
-
-@pytest.fixture(scope="module")
-def scene(real_faces: dict[str, list[np.ndarray]]) -> np.ndarray:
-    """A 640x480 frame with one real face, as a webcam would see it."""
-    return face_scene(real_faces["happy"][0])
 
 
 def _wait(run, timeout: float = 180.0) -> None:
