@@ -1,8 +1,10 @@
-"""Command line for the emotion package: train, evaluate, predict, export and benchmark.
+"""Command line for the emotion package (console script `emotion`): train, evaluate, calibrate, predict, ship,
+export, bench, video and pack.
 
     python train_cli.py train    --data ../shared/fer2013 --out runs/clip1
     python train_cli.py evaluate --checkpoint runs/clip1/best.pt --data ../shared/fer2013 --split test --out reports/clip1
-    python train_cli.py predict  face.jpg other.png [--checkpoint ...] [--json]
+    python train_cli.py evaluate --checkpoint assets/emotion_cnn.pt --data ../shared/fer2013 --split test --frames
+    python train_cli.py predict  face.jpg other.png [--checkpoint ...] [--json] [--explain OUT_DIR]
     python train_cli.py pack     --data ../shared/fer2013 --out .data/fer2013   # small lossless copy: --data .data/fer2013
 
 Run `python train_cli.py COMMAND --help` for every flag. Multi-process training:
