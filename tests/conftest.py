@@ -138,3 +138,15 @@ def scene(real_faces: dict[str, list[np.ndarray]]) -> np.ndarray:
     from make_clip import face_scene
 
     return face_scene(real_faces["happy"][0])
+
+
+def trained_like_batchnorm(model):
+    """``model`` with random BatchNorm running statistics, as a trained network has (networks then differ beyond
+    their weights, and eval mode is not an identity); returns it."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model

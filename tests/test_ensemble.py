@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import trained_like_batchnorm
 
 import train_cli
 from emotion.data.splits import load_split
@@ -33,10 +34,7 @@ def _trained_like(path: Path, seed: int, cfg: ModelConfig = TINY) -> Path:
     """A checkpoint with random weights and BatchNorm statistics (as a trained one has) and an epoch history."""
     torch.manual_seed(seed)
     model, _ = build_model(cfg)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    trained_like_batchnorm(model)
     history = [
         {
             "epoch": e,

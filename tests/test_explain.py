@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import trained_like_batchnorm
 from PIL import Image
 
 import train_cli
@@ -36,10 +37,7 @@ def _loaded(cfg: ModelConfig, tta: str = "none", seed: int = 0) -> LoadedModel:
     """A random-weight model as load_checkpoint would return it (eval mode), with trained-like BatchNorm statistics."""
     torch.manual_seed(seed)
     model, preprocess = build_model(cfg)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    trained_like_batchnorm(model)
     return LoadedModel(model.eval(), preprocess, cfg, "tiny.pt", {}, {}, {"tta": tta})
 
 

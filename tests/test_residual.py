@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import trained_like_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -31,10 +32,7 @@ SMALL = ["--model", "cnn", "--epochs", "1", "--batch-size", "16", "--cnn-widths"
 def _saved(path: Path, cfg: ModelConfig, seed: int) -> Path:
     torch.manual_seed(seed)
     model, _ = build_model(cfg)
-    for m in model.modules():  # trained-like BatchNorm statistics, so members differ beyond their weights
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    trained_like_batchnorm(model)
     save_checkpoint(path, model, cfg, train_config={"seed": seed})
     return path
 

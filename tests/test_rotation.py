@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import trained_like_batchnorm
 
 from emotion.inference.classifier import EmotionClassifier
 from emotion.inference.faces import Box
@@ -25,10 +26,7 @@ def ensemble_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained 3-network ensemble whose networks disagree (random weights and BatchNorm statistics)."""
     torch.manual_seed(0)
     model, _ = build_model(ENSEMBLE)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    trained_like_batchnorm(model)
     path = tmp_path_factory.mktemp("rotation") / "ensemble.pt"
     save_checkpoint(path, model, ENSEMBLE)
     return path
