@@ -120,6 +120,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--mix-prob", type=float, default=aug.mix_prob, help="share of batches mixed when --mixup or --cutmix is on"
     )
     p.add_argument(
+        "--frame-jitter",
+        type=float,
+        default=aug.frame_jitter,
+        help="share of faces framed like the app's crops of faces found in camera frames (looser or tighter, "
+        "off-centre, tilted up to 20 degrees), so the network learns those crops too; 0 = off (try 0.5)",
+    )
+    p.add_argument(
         "--teacher",
         default=None,
         help="distil: also learn to match this checkpoint's predictions, e.g. assets/emotion_cnn.pt (an ensemble)",
@@ -200,6 +207,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="carve this fraction of train for validation instead of using the test split",
     )
     p.add_argument("--seed", type=int, default=t.seed, help="random seed")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed of the --val-split carve-out alone (default: --seed); give every network of an ensemble the "
+        "same one, so they all hold out the same faces and `calibrate` can fit on faces none of them saw",
+    )
     p.add_argument(
         "--amp",
         choices=["auto", "bf16", "fp16", "off"],
@@ -516,6 +530,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         cache_flip=a.cache_flip,
         val_split=a.val_split,
         seed=a.seed,
+        split_seed=a.split_seed,
         amp=a.amp,
         device=a.device,
         threads=a.threads,
@@ -545,7 +560,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         "cnn_block": a.cnn_block,
     }
     cfg.model = replace(cfg.model, **{k: v for k, v in model_overrides.items() if v is not None})
-    cfg.augment = replace(cfg.augment, mixup=a.mixup, cutmix=a.cutmix, mix_prob=a.mix_prob)
+    cfg.augment = replace(cfg.augment, mixup=a.mixup, cutmix=a.cutmix, mix_prob=a.mix_prob, frame_jitter=a.frame_jitter)
     cfg.check()  # bad settings stop here, before a run folder is created
     result = train(cfg)
     if not a.no_report and int(os.environ.get("RANK", "0")) == 0:

@@ -154,10 +154,14 @@ class HeldOut:
 
 def default_held_out(train_config: dict, fraction: float | None, seed: int | None) -> HeldOut:
     """The faces to fit on: the checkpoint's own validation carve-out of train when every network was trained
-    with the same ``val_split``/``seed`` (truly unseen faces), else ``fraction``/``seed`` given (default 0.1, 0),
-    which the networks may have trained on (``unseen`` False)."""
+    with the same ``val_split`` and split seed (``split_seed``, else ``seed``: truly unseen faces), else
+    ``fraction``/``seed`` given (default 0.1, 0), which the networks may have trained on (``unseen`` False)."""
     configs = train_config.get("members") if isinstance(train_config.get("members"), list) else [train_config]
-    splits = {(c.get("val_split"), c.get("seed")) for c in configs if isinstance(c, dict)}
+    splits = {
+        (c.get("val_split"), c.get("seed") if c.get("split_seed") is None else c.get("split_seed"))
+        for c in configs
+        if isinstance(c, dict)
+    }
     stored = next(iter(splits)) if len(splits) == 1 and len(configs) >= 1 else (None, None)
     own_split = (
         isinstance(stored[0], (int, float))

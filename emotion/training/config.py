@@ -43,7 +43,10 @@ class TrainConfig:
     )
     val_split: float = 0.0  # >0: carve this fraction of train for validation instead of using the test split
     val_name: str = "test"  # split used for validation when val_split is 0
-    seed: int = 0  # seeds shuffling, augmentation, the val split and initialisation
+    seed: int = 0  # seeds shuffling, augmentation, initialisation and (unless split_seed) the val split
+    split_seed: int | None = (
+        None  # seeds the val split alone; give an ensemble's networks one, so all hold out the same faces
+    )
     amp: str = "auto"  # "auto": fp16 on CUDA, bf16 on CPUs with native bf16; "bf16", "fp16" or "off"
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     threads: int = 0  # CPU threads for torch; 0 = one per core (1 is steadier on a busy machine)
@@ -132,6 +135,9 @@ class TrainConfig:
         number("mixup", "mixup alpha (--mixup)", 0, 100, owner=self.augment)
         number("cutmix", "CutMix alpha (--cutmix)", 0, 100, owner=self.augment)
         number("mix_prob", "mix probability (--mix-prob)", 0, 1.0, owner=self.augment)
+        number("frame_jitter", "frame jitter share (--frame-jitter)", 0, 1.0, owner=self.augment)
+        if self.split_seed is not None:
+            number("split_seed", "split seed (--split-seed)", 0, 2**63 - 1, whole=True)
         number("distill_weight", "distillation weight (--distill-weight)", 0, 1.0)
         number("distill_temperature", "distillation temperature (--distill-temperature)", 0, 100, low_open=True)
         if self.teacher is not None and not Path(self.teacher).is_file():
@@ -158,6 +164,11 @@ class TrainConfig:
                 "the trainer trains one network at a time: train each with its own --seed, then "
                 "combine them with `train_cli.py ship RUN1/best.pt RUN2/best.pt ...`"
             )
+
+    @property
+    def val_split_seed(self) -> int:
+        """The seed of the validation carve-out: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict:
         """JSON form stored in checkpoints."""

@@ -82,6 +82,7 @@ def embedding_cache(
         "val_split": cfg.val_split,
         "max_images": cfg.max_images,
         "seed": cfg.seed,
+        **({"split_seed": cfg.split_seed} if cfg.split_seed is not None else {}),  # older caches stay valid
     }
     path = Path(cfg.out) / "embeddings.pt"
     if path.exists():

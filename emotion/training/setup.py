@@ -28,7 +28,7 @@ def load_train_val(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset]:
     """The training and validation sets ``cfg`` describes (test split, or a seeded carve-out of train)."""
     train = load_split(cfg.data, "train", cfg.data_cache)
     if cfg.val_split > 0:
-        train, val = split_train_val(train, cfg.val_split, cfg.seed)
+        train, val = split_train_val(train, cfg.val_split, cfg.val_split_seed)
     elif has_split(cfg.data, cfg.val_name):
         val = load_split(cfg.data, cfg.val_name, cfg.data_cache)
     else:
