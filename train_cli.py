@@ -447,7 +447,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         "--seed",
         type=int,
         default=None,
-        help="seed of the stratified held-out split (default: the checkpoint's training seed "
+        help="seed of the stratified held-out split (default: the checkpoint's split seed, --split-seed or --seed, "
         "with its own --val-split, else 0)",
     )
     p.add_argument("--dry-run", action="store_true", help="fit and report only; leave the checkpoint unchanged")

@@ -15,6 +15,7 @@ from conftest import make_folder_dataset
 
 import train_cli
 from emotion.evaluation.calibration import (
+    default_held_out,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
@@ -226,6 +227,16 @@ def test_calibrate_defaults_to_the_checkpoints_own_held_out_faces(tmp_path, caps
     assert "unseen in training" in capsys.readouterr().out
     record = read_checkpoint(ckpt)["inference"]["calibration"]
     assert (record["holdout"], record["seed"], record["faces"], record["unseen_in_training"]) == (0.2, 3, 14, True)
+
+
+def test_an_ensemble_sharing_a_split_seed_calibrates_on_its_unseen_faces():
+    members = [{"val_split": 0.05, "seed": s, "split_seed": 0} for s in (30, 31, 36)]
+    held = default_held_out({"members": members}, None, None)
+    assert (held.fraction, held.seed, held.unseen) == (0.05, 0, True)
+    # Without a shared split seed each network held out other faces: none is unseen by all of them.
+    apart = [{"val_split": 0.05, "seed": s} for s in (30, 31)]
+    assert default_held_out({"members": apart}, None, None).unseen is False
+    assert default_held_out({"members": [*members[:2], {"val_split": 0.05, "seed": 0}]}, None, None).unseen
 
 
 def test_calibrate_bad_inputs_give_clear_errors(tmp_path, tiny_cnn_checkpoint, capsys):

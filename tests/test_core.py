@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,8 +21,9 @@ from emotion.evaluation.evaluate import compute_metrics
 from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from emotion.models.networks import ModelConfig, build_model, count_parameters
 from emotion.models.weights import WeightsError, resolve_clip_weights
-from emotion.training.config import TrainConfig
+from emotion.training.config import ConfigError, TrainConfig
 from emotion.training.optim import lr_factor, param_groups, set_phase
+from emotion.training.setup import load_train_val
 
 TINY_CLIP = ModelConfig(kind="clip", clip_model="emotion-tiny-vit")
 
@@ -143,6 +145,35 @@ def test_augment_shapes_range_and_variety():
     assert not torch.allclose(y, x)
     flip_only = AugmentConfig(scale=(1, 1), ratio=(1, 1), flip=1.0, rotation=0, brightness=0, contrast=0, erase=0)
     assert torch.allclose(augment(x, flip_only), x.flip(-1), atol=1e-5)
+
+
+def test_frame_jitter_reframes_only_its_share_of_faces():
+    # A bright square on black: its area in the output shows how each face was framed.
+    x = torch.zeros(400, 1, 48, 48)
+    x[:, :, 12:36, 12:36] = 1.0
+    still = AugmentConfig(scale=(1, 1), ratio=(1, 1), flip=0, rotation=0, brightness=0, contrast=0, erase=0)
+    assert torch.allclose(augment(x, still), x, atol=1e-5)
+    framed = augment(x, replace(still, frame_jitter=0.5), torch.Generator().manual_seed(0))
+    moved = (framed - x).abs().flatten(1).amax(1) > 0.05
+    assert 0.35 < moved.float().mean() < 0.65  # about half the faces reframed, the rest untouched
+    area = framed[moved].flatten(1).mean(1) / x[0].mean()
+    # Looser crops (side up to 1.3x) shrink the square, tighter ones (0.73x) enlarge it; tilt keeps its area.
+    assert area.min() < 0.8 and area.max() > 1.4
+    everyone = augment(x, replace(still, frame_jitter=1.0), torch.Generator().manual_seed(1))
+    assert ((everyone - x).abs().flatten(1).amax(1) > 0.05).float().mean() > 0.95
+
+
+def test_split_seed_sets_the_held_out_faces_apart_from_the_seed(tmp_path):
+    data = make_folder_dataset(tmp_path / "fer", per_class=10, splits=("train",))
+    base = TrainConfig.for_model("cnn", data=str(data), val_split=0.2, data_cache=str(tmp_path / "c"))
+    held = [load_train_val(replace(base, seed=s, split_seed=7))[1].images for s in (1, 2)]
+    assert torch.equal(held[0], held[1])  # networks of different seeds hold out the same faces
+    assert torch.equal(load_train_val(replace(base, seed=7))[1].images, held[0])  # split_seed None: --seed
+    assert not torch.equal(load_train_val(replace(base, seed=1))[1].images, held[0])
+    with pytest.raises(ConfigError, match="split seed"):
+        replace(base, split_seed=-1).check()
+    with pytest.raises(ConfigError, match="frame jitter"):
+        replace(base, augment=replace(base.augment, frame_jitter=1.5)).check()
 
 
 def test_cutmix_pastes_a_box_whose_area_sets_the_label_weight():

@@ -1,0 +1,64 @@
+"""scripts/gpu_train.sh end to end on the CPU: probe, planned epochs, shared held-out faces, returned files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_folder_dataset
+
+from emotion.evaluation.calibration import default_held_out
+from emotion.models.checkpoint import read_checkpoint, ship_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow  # five trainer processes start one after another: about a minute on 2 cores
+
+
+def test_gpu_script_trains_every_network_on_one_held_out_split_and_hands_back_int8_networks(tmp_path):
+    data = make_folder_dataset(tmp_path / "fer", per_class=10, splits=("train",))
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "RUNS": str(runs),
+        "DEVICE": "cpu",
+        "EPOCHS": "auto",
+        "EPOCHS_MAX": "2",
+        "PROBE_IMAGES": "32",
+        "BUDGET_S": "300",
+        "VAL_SPLIT": "0.2",
+        "SPLIT_SEED": "3",
+        "RESIDUAL": "2",
+        "TRAIN_ARGS": "--cnn-widths 8,16 --batch-size 16 --frame-jitter 0.5",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",  # python3 is this interpreter
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_train.sh"), str(data), "1 2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "probe 1:" in done.stdout and "epochs in" in done.stdout  # the probe planned each network's epochs
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "nets-1.tar"]
+    with tarfile.open(out / "nets-1.tar") as tar:
+        tar.extractall(tmp_path / "nets", filter="data")
+    nets = sorted((tmp_path / "nets").glob("cnn-s*.pt"))
+    assert [p.name for p in nets] == ["cnn-s1.pt", "cnn-s2.pt"]
+    blobs = [read_checkpoint(p, dequantize=False) for p in nets]
+    assert [b["model_config"]["cnn_block"] for b in blobs] == ["plain", "residual"]
+    assert all(b["train_config"]["split_seed"] == 3 and b["train_config"]["val_split"] == 0.2 for b in blobs)
+    assert all(b["train_config"]["augment"]["frame_jitter"] == 0.5 for b in blobs)
+    assert any(v.dtype == torch.int8 for v in blobs[0]["model"].values())  # int8 weight matrices
+    # Shipped together, the two networks are calibrated on the faces both held out.
+    ship_checkpoint(nets, tmp_path / "ensemble.pt", tta="flip", weights="int8")
+    held = default_held_out(read_checkpoint(tmp_path / "ensemble.pt")["train_config"], None, None)
+    assert (held.fraction, held.seed, held.unseen) == (0.2, 3, True)
