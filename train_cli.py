@@ -402,7 +402,7 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
         "--smoothing",
         type=float,
         default=v.smoothing,
-        help="weight of the newest frame in each face's moving average; 1 = raw per-frame probabilities of the whole model (below 1 an ensemble runs one network per frame, in turn)",
+        help="weight of the newest frame in each face's moving average; 1 = raw per-frame probabilities of the whole model (below 1 each frame runs one network of an ensemble on one TTA view, in turn)",
     )
     p.add_argument(
         "--checkpoint", default=None, help="checkpoint file (default: $EMOTION_CHECKPOINT or the shipped offline CNN)"

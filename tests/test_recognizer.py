@@ -49,7 +49,7 @@ def test_analyze_returns_one_result_per_face(
     monkeypatch.setattr(
         recognizer.classifier,
         "predict_faces",
-        lambda crops, member=None: calls.append(len(crops)) or original(crops, member),
+        lambda crops, member=None, **kw: calls.append(len(crops)) or original(crops, member, **kw),
     )
     for rgb, placed in triangle_frames(real_faces)[:3]:
         timings: dict[str, float] = {}

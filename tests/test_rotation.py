@@ -1,5 +1,6 @@
-"""Live rotation: a tracked stream runs one network of an ensemble per frame and keeps every network's
-latest output per face, so each frame costs one network and a still face gets the ensemble's prediction."""
+"""Live rotation: a tracked stream runs one network of an ensemble on one test-time view per frame and keeps
+every (network, view) slot's latest output per face, so each frame costs one network on one view and a still
+face gets the whole model's prediction."""
 
 from __future__ import annotations
 
@@ -68,27 +69,27 @@ def test_a_single_network_is_its_own_only_member(tiny_cnn_checkpoint):
     faces = _faces(2)
     assert clf.members == 1
     assert torch.allclose(clf.predict_tensor(faces, member=0), clf.predict_tensor(faces))
-    assert FaceTracker().next_member(1) is None  # nothing to rotate: every frame runs the whole model
+    assert FaceTracker().next_slot(1) is None  # nothing to rotate: every frame runs the whole model
 
 
-def test_the_tracker_hands_out_networks_in_turn_and_averages_their_latest_outputs():
+def test_the_tracker_hands_out_slots_in_turn_and_averages_their_latest_outputs():
     tracker = FaceTracker(alpha=1.0)
     box = Box(10, 10, 50, 50)
     outputs = np.eye(7, dtype=np.float32)[:3]  # network i is sure of class i
     picked, seen = [], []
     for _ in range(4):
-        member = tracker.next_member(3)
-        picked.append(member)
-        seen.append(tracker.update([box], outputs[member][None], member, 3)[0])
+        slot = tracker.next_slot(3)
+        picked.append(slot)
+        seen.append(tracker.update([box], outputs[slot][None], slot, 3)[0])
     assert picked == [0, 1, 2, 0]
     assert np.allclose(seen[0], outputs[0])  # a new face: its first network stands in for the others
     assert np.allclose(seen[1], (2 * outputs[0] + outputs[1]) / 3)
     assert np.allclose(seen[2], outputs.mean(0)) and np.allclose(seen[3], outputs.mean(0))  # the ensemble's mean
     assert tracker.ids == [1]
     tracker.reset()
-    assert tracker.next_member(3) == 0
-    assert FaceTracker(rotate=False).next_member(3) is None
-    with pytest.raises(ValueError, match="member must be 0-2"):
+    assert tracker.next_slot(3) == 0
+    assert FaceTracker(rotate=False).next_slot(3) is None
+    with pytest.raises(ValueError, match="slot must be 0-2"):
         FaceTracker().update([box], outputs[:1], 3, 3)
 
 
@@ -96,7 +97,7 @@ def test_a_tracker_switched_to_another_model_starts_each_face_afresh():
     tracker = FaceTracker(alpha=1.0)
     box = Box(0, 0, 40, 40)
     probs = np.full((1, 7), 1 / 7, np.float32)
-    tracker.update([box], probs, tracker.next_member(3), 3)
+    tracker.update([box], probs, tracker.next_slot(3), 3)
     single = np.eye(7, dtype=np.float32)[4:5]
     assert np.allclose(tracker.update([box], single), single)  # a one-network model: its output alone
     assert np.allclose(tracker.update([box], single, 1, 2), single)  # a 2-network model: its latest fills both
@@ -115,12 +116,35 @@ def test_a_still_face_in_a_stream_gets_the_ensembles_prediction(ensemble_checkpo
     )
     recognizer, tracker = Recognizer(clf, None), FaceTracker(alpha=1.0)
     results = [recognizer.analyze(face, whole_image=True, tracker=tracker)[0] for _ in range(4)]
-    assert calls == [0, 1, 2, 0]  # one network per frame
+    assert calls == [0, 1, 2, 0]  # one network per frame (no TTA: one view)
     for result in results[2:]:
         assert np.allclose(list(result["probabilities"].values()), whole, atol=1e-5)
     calls.clear()
     recognizer.analyze(face, whole_image=True)  # a single image: the whole ensemble at once
     assert calls == [None]
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_with_flip_tta_each_frame_runs_one_network_on_one_view(ensemble_checkpoint, engine, monkeypatch):
+    clf = EmotionClassifier.from_checkpoint(ensemble_checkpoint, device="cpu", amp="off", tta="flip", engine=engine)
+    face = np.random.default_rng(4).integers(0, 256, (48, 48), dtype=np.uint8)
+    whole = clf.predict_faces([face])[0]
+    mirrored = clf.predict_faces([face[:, ::-1].copy()], view=0)[0]
+    assert np.allclose(clf.predict_faces([face], view=1)[0], mirrored, atol=1e-5)  # view 1 is the mirror image
+    calls = []
+    original = clf.predict_faces
+    monkeypatch.setattr(
+        clf,
+        "predict_faces",
+        lambda crops, member=None, **kw: calls.append((member, kw.get("view"))) or original(crops, member, **kw),
+    )
+    recognizer, tracker = Recognizer(clf, None), FaceTracker(alpha=1.0)
+    results = [recognizer.analyze(face, whole_image=True, tracker=tracker)[0] for _ in range(7)]
+    assert calls == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1), (0, 0)]  # networks first, then views
+    for result in results[5:]:  # every slot seen: the whole model's flip-TTA prediction
+        assert np.allclose(list(result["probabilities"].values()), whole, atol=1e-5)
+    with pytest.raises(ValueError, match="view must be 0-1"):
+        clf.predict_faces([face], view=2)
 
 
 def test_video_rotates_only_when_it_smooths(ensemble_checkpoint, monkeypatch):

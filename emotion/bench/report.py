@@ -118,7 +118,7 @@ def _pipeline_section(result: dict) -> list[str]:
     threads = ", ".join(f"{name} {pipe['threads']}" for name, pipe in result["pipeline"].items())
     out = [
         f"live pipeline, 640x480 frame, ms median/p90 (torch threads: {threads}; and 1 thread; an ensemble runs "
-        "one network per frame, in turn, and 'all networks' every network on every frame)"
+        "one network on one TTA view per frame, in turn, and 'all networks' every network and view on every frame)"
     ]
     out += _table(["frame", "found"] + stages + ["total min"], rows) + [""]
     out += _table(

@@ -34,10 +34,15 @@ TTA_VIEWS: dict[str, tuple[tuple[int, int, bool], ...]] = {
 }
 
 
-def tta_views(faces: torch.Tensor, mode: str) -> torch.Tensor:
-    """The ``mode`` views of faces (N, 1, H, W), stacked view-major: (V * N, 1, H, W)."""
+def tta_views(faces: torch.Tensor, mode: str, view: int | None = None) -> torch.Tensor:
+    """The ``mode`` views of faces (N, 1, H, W), stacked view-major: (V * N, 1, H, W); with ``view``
+    (0-based) only that one view, (N, 1, H, W)."""
     views = TTA_VIEWS[mode]
-    if len(views) == 1:  # the shipped setting: the live path pays for no copy
+    if view is not None:
+        if not 0 <= view < len(views):
+            raise ValueError(f"view must be 0-{len(views) - 1} for TTA {mode!r}, got {view}")
+        views = views[view : view + 1]
+    if views == ((0, 0, False),):  # the plain view: the live path pays for no copy
         return faces
     pad = max(max(abs(dx), abs(dy)) for dx, dy, _ in views)
     h, w = faces.shape[-2:]
@@ -193,18 +198,26 @@ class EmotionClassifier:
         """Networks in the model: more than 1 for an ensemble, whose prediction is their mean."""
         return self.loaded.config.members
 
+    @property
+    def views(self) -> int:
+        """How many test-time views of each face the TTA setting averages (1 for none, 2 for flip)."""
+        return len(TTA_VIEWS[self.tta])
+
     @torch.inference_mode()
-    def predict_tensor(self, faces: torch.Tensor, member: int | None = None, calibrated: bool = True) -> torch.Tensor:
+    def predict_tensor(
+        self, faces: torch.Tensor, member: int | None = None, calibrated: bool = True, view: int | None = None
+    ) -> torch.Tensor:
         """Probabilities (N, 7) for faces given as uint8 (N, 48, 48) or float (N, 1, 48, 48) in [0, 1];
-        ``member`` (0-based) runs one network of an ensemble alone (the live view's rotation); ``calibrated``
-        False returns them before the checkpoint's temperature (see ``calibrate``)."""
+        ``member`` (0-based) runs one network of an ensemble alone and ``view`` (0-based) one TTA view alone
+        (the live view's rotation); ``calibrated`` False returns them before the checkpoint's temperature
+        (see ``calibrate``)."""
         model = self.loaded.model if member is None else member_network(self.loaded, member)
         if faces.dtype == torch.uint8:
             faces = faces.unsqueeze(1).float().div_(255.0)
         n = len(faces)
         if n == 0:
             return torch.zeros(0, len(CLASS_NAMES))
-        x = tta_views(faces.to(self.device), self.tta)
+        x = tta_views(faces.to(self.device), self.tta, view)
         if self._onnx is not None:
             probs = self._onnx(x, member)  # preprocessing and softmax are part of the graph
         else:
@@ -224,16 +237,20 @@ class EmotionClassifier:
         return apply_temperature(probs, self.temperature)
 
     def predict_faces(
-        self, faces: Sequence[np.ndarray] | np.ndarray, member: int | None = None, calibrated: bool = True
+        self,
+        faces: Sequence[np.ndarray] | np.ndarray,
+        member: int | None = None,
+        calibrated: bool = True,
+        view: int | None = None,
     ) -> np.ndarray:
         """Probabilities (N, 7) for face crops of any size and colour (HxW or HxWxC uint8 arrays, RGB);
-        ``member`` and ``calibrated`` as in ``predict_tensor``."""
+        ``member``, ``calibrated`` and ``view`` as in ``predict_tensor``."""
         if len(faces) == 0:
             return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
         batch = torch.from_numpy(
             np.stack([f if f.shape == (48, 48) and f.dtype == np.uint8 else to_face48(f) for f in faces])
         )
-        return self.predict_tensor(batch, member, calibrated).numpy()
+        return self.predict_tensor(batch, member, calibrated, view).numpy()
 
 
 def face_result(box: Sequence[int], probs: np.ndarray, eyes: Sequence[float] | None = None) -> dict:

@@ -2,9 +2,10 @@
 
 ``Recognizer.analyze`` runs detection, cropping and one batched classifier forward per frame.
 ``FaceTracker`` (one per video stream) smooths each face's probabilities across frames so labels do not
-flicker; faces are matched between frames by box overlap. With an ensemble, a tracked stream runs one
-network per frame, in turn, and each face keeps every network's latest output: their mean is the
-ensemble's prediction (for a still face, exactly), at the cost of one network per frame.
+flicker; faces are matched between frames by box overlap. With an ensemble or test-time views, a tracked
+stream runs one network on one view per frame, in turn, and each face keeps every (network, view) pair's
+latest output: their mean is the whole model's prediction (for a still face, exactly), at the cost of one
+network on one view per frame.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class _Track:
     missed: int = 0  # consecutive frames without a matching face
 
 
-def _latest_outputs(probs: np.ndarray, member: int | None, members: int) -> np.ndarray:
-    """A face's first per-network memory: this frame's output standing in for every network (one row for a whole-model frame)."""
-    return np.tile(probs, (members if member is not None else 1, 1))
+def _latest_outputs(probs: np.ndarray, slot: int | None, slots: int) -> np.ndarray:
+    """A face's first per-slot memory: this frame's output standing in for every slot (one row for a whole-model frame)."""
+    return np.tile(probs, (slots if slot is not None else 1, 1))
 
 
 class FaceTracker:
@@ -61,9 +62,10 @@ class FaceTracker:
     a track not seen for more than ``max_age`` frames is forgotten, so a face that comes back starts fresh.
     After each ``update``, ``ids`` holds the face id of every box, in the order of the boxes.
 
-    ``rotate`` (with an ensemble): ``next_member`` hands out its networks in turn, one per frame, and
-    ``update`` takes that network's probabilities; each face keeps every network's latest output and
-    smooths their mean. A new face starts with its first network's output standing in for the others.
+    ``rotate`` (with a model of several networks or test-time views): ``next_slot`` hands out its slots (a
+    network and a view, see ``Recognizer.analyze``) in turn, one per frame, and ``update`` takes that slot's
+    probabilities; each face keeps every slot's latest output and smooths their mean. A new face starts with
+    its first slot's output standing in for the others.
     """
 
     def __init__(self, alpha: float = 0.5, iou_threshold: float = 0.3, max_age: int = 10, rotate: bool = True):
@@ -85,23 +87,21 @@ class FaceTracker:
         self._next_id = 1
         self._frame = 0
 
-    def next_member(self, members: int) -> int | None:
-        """The network (0-based) to run on the next frame of a ``members``-network model; None: all of them."""
-        if not self.rotate or members < 2:
+    def next_slot(self, slots: int) -> int | None:
+        """The slot (0-based) to run on the next frame of a model with ``slots`` of them; None: all of them."""
+        if not self.rotate or slots < 2:
             return None
         self._frame += 1
-        return (self._frame - 1) % members
+        return (self._frame - 1) % slots
 
-    def update(
-        self, boxes: Sequence[Box], probs: np.ndarray, member: int | None = None, members: int = 1
-    ) -> np.ndarray:
+    def update(self, boxes: Sequence[Box], probs: np.ndarray, slot: int | None = None, slots: int = 1) -> np.ndarray:
         """Smoothed probabilities for this frame's faces, in the order of ``boxes``. ``probs`` are the
-        model's, or with ``member`` those of that network (0-based) of a ``members``-network ensemble."""
+        whole model's, or with ``slot`` those of that slot (0-based) of a model with ``slots`` of them."""
         probs = np.asarray(probs, dtype=np.float32)
         if len(boxes) != len(probs):
             raise ValueError(f"{len(boxes)} boxes but {len(probs)} probability rows")
-        if member is not None and not 0 <= member < members:
-            raise ValueError(f"member must be 0-{members - 1}, got {member}")
+        if slot is not None and not 0 <= slot < slots:
+            raise ValueError(f"slot must be 0-{slots - 1}, got {slot}")
         pairs = sorted(
             ((box_iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
             reverse=True,
@@ -118,10 +118,10 @@ class FaceTracker:
         for bi, box in enumerate(boxes):
             if bi in track_of:
                 track = self.tracks[track_of[bi]]
-                if member is None or len(track.latest) != members:  # a whole-model frame, or the model was switched
-                    track.latest = _latest_outputs(probs[bi], member, members)
+                if slot is None or len(track.latest) != slots:  # a whole-model frame, or the model was switched
+                    track.latest = _latest_outputs(probs[bi], slot, slots)
                 else:
-                    track.latest[member] = probs[bi]
+                    track.latest[slot] = probs[bi]
                 track.probs = self.alpha * track.latest.mean(0) + (1.0 - self.alpha) * track.probs
                 track.box, track.missed = box, 0
                 out[bi] = track.probs
@@ -133,7 +133,7 @@ class FaceTracker:
         for bi, box in enumerate(boxes):
             if bi not in track_of:
                 self.tracks.append(
-                    _Track(box, probs[bi].copy(), self._next_id, _latest_outputs(probs[bi], member, members))
+                    _Track(box, probs[bi].copy(), self._next_id, _latest_outputs(probs[bi], slot, slots))
                 )
                 ids[bi] = self._next_id
                 self._next_id += 1
@@ -159,8 +159,8 @@ class Recognizer:
         """Emotions of every face in an image, largest face first, as ``emotion.inference.classifier.face_result`` dicts.
 
         ``rgb`` is an RGB, RGBA or grayscale array of any size. ``whole_image`` classifies the whole image
-        as one face instead of detecting faces. ``tracker`` smooths results across video frames and, for an
-        ensemble, picks the network that runs on this frame (see ``FaceTracker``).
+        as one face instead of detecting faces. ``tracker`` smooths results across video frames and picks
+        the network and test-time view that run on this frame (see ``FaceTracker``).
         ``timings``, when given, receives milliseconds per stage (``STAGES``).
         """
         image = as_rgb(rgb)
@@ -176,17 +176,21 @@ class Recognizer:
         # A whole image is centre-cropped like any photo; detected faces are framed like FER2013 crops.
         crops = [to_face48(image)] if whole_image else crop_faces(image, boxes)
         t2 = time.perf_counter()
-        members = self.classifier.members
-        member = tracker.next_member(members) if tracker is not None else None
-        # With a tracker, the raw outputs are smoothed (and an ensemble's networks averaged across frames) and the
-        # temperature is applied to the result, as to the whole model's mean: a still face gets exactly its bars.
-        if tracker is None:
-            probs = self.classifier.predict_faces(crops, member)
+        # With a tracker, each frame runs one (network, TTA view) slot, networks first, and the slots' outputs are
+        # averaged across frames; the temperature is applied to that mean, as to the whole model's, so a still
+        # face gets exactly the whole model's bars at a fraction of its cost per frame.
+        members, views = self.classifier.members, self.classifier.views
+        slot = tracker.next_slot(members * views) if tracker is not None else None
+        if slot is None:
+            probs = self.classifier.predict_faces(crops, calibrated=tracker is None)
         else:
-            probs = self.classifier.predict_faces(crops, member, calibrated=False)
+            view, member = divmod(slot, members)
+            probs = self.classifier.predict_faces(
+                crops, member if members > 1 else None, calibrated=False, view=view if views > 1 else None
+            )
         t3 = time.perf_counter()
         if tracker is not None:
-            probs = self.classifier.calibrate(tracker.update(boxes, probs, member, members))
+            probs = self.classifier.calibrate(tracker.update(boxes, probs, slot, members * views))
         t4 = time.perf_counter()
         if timings is not None:
             for stage, start, end in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=False):
