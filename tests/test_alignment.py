@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import FER_DIR
+from conftest import FER_DIR, ROOT
 from PIL import Image
 
 import train_cli
@@ -284,3 +284,35 @@ def test_evaluate_frames_cli(
     assert (
         train_cli.main(["evaluate", "--frames", "--data", str(data), "--limit", "0"]) != 0
     )  # a clear error, no traceback
+
+
+def test_frame_gap_parts_script(
+    tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    if not FER_DIR.is_dir():
+        pytest.skip("../shared/fer2013 is not available")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("frame_gap_parts", ROOT / "scripts" / "frame_gap_parts.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = tmp_path / "fer"
+    for name in CLASS_NAMES:  # the script reads only train: real faces laid out as a tiny train split
+        (data / "train" / name).mkdir(parents=True)
+        for f in sorted((FER_DIR / "test" / name).glob("*.jpg"))[:2]:
+            shutil.copy(f, data / "train" / name / f.name)
+    args = ["--checkpoint", str(tiny_cnn_checkpoint), "--data", str(data), "--faces", "6", "--seed", "1"]
+    assert script.main([*args, "--face-model", str(face_model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "train faces found" in out and "own framing" in out and "zoom 0.9/1/1.1" in out
+    # With the frame's own placement, the crop is the face again: its eyes sit where FER2013's median face has them.
+    eyes = script.placed_eyes({"angle": 0.0, "side": 96.0, "cx": 100.0, "cy": 50.0})
+    assert np.allclose(
+        eyes,
+        (
+            100 + 2 * (align.EYE_CX - align.EYE_DIST / 2 - 24),
+            50 + 2 * (align.EYE_CY - 24),
+            100 + 2 * (align.EYE_CX + align.EYE_DIST / 2 - 24),
+            50 + 2 * (align.EYE_CY - 24),
+        ),
+    )
