@@ -5,6 +5,8 @@ accuracies on the found faces: the direct 48x48 crop; the face's own FER2013 fra
 (the placement is known, so this crop differs from the direct one only by resampling, tint and background);
 and the app's aligned crop of the detector's eyes. The app's crop is also averaged over zoomed (0.9, 1.1) and
 turned (-6, +6 degrees) variants, to see whether crop TTA would close the gap. Only the train split is read.
+With ``--val-split``, faces are sampled only from the part that ``train --val-split --split-seed`` holds out,
+so a network fine-tuned with those flags is measured on faces its fine-tune never saw.
 
     python scripts/frame_gap_parts.py --checkpoint assets/emotion_cnn.pt --data ../shared/fer2013 --faces 400 --seed 1
 """
@@ -20,6 +22,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from emotion.data.dataset import DataError, split_train_val
 from emotion.data.splits import load_split
 from emotion.evaluation.frames import FrameBenchConfig, draw_frame
 from emotion.inference.align import EYE_CX, EYE_CY, EYE_DIST, FACE, aligned_crop
@@ -57,11 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faces", type=int, default=400, help="train faces to sample")
     p.add_argument("--seed", type=int, default=1, help="seed of the sample and of every frame's draws")
     p.add_argument("--face-model", default="../shared/models/face_detection_short_range.tflite", help="BlazeFace")
+    p.add_argument("--val-split", type=float, default=0.0, help="sample only this held-out share of train (0 = all)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out share, as train --split-seed")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime"], help="what runs the model")
     a = p.parse_args(argv)
     ds = load_split(a.data, "train")
+    if a.val_split > 0:
+        try:
+            ds = split_train_val(ds, a.val_split, a.split_seed)[1]
+        except DataError as e:
+            p.error(str(e))
     images, labels = ds.images.numpy(), ds.labels.numpy()
     images = images.reshape(len(images), FACE, FACE)
-    clf = EmotionClassifier.from_checkpoint(a.checkpoint, device="cpu")
+    clf = EmotionClassifier.from_checkpoint(a.checkpoint, device="cpu", engine=a.engine)
     detector = FaceDetector(a.face_model)
     cfg, rng = FrameBenchConfig(seed=a.seed), np.random.default_rng(a.seed)
     order = rng.permutation(len(images))[: a.faces]

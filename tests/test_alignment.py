@@ -304,6 +304,11 @@ def test_frame_gap_parts_script(
     args = ["--checkpoint", str(tiny_cnn_checkpoint), "--data", str(data), "--faces", "6", "--seed", "1"]
     assert script.main([*args, "--face-model", str(face_model_path)]) == 0
     out = capsys.readouterr().out
+    # --val-split samples only the held-out half: 7 of the 14 faces, so all 6 asked for come from it.
+    script.main([*args, "--face-model", str(face_model_path), "--val-split", "0.5", "--engine", "torch"])
+    assert "of 6 train faces found" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a share that is not a share
+        script.main([*args, "--val-split", "1.5"])
     assert "train faces found" in out and "own framing" in out and "zoom 0.9/1/1.1" in out
     # With the frame's own placement, the crop is the face again: its eyes sit where FER2013's median face has them.
     eyes = script.placed_eyes({"angle": 0.0, "side": 96.0, "cx": 100.0, "cy": 50.0})
