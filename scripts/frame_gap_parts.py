@@ -1,10 +1,12 @@
 """Where the frame benchmark's gap comes from, on TRAIN faces: resampling or framing, and whether crop TTA helps.
 
-Each sampled train face is placed in a frame as ``evaluate --frames`` draws it and found by BlazeFace. Three
+Each sampled train face is placed in a frame as ``evaluate --frames`` draws it and found by BlazeFace. Four
 accuracies on the found faces: the direct 48x48 crop; the face's own FER2013 framing cut back out of the frame
 (the placement is known, so this crop differs from the direct one only by resampling, tint and background);
-and the app's aligned crop of the detector's eyes. The app's crop is also averaged over zoomed (0.9, 1.1) and
-turned (-6, +6 degrees) variants, to see whether crop TTA would close the gap. Only the train split is read.
+the app's framing cut from the 48x48 face alone, its borders reflected as ``--frame-jitter`` trains (so what
+the frame's background costs shows); and the app's aligned crop of the detector's eyes. The app's crop is also
+averaged over zoomed (0.9, 1.1) and turned (-6, +6 degrees) variants, to see whether crop TTA would close the
+gap. Only the train split is read.
 With ``--val-split``, faces are sampled only from the part that ``train --val-split --split-seed`` holds out,
 so a network fine-tuned with those flags is measured on faces its fine-tune never saw.
 
@@ -24,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from emotion.data.dataset import DataError, split_train_val
 from emotion.data.splits import load_split
-from emotion.evaluation.frames import FrameBenchConfig, draw_frame
+from emotion.evaluation.frames import FrameBenchConfig, draw_frame, face_to_crop, placement
 from emotion.inference.align import EYE_CX, EYE_CY, EYE_DIST, FACE, aligned_crop
 from emotion.inference.classifier import EmotionClassifier
 from emotion.inference.faces import FaceDetector
@@ -46,11 +48,18 @@ def varied(eyes: tuple[float, ...], zoom: float, turn: float) -> tuple[float, fl
 
 def placed_eyes(how: dict) -> tuple[float, float, float, float]:
     """Where the frame holds the points that sit at FER2013's median eye positions in the face's own crop."""
-    a = cv2.getRotationMatrix2D((0, 0), how["angle"], how["side"] / FACE)[:, :2]
-    centre = np.array([how["cx"], how["cy"]])
-    right = centre + a @ np.array([EYE_CX - EYE_DIST / 2 - FACE / 2, EYE_CY - FACE / 2])
-    left = centre + a @ np.array([EYE_CX + EYE_DIST / 2 - FACE / 2, EYE_CY - FACE / 2])
+    m = placement((how["cx"], how["cy"]), how["side"], how["angle"], FACE)
+    right = m[:, :2] @ np.array([EYE_CX - EYE_DIST / 2, EYE_CY]) + m[:, 2]
+    left = m[:, :2] @ np.array([EYE_CX + EYE_DIST / 2, EYE_CY]) + m[:, 2]
     return (*right, *left)
+
+
+def face_alone_crop(face: np.ndarray, how: dict, eyes: tuple[float, ...]) -> np.ndarray:
+    """The app's crop on ``eyes`` cut from the 48x48 face itself, its borders reflected as ``--frame-jitter``
+    trains, instead of from the frame: the same framing without the frame's background, tint and resampling."""
+    m = face_to_crop(how, eyes)
+    m[:, 2] += m[:, :2] @ np.array([0.5, 0.5]) - 0.5  # OpenCV puts pixel centres at integers
+    return cv2.warpAffine(face, m, (FACE, FACE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,17 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if not found:
             continue
-        crops = [aligned_crop(frame, placed_eyes(how))]
+        crops = [aligned_crop(frame, placed_eyes(how)), face_alone_crop(images[i], how, found[-1].eyes)]
         crops += [aligned_crop(frame, varied(found[-1].eyes, zoom, turn)) for zoom, turn in VARIANTS]
         probs = clf.predict_faces(np.stack(crops))
-        rows.append((labels[i], direct[k], probs[0].argmax(), probs[1:]))
+        rows.append((labels[i], direct[k], probs[0].argmax(), probs[1].argmax(), probs[2:]))
     print(f"{clf.name}: {len(rows)} of {len(order)} train faces found")
     if not rows:
         return 1
     y = np.array([r[0] for r in rows])
     print(f"direct crop           {np.mean(np.array([r[1] for r in rows]) == y):.4f}")
     print(f"own framing, resampled {np.mean(np.array([r[2] for r in rows]) == y):.4f}")
-    variants = np.stack([r[3] for r in rows])
+    print(f"app framing, face alone {np.mean(np.array([r[3] for r in rows]) == y):.4f}")
+    variants = np.stack([r[4] for r in rows])
     for name, idx in AVERAGES.items():
         print(f"{name:22s}{np.mean(variants[:, idx].mean(1).argmax(1) == y):.4f}")
     return 0

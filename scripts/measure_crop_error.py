@@ -2,7 +2,7 @@
 
 Each sampled train face is placed in a frame exactly as the frame benchmark draws it (``evaluate --frames``:
 size, tilt, shift, background, colour), BlazeFace finds it, and the aligned crop's similarity transform
-(``align.fer_transform`` of the detector's eyes) is composed with the placement's. Identity would be a perfect
+(``align.fer_transform`` of the detector's eyes) is composed with the placement's (``frames.face_to_crop``). Identity would be a perfect
 match; the script prints the spread of its scale (crop px per face px), rotation left over (degrees) and shift
 of the face centre (48-px crop units), overall and per scale bin. These ranges set ``--frame-jitter``'s
 (``emotion/data/augment.py``). Only the train split is read.
@@ -17,13 +17,12 @@ import math
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from emotion.data.splits import load_split
-from emotion.evaluation.frames import SCALE_BINS, FrameBenchConfig, draw_frame
-from emotion.inference.align import FACE, fer_transform
+from emotion.evaluation.frames import SCALE_BINS, FrameBenchConfig, draw_frame, face_to_crop
+from emotion.inference.align import FACE
 from emotion.inference.faces import FaceDetector
 
 
@@ -37,11 +36,9 @@ def crop_error(detector: FaceDetector, face: np.ndarray, rng: np.random.Generato
     ]
     if not found:
         return None
-    crop = fer_transform(found[-1].eyes)
-    placed = cv2.getRotationMatrix2D((FACE / 2, FACE / 2), how["angle"], how["side"] / FACE)  # as place_face does
-    placed[:, 2] += np.array([how["cx"], how["cy"]]) - FACE / 2
-    a = crop[:, :2] @ placed[:, :2]
-    centre = a @ np.array([FACE / 2, FACE / 2]) + crop[:, :2] @ placed[:, 2] + crop[:, 2]
+    m = face_to_crop(how, found[-1].eyes)
+    a = m[:, :2]
+    centre = a @ np.array([FACE / 2, FACE / 2]) + m[:, 2]
     return (
         math.hypot(a[0, 0], a[1, 0]),
         math.degrees(math.atan2(a[1, 0], a[0, 0])),

@@ -18,6 +18,7 @@ import train_cli
 from emotion.data.labels import CLASS_NAMES
 from emotion.evaluation.frames import (
     FrameBenchConfig,
+    face_to_crop,
     place_face,
     run_frame_benchmark,
     write_frames_report,
@@ -309,9 +310,10 @@ def test_frame_gap_parts_script(
     assert "of 6 train faces found" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # a share that is not a share
         script.main([*args, "--val-split", "1.5"])
-    assert "train faces found" in out and "own framing" in out and "zoom 0.9/1/1.1" in out
+    assert "train faces found" in out and "own framing" in out and "face alone" in out and "zoom 0.9/1/1.1" in out
     # With the frame's own placement, the crop is the face again: its eyes sit where FER2013's median face has them.
-    eyes = script.placed_eyes({"angle": 0.0, "side": 96.0, "cx": 100.0, "cy": 50.0})
+    how = {"angle": 0.0, "side": 96.0, "cx": 100.0, "cy": 50.0}
+    eyes = script.placed_eyes(how)
     assert np.allclose(
         eyes,
         (
@@ -321,3 +323,8 @@ def test_frame_gap_parts_script(
             50 + 2 * (align.EYE_CY - 24),
         ),
     )
+    # Those eyes make the crop the face's own framing: the identity, and the face alone comes back unchanged.
+    tilted = {"angle": 15.0, "side": 130.0, "cx": 320.0, "cy": 200.0}
+    assert np.allclose(face_to_crop(tilted, script.placed_eyes(tilted)), [[1, 0, 0], [0, 1, 0]], atol=1e-9)
+    face = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    assert np.array_equal(script.face_alone_crop(face, how, eyes), face)

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from ..data.labels import CLASS_NAMES
+from ..inference.align import FACE, fer_transform
 from ..utils.runtime import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,23 @@ def _background(rng: np.random.Generator, cfg: FrameBenchConfig, textured: bool,
     return np.clip(base[None, None, :] + blobs + ramp, 0, 255).astype(np.uint8).repeat(3 if not colour else 1, axis=2)
 
 
+def placement(centre: tuple[float, float], side: float, angle: float, n: int = 48) -> np.ndarray:
+    """The 2x3 similarity taking an ``n``-px face to the frame (continuous coordinates, corner origin): scaled
+    to ``side`` px, turned ``angle`` degrees anticlockwise about its centre, which lands on ``centre`` (x, y)."""
+    m = cv2.getRotationMatrix2D((n / 2, n / 2), angle, side / n)
+    m[:, 2] += np.asarray(centre, dtype=np.float64) - n / 2
+    return m
+
+
+def face_to_crop(how: dict, eyes: tuple[float, float, float, float]) -> np.ndarray:
+    """The 2x3 similarity taking a face placed as ``how`` says (``draw_frame``'s record) to the app's aligned crop
+    on ``eyes`` (frame coordinates), both in 48x48 continuous coordinates: the identity when the crop frames the
+    face exactly as its FER2013 crop does. Raises ValueError for eyes that are not two distinct points."""
+    crop = fer_transform(eyes)
+    placed = placement((how["cx"], how["cy"]), how["side"], how["angle"], FACE)
+    return np.hstack([crop[:, :2] @ placed[:, :2], (crop[:, :2] @ placed[:, 2] + crop[:, 2])[:, None]])
+
+
 def place_face(
     canvas: np.ndarray,
     face: np.ndarray,
@@ -69,8 +87,7 @@ def place_face(
     """Paint a 48x48 grey face onto an HxWx3 canvas in place: ``side`` px wide, centred at ``centre`` (x, y),
     rotated ``angle`` degrees anticlockwise, its grey multiplied by ``tint`` per RGB channel (a skin tone)."""
     n = face.shape[0]
-    m = cv2.getRotationMatrix2D((n / 2, n / 2), angle, side / n)  # about the face's centre, in corner coordinates
-    m[:, 2] += np.asarray(centre, dtype=np.float64) - n / 2
+    m = placement(centre, side, angle, n)
     m[:, 2] += m[:, :2] @ np.array([0.5, 0.5]) - 0.5  # OpenCV puts pixel centres at integers
     size = (canvas.shape[1], canvas.shape[0])
     big = cv2.warpAffine(face.astype(np.float32), m, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
