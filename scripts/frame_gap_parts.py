@@ -56,7 +56,8 @@ def placed_eyes(how: dict) -> tuple[float, float, float, float]:
 
 def face_alone_crop(face: np.ndarray, how: dict, eyes: tuple[float, ...]) -> np.ndarray:
     """The app's crop on ``eyes`` cut from the 48x48 face itself, its borders reflected as ``--frame-jitter``
-    trains, instead of from the frame: the same framing without the frame's background, tint and resampling."""
+    trains, instead of from the frame: the same framing without the frame's background, tint and the
+    resampling into and out of the frame."""
     m = face_to_crop(how, eyes)
     m[:, 2] += m[:, :2] @ np.array([0.5, 0.5]) - 0.5  # OpenCV puts pixel centres at integers
     return cv2.warpAffine(face, m, (FACE, FACE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)

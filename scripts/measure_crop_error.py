@@ -2,8 +2,8 @@
 
 Each sampled train face is placed in a frame exactly as the frame benchmark draws it (``evaluate --frames``:
 size, tilt, shift, background, colour), BlazeFace finds it, and the aligned crop's similarity transform
-(``align.fer_transform`` of the detector's eyes) is composed with the placement's (``frames.face_to_crop``). Identity would be a perfect
-match; the script prints the spread of its scale (crop px per face px), rotation left over (degrees) and shift
+(``align.fer_transform`` of the detector's eyes) is composed with the placement's (``frames.face_to_crop``).
+Identity would be a perfect match; the script prints the spread of its scale (crop px per face px), rotation left over (degrees) and shift
 of the face centre (48-px crop units), overall and per scale bin. These ranges set ``--frame-jitter``'s
 (``emotion/data/augment.py``). Only the train split is read.
 

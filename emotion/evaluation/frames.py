@@ -59,7 +59,7 @@ def _background(rng: np.random.Generator, cfg: FrameBenchConfig, textured: bool,
     return np.clip(base[None, None, :] + blobs + ramp, 0, 255).astype(np.uint8).repeat(3 if not colour else 1, axis=2)
 
 
-def placement(centre: tuple[float, float], side: float, angle: float, n: int = 48) -> np.ndarray:
+def placement(centre: tuple[float, float], side: float, angle: float, n: int = FACE) -> np.ndarray:
     """The 2x3 similarity taking an ``n``-px face to the frame (continuous coordinates, corner origin): scaled
     to ``side`` px, turned ``angle`` degrees anticlockwise about its centre, which lands on ``centre`` (x, y)."""
     m = cv2.getRotationMatrix2D((n / 2, n / 2), angle, side / n)
