@@ -129,7 +129,7 @@ def draw_frame(face: np.ndarray, rng: np.random.Generator, cfg: FrameBenchConfig
     }
 
 
-def _match(faces: list[dict], cx: float, cy: float, side: float) -> dict | None:
+def match_face(faces: list[dict], cx: float, cy: float, side: float) -> dict | None:
     """The detected face whose box holds the placed face's centre and is nearest to it; None if none does."""
     best, best_d = None, math.inf
     for f in faces:
@@ -195,7 +195,7 @@ def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg:
     for k, i in enumerate(order):
         frame, how = draw_frame(np.asarray(images[i]), rng, cfg)
         faces = recognizer.analyze(frame)
-        hit = _match(faces, how["cx"], how["cy"], how["side"])
+        hit = match_face(faces, how["cx"], how["cy"], how["side"])
         rows.append(
             {
                 "index": int(i),
