@@ -274,6 +274,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="with --frames: seed of every frame's draws")
     p.add_argument(
+        "--video-detection",
+        action="store_true",
+        help="with --frames: detect faces as the Live tab and video do, without the small-face pass that photos "
+        "(Upload, predict) get",
+    )
+    p.add_argument(
         "--limit",
         type=int,
         default=None,
@@ -609,7 +615,7 @@ def cmd_evaluate_frames(a: argparse.Namespace) -> int:
     )
     ds = load_split(a.data, a.split)
     recognizer = Recognizer(classifier, FaceDetector(a.face_model))
-    cfg = frame_bench.FrameBenchConfig(seed=a.seed, limit=a.limit)
+    cfg = frame_bench.FrameBenchConfig(seed=a.seed, limit=a.limit, small_faces=not a.video_detection)
     report = frame_bench.run_frame_benchmark(recognizer, ds.images.numpy(), ds.labels.numpy(), cfg)
     out = frame_bench.write_frames_report(report, a.out or f"reports/frames-{a.split}")
     print(f"model: {report['model']}  tta: {report['tta']}  faces: {report['detector']}  data: {ds.source}")

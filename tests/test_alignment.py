@@ -24,6 +24,7 @@ from emotion.evaluation.frames import (
     write_frames_report,
 )
 from emotion.inference import align
+from emotion.inference import faces as faces_mod
 from emotion.inference.classifier import EmotionClassifier
 from emotion.inference.faces import Box, FaceDetector, crop_faces
 from emotion.inference.recognizer import Recognizer
@@ -278,6 +279,7 @@ def test_evaluate_frames_cli(
                 str(out),
                 "--device",
                 "cpu",
+                "--video-detection",
             ]
         )
         == 0
@@ -285,26 +287,52 @@ def test_evaluate_frames_cli(
     assert "found %" in capsys.readouterr().out
     report = json.loads((out / "frames.json").read_text())
     assert report["overall"]["faces"] == 4 and report["config"]["seed"] == 1
+    assert report["config"]["small_faces"] is False and "video detection" in (out / "frames.md").read_text()
     assert (
         train_cli.main(["evaluate", "--frames", "--data", str(data), "--limit", "0"]) != 0
     )  # a clear error, no traceback
 
 
-def test_frame_gap_parts_script(
-    tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    if not FER_DIR.is_dir():
-        pytest.skip("../shared/fer2013 is not available")
+def load_script(name: str):
+    """A script of scripts/ as a module, to call its main."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("frame_gap_parts", ROOT / "scripts" / "frame_gap_parts.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def tiny_train_split(tmp_path: Path) -> Path:
+    """Two real test faces per class laid out as a train split (the diagnostic scripts read only train)."""
+    if not FER_DIR.is_dir():
+        pytest.skip("../shared/fer2013 is not available")
     data = tmp_path / "fer"
-    for name in CLASS_NAMES:  # the script reads only train: real faces laid out as a tiny train split
+    for name in CLASS_NAMES:
         (data / "train" / name).mkdir(parents=True)
         for f in sorted((FER_DIR / "test" / name).glob("*.jpg"))[:2]:
             shutil.copy(f, data / "train" / name / f.name)
+    return data
+
+
+def test_detection_rates_script(tmp_path: Path, face_model_path: Path, capsys: pytest.CaptureFixture) -> None:
+    script, data = load_script("detection_rates"), tiny_train_split(tmp_path)
+    args = ["--data", str(data), "--faces", "3", "--seed", "1", "--face-model", str(face_model_path)]
+    assert script.main([*args, "--compare", "tones"]) == 0
+    out = capsys.readouterr().out
+    assert "3 train faces in grey frames" in out and "as it is" in out and "SKIN_TONE" in out
+    assert script.main([*args, "--compare", "tiles", "--max-scale", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "whole frame (video)" in out and "floor 0.6 (photos)" in out and "ms a frame" in out
+    assert faces_mod.TILE_MIN_CONFIDENCE == 0.6  # restored after the floors were tried
+    with pytest.raises(SystemExit):  # no train split there: a clear error
+        script.main(["--data", str(tmp_path / "nowhere"), "--face-model", str(face_model_path)])
+
+
+def test_frame_gap_parts_script(
+    tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    script, data = load_script("frame_gap_parts"), tiny_train_split(tmp_path)
     args = ["--checkpoint", str(tiny_cnn_checkpoint), "--data", str(data), "--faces", "6", "--seed", "1"]
     assert script.main([*args, "--face-model", str(face_model_path)]) == 0
     out = capsys.readouterr().out

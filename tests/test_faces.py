@@ -24,6 +24,7 @@ import pytest
 from make_clip import CLIP_FACES, FER_TEST, clip_frames, load_faces
 
 from emotion.data.labels import CLASS_NAMES
+from emotion.inference import detector_views
 from emotion.inference import face_model as face_model_mod
 from emotion.inference import faces as faces_mod
 from emotion.inference.face_model import FACE_MODEL_FILENAME, download_face_model, resolve_face_model
@@ -216,15 +217,41 @@ def test_only_greyscale_frames_are_toned(mp_detector: FaceDetector, monkeypatch:
     colour[..., 2] = 90
     mp_detector.detect(grey)
     mp_detector.detect(colour)
-    assert faces_mod.is_greyscale(grey) and not faces_mod.is_greyscale(colour)
-    assert tuple(seen[0][0, 0]) == tuple(round(200 * f) for f in faces_mod.SKIN_TONE)
+    assert detector_views.is_greyscale(grey) and not detector_views.is_greyscale(colour)
+    assert tuple(seen[0][0, 0]) == tuple(round(200 * f) for f in detector_views.SKIN_TONE)
     assert (seen[1] == colour).all()
+
+
+def test_small_face_pass_finds_faces_the_whole_frame_misses(mp_detector: FaceDetector, real_faces: dict) -> None:
+    # 96 px faces (3/20 of the frame's width): BlazeFace on the whole frame found 1 of 14 here, with the tiles 14.
+    found = {False: 0, True: 0}
+    for name in CLASS_NAMES:
+        for face in real_faces[name][:2]:
+            rgb, (placed,) = compose([face], [(480, 340)], size=96)
+            for small_faces in (False, True):
+                boxes = mp_detector.detect(rgb, small_faces=small_faces)
+                assert all(inside(b, placed) > 0.7 for b in boxes), boxes  # in frame coordinates, no false positive
+                found[small_faces] += len(boxes) == 1
+                if small_faces and boxes:
+                    rx, ry, lx, ly = boxes[0].eyes  # keypoints mapped back from the tile, on the face's upper half
+                    assert placed.x < rx < lx < placed.x + placed.w and placed.y < ry < placed.y + placed.h / 2
+    assert found[False] <= 3 and found[True] >= 12, found
+
+
+def test_small_face_pass_keeps_large_faces_once_and_handles_tiny_frames(
+    mp_detector: FaceDetector, real_faces: dict
+) -> None:
+    for rgb, placed in triangle_frames(real_faces)[:3]:
+        plain, tiled = mp_detector.detect(rgb), mp_detector.detect(rgb, small_faces=True)
+        assert len(tiled) == len(plain) and all(max(inside(b, p) for p in placed) > 0.5 for b in tiled)
+    for shape in ((8, 8, 3), (3, 500, 3), (480, 640, 3)):
+        assert mp_detector.detect(np.zeros(shape, np.uint8), small_faces=True) == []
 
 
 def test_a_face_reported_twice_is_kept_once() -> None:
     # A BlazeFace duplicate seen on a grey frame: a weaker box over the top of a face; a neighbour is kept.
     boxes = np.array([[99, 10, 114, 114], [44, 42, 162, 162], [240, 40, 160, 160]], dtype=np.float64)
-    assert faces_mod._not_nested(boxes, np.array([0.52, 0.64, 0.5])) == [1, 2]
+    assert detector_views.not_nested(boxes, np.array([0.52, 0.64, 0.5])) == [1, 2]
 
 
 def test_crops_are_framed_like_fer2013(mp_detector: FaceDetector, real_faces: dict) -> None:

@@ -41,6 +41,23 @@ def check_face(face: dict, frame_shape: tuple[int, ...]) -> None:
 # --- analyze ----------------------------------------------------------------------------------------
 
 
+def test_photos_get_the_small_face_pass_and_video_frames_do_not(classifier: EmotionClassifier) -> None:
+    asked = []
+
+    class Detector:
+        def detect(self, rgb: np.ndarray, small_faces: bool = False) -> list[Box]:
+            asked.append(small_faces)
+            return [Box(0, 0, 48, 48)]
+
+    recognizer = Recognizer(classifier, Detector())
+    rgb = np.zeros((48, 48, 3), np.uint8)
+    recognizer.analyze(rgb)
+    recognizer.analyze(rgb, tracker=FaceTracker())
+    recognizer.analyze(rgb, small_faces=False)
+    recognizer.analyze(rgb, tracker=FaceTracker(), small_faces=True)
+    assert asked == [True, False, False, True]
+
+
 def test_analyze_returns_one_result_per_face(
     recognizer: Recognizer, real_faces: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -81,6 +81,7 @@ def _detector_section(result: dict) -> list[str]:
             f"{d['ms']['median']:.2f}/{d['ms']['p90']:.2f}",
             f"{d['ms_4_face']['median']:.2f}/{d['ms_4_face']['p90']:.2f}",
             " ".join(f"{v}/{k.split('_')[0]}" for k, v in d["faces_found"].items()),
+            f"{d['ms_small_faces']['median']:.2f}/{d['ms_small_faces']['p90']:.2f}" if "ms_small_faces" in d else "-",
         ]
         for name, d in result.get("detector", {}).items()
     ]
@@ -88,7 +89,7 @@ def _detector_section(result: dict) -> list[str]:
         return []
     return (
         ["face detectors alone, 640x480 frame, ms median/p90"]
-        + _table(["detector", "1 face", "4 faces", "found"], rows)
+        + _table(["detector", "1 face", "4 faces", "found", "1 face, photo (+ tiles)"], rows)
         + [""]
     )
 

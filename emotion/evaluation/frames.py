@@ -45,6 +45,7 @@ class FrameBenchConfig:
     max_shift: float = 0.15  # the face centre's offset from the frame centre, as a fraction of the frame size
     textured: float = 0.5  # share of frames with a textured background (the rest plain)
     colour: float = 0.5  # share of frames in colour (a tinted face on a coloured background; the rest grey)
+    small_faces: bool = True  # detect as for photos (Upload, predict), with the small-face pass; False: as video
 
 
 def _background(rng: np.random.Generator, cfg: FrameBenchConfig, textured: bool, colour: bool) -> np.ndarray:
@@ -194,7 +195,7 @@ def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg:
     rows, t0 = [], time.perf_counter()
     for k, i in enumerate(order):
         frame, how = draw_frame(np.asarray(images[i]), rng, cfg)
-        faces = recognizer.analyze(frame)
+        faces = recognizer.analyze(frame, small_faces=cfg.small_faces)
         hit = match_face(faces, how["cx"], how["cy"], how["side"])
         rows.append(
             {
@@ -259,6 +260,7 @@ def write_frames_report(report: dict, out: str | os.PathLike) -> Path:
     write_json_atomic(out / "frames.json", report)
     head = (
         f"Frame benchmark: {report['model']} (tta {report['tta']}), detector {report['detector']}, "
+        f"{'photo' if report['config'].get('small_faces', True) else 'video'} detection, "
         f"seed {report['config']['seed']}\n\n"
     )
     (out / "frames.md").write_text(head + format_frames_table(report) + "\n")

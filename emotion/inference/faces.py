@@ -25,6 +25,15 @@ import numpy as np
 
 from ..data.dataset import to_face48
 from .align import aligned_crop, estimate_eyes, framing_eyes
+from .detector_views import (
+    TILE_MIN_CONFIDENCE,
+    corner_tiles,
+    cut_by_tile,
+    is_greyscale,
+    not_nested,
+    overlap_area,
+    skin_toned,
+)
 from .face_model import _resolve
 
 log = logging.getLogger(__name__)
@@ -42,11 +51,6 @@ HAAR_MIN_PX = 20  # smallest face, in pixels of that copy (a 640x480 frame: 60 p
 HAAR_SCALE_STEP = (
     1.15  # window growth per pyramid level: 1.1 found no more faces on webcam-sized faces for 40% more time
 )
-# BlazeFace finds grey faces less often than coloured ones; a greyscale frame is detected on a skin-toned copy
-# (R, G, B = grey x these). On FER2013 train faces in grey frames (scripts/grey_frame_detection.py) this found
-# 95.3% -> 97.3% of faces at 1/4 of the frame width and larger, and 65.8% -> 71.6% over 1/8-1/2 of the width;
-# other warm tones scored within 1.4 points. The crop is still cut from the frame itself.
-SKIN_TONE = (1.0, 0.82, 0.70)
 MIN_FACE_PX = 20  # smaller faces carry too little detail for a 48x48 classifier
 MAX_FACES = 20  # bounds latency on crowd photos; the largest faces are kept
 
@@ -106,21 +110,6 @@ def as_rgb(image: np.ndarray | None) -> np.ndarray:
     if channels != 3:
         raise ValueError(f"expected 1, 3 or 4 colour channels, got {channels}")
     return np.ascontiguousarray(arr)
-
-
-def is_greyscale(rgb: np.ndarray) -> bool:
-    """Whether an HxWx3 frame's three channels are equal (a grey photo or camera), judged on every 8th pixel."""
-    sample = rgb[::8, ::8]
-    return bool(np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(sample[..., 0], sample[..., 2]))
-
-
-_SKIN_LUTS = [np.clip(np.arange(256) * f, 0, 255).round().astype(np.uint8) for f in SKIN_TONE]
-
-
-def skin_toned(rgb: np.ndarray) -> np.ndarray:
-    """A greyscale HxWx3 frame tinted to ``SKIN_TONE`` (from its first channel), for the detector only."""
-    grey = np.ascontiguousarray(rgb[..., 0])
-    return cv2.merge([cv2.LUT(grey, lut) for lut in _SKIN_LUTS])
 
 
 def _clip_box(x0: float, y0: float, x1: float, y1: float, width: int, height: int, score: float) -> Box | None:
@@ -231,8 +220,13 @@ class FaceDetector:
         )
         return vision.FaceDetector.create_from_options(options)
 
-    def detect(self, rgb: np.ndarray) -> list[Box]:
-        """Faces in an HxWx3 uint8 RGB frame: clipped to the frame, largest first, at most ``max_faces``."""
+    def detect(self, rgb: np.ndarray, small_faces: bool = False) -> list[Box]:
+        """Faces in an HxWx3 uint8 RGB frame: clipped to the frame, largest first, at most ``max_faces``.
+
+        ``small_faces`` adds BlazeFace's pass over four overlapping tiles (``TILE_FRACTION``), which finds faces
+        down to about an eighth of the frame's width for about four times the detection cost: for photos, not
+        for video, which must keep pace. The Haar fallback already scans every size and ignores it.
+        """
         rgb = as_rgb(rgb)
         height, width = rgb.shape[:2]
         # An integer factor keeps INTER_AREA on its fast path: 0.1 s instead of 0.27 s for an 8000x6000 frame.
@@ -245,6 +239,8 @@ class FaceDetector:
             small = skin_toned(small)
         with self._lock:
             raw = self._detect_mediapipe(small) if self._mp is not None else self._detect_haar(small)
+            if small_faces and self._mp is not None:
+                raw += self._detect_tiles(small, raw)
         boxes = []
         for x, y, w, h, score, eyes in raw:
             box = _clip_box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, width, height, score)
@@ -273,7 +269,23 @@ class FaceDetector:
                 eyes = estimate_eyes(b.origin_x, b.origin_y, b.width, b.height)
             out.append((b.origin_x, b.origin_y, b.width, b.height, score, eyes))
         boxes = np.array([o[:4] for o in out], dtype=np.float64).reshape(-1, 4)
-        return [out[i] for i in _not_nested(boxes, np.array([o[4] for o in out]))]
+        return [out[i] for i in not_nested(boxes, np.array([o[4] for o in out]))]
+
+    def _detect_tiles(self, rgb: np.ndarray, found: list[tuple]) -> list[tuple]:
+        """Faces BlazeFace finds in the frame's corner tiles and not in the whole frame (see ``TILE_FRACTION``)."""
+        extra = []
+        for x0, y0, tw, th in corner_tiles(*rgb.shape[:2]):
+            for x, y, w, h, score, eyes in self._detect_mediapipe(rgb[y0 : y0 + th, x0 : x0 + tw]):
+                box = (x + x0, y + y0, w, h)
+                if (
+                    cut_by_tile(box, (x0, y0, tw, th), rgb.shape[:2])
+                    or score < TILE_MIN_CONFIDENCE
+                    or any(overlap_area(box, f[:4]) > 0 for f in found)
+                ):
+                    continue
+                extra.append((*box, score, (eyes[0] + x0, eyes[1] + y0, eyes[2] + x0, eyes[3] + y0)))
+        boxes = np.array([e[:4] for e in extra], dtype=np.float64).reshape(-1, 4)
+        return [extra[i] for i in not_nested(boxes, np.array([e[4] for e in extra]))]  # tiles overlap: once a face
 
     def _detect_haar(self, rgb: np.ndarray) -> list[tuple]:
         # No histogram equalisation: on frames with large flat areas it found a third fewer faces.
@@ -286,7 +298,7 @@ class FaceDetector:
         )
         out = []
         found = np.asarray(found, dtype=np.float64).reshape(-1, 4)
-        for x, y, w, h in found[_not_nested(found, np.ravel(votes))] * factor:
+        for x, y, w, h in found[not_nested(found, np.ravel(votes))] * factor:
             side = w * _HAAR_TO_BLAZE_SCALE
             cx, cy = x + w / 2, y + h / 2 + _HAAR_TO_BLAZE_SHIFT * h
             x0, y0 = cx - side / 2, cy - side / 2
@@ -298,26 +310,6 @@ class FaceDetector:
         if self._finalizer is not None and self._finalizer.detach():
             self._mp.close()
         _close_unclosed()
-
-
-def _not_nested(boxes: np.ndarray, support: np.ndarray) -> list[int]:
-    """Indices of the (x, y, w, h) rows to keep, best supported first: a box that overlaps a better-supported
-    kept one by over half the smaller's area is the same face reported twice and is dropped.
-
-    Both detectors sometimes report one face twice: Haar as the face and a larger box around it, or its inner
-    part (``support``: how many detection windows voted for each); BlazeFace, mostly on faces it is unsure of,
-    as a second box over part of the face (``support``: its score).
-    """
-    kept: list[int] = []
-    for i in np.argsort(-np.asarray(support), kind="stable"):
-        x, y, w, h = boxes[i]
-        if not any(
-            max(0.0, min(x + w, kx + kw) - max(x, kx)) * max(0.0, min(y + h, ky + kh) - max(y, ky))
-            > 0.5 * min(w * h, kw * kh)
-            for kx, ky, kw, kh in (boxes[k] for k in kept)
-        ):
-            kept.append(int(i))
-    return kept
 
 
 def _fer_square(box: Box, margin: float) -> tuple[int, int, int]:

@@ -155,13 +155,16 @@ class Recognizer:
         whole_image: bool = False,
         tracker: FaceTracker | None = None,
         timings: dict[str, float] | None = None,
+        small_faces: bool | None = None,
     ) -> list[dict]:
         """Emotions of every face in an image, largest face first, as ``emotion.inference.classifier.face_result`` dicts.
 
         ``rgb`` is an RGB, RGBA or grayscale array of any size. ``whole_image`` classifies the whole image
         as one face instead of detecting faces. ``tracker`` smooths results across video frames and picks
         the network and test-time view that run on this frame (see ``FaceTracker``).
-        ``timings``, when given, receives milliseconds per stage (``STAGES``).
+        ``timings``, when given, receives milliseconds per stage (``STAGES``). ``small_faces`` runs the
+        detector's small-face pass (``FaceDetector.detect``); by default a still image gets it and a video frame
+        (one with a ``tracker``) does not, as it must keep pace.
         """
         image = as_rgb(rgb)
         height, width = image.shape[:2]
@@ -171,7 +174,7 @@ class Recognizer:
         elif self.detector is None:
             raise RuntimeError("this recognizer has no face detector: use whole_image=True or give it a FaceDetector")
         else:
-            boxes = self.detector.detect(image)
+            boxes = self.detector.detect(image, small_faces=tracker is None if small_faces is None else small_faces)
         t1 = time.perf_counter()
         # A whole image is centre-cropped like any photo; detected faces are framed like FER2013 crops.
         crops = [to_face48(image)] if whole_image else crop_faces(image, boxes)
