@@ -248,6 +248,16 @@ def test_small_face_pass_keeps_large_faces_once_and_handles_tiny_frames(
         assert mp_detector.detect(np.zeros(shape, np.uint8), small_faces=True) == []
 
 
+def test_strips_thinner_than_the_shrink_factor_give_no_faces_and_no_error(
+    mp_detector: FaceDetector, haar_detector: FaceDetector
+) -> None:
+    # A 1x5000 upload is shrunk by 4 for detection: its 1 px side must not round to 0 px (an OpenCV error).
+    for shape in ((1, 5000, 3), (5000, 1, 3), (3, 7000, 3)):
+        strip = np.full(shape, 128, np.uint8)
+        assert mp_detector.detect(strip) == [] and mp_detector.detect(strip, small_faces=True) == []
+        assert haar_detector.detect(strip) == []
+
+
 def test_a_face_reported_twice_is_kept_once() -> None:
     # A BlazeFace duplicate seen on a grey frame: a weaker box over the top of a face; a neighbour is kept.
     boxes = np.array([[99, 10, 114, 114], [44, 42, 162, 162], [240, 40, 160, 160]], dtype=np.float64)
