@@ -245,6 +245,11 @@ def test_frame_benchmark_runs_and_writes_its_report(recognizer: Recognizer, real
     out = write_frames_report(report, tmp_path / "rep")
     assert json.loads((out / "frames.json").read_text())["overall"] == report["overall"]
     assert "| all | 5 |" in (out / "frames.md").read_text()
+    big = report["found_from_quarter_width"]  # the target: found at 1/4 of the width and larger, by bin
+    assert big["faces"] == sum(
+        report["by_scale"][b]["faces"] for b in ("1/4-1/3", "1/3-1/2") if b in report["by_scale"]
+    )
+    assert "Gap on found faces" in (out / "frames.md").read_text()
 
 
 def test_evaluate_frames_cli(

@@ -222,6 +222,8 @@ def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg:
         "tta": recognizer.classifier.tta,
         "seconds": round(time.perf_counter() - t0, 1),
         "overall": summarize(rows),
+        # The issue's 97% target: the scale bins from 1/4 of the frame width up (by bin, as the table counts them).
+        "found_from_quarter_width": summarize([r for r in rows if r["scale_bin"] in scales[SCALE_BINS.index(1 / 4) :]]),
         "by_scale": _grouped(rows, "scale_bin", scales),
         "by_rotation": _grouped(rows, "rotation_bin", rotations),
         "by_background": _grouped(rows, "background", ["plain", "textured"]),
@@ -250,7 +252,17 @@ def format_frames_table(report: dict) -> str:
                 f"| {title} | {s['faces']} | {_pct(s['found_rate'])} | {_pct(s['accuracy_found'])} | "
                 f"{_pct(s['direct_accuracy_found'])} | {_pct(s['direct_accuracy_all'])} | {s['false_positives']} |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + ["", summary_line(report)])
+
+
+def summary_line(report: dict) -> str:
+    """The two figures the benchmark is judged by: the gap on found faces, and faces found at >= 1/4 width."""
+    o, big = report["overall"], report.get("found_from_quarter_width")
+    gap = "-" if o["accuracy_found"] is None else f"{(o['direct_accuracy_found'] - o['accuracy_found']) * 100:.2f}"
+    text = f"Gap on found faces (direct crops minus frames): {gap} points."
+    if big and big["faces"]:
+        text += f" Found at 1/4 of the frame width and larger: {big['found']} of {big['faces']} ({_pct(big['found_rate'])}%)."
+    return text
 
 
 def write_frames_report(report: dict, out: str | os.PathLike) -> Path:
