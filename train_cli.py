@@ -276,8 +276,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--video-detection",
         action="store_true",
-        help="with --frames: detect faces as the Live tab and video do, without the small-face pass that photos "
-        "(Upload, predict) get",
+        help="with --frames: detect faces as video does, one whole-frame pass without the small-face tiles that "
+        "photos (Upload, predict) get and the Live tab scans in turn over a stream's frames",
     )
     p.add_argument(
         "--limit",

@@ -6,8 +6,10 @@ the share of faces found, false positives and milliseconds a frame. Only the tra
 
 ``--compare tones``: grey frames only, BlazeFace on the frame as it is, tinted to ``SKIN_TONE`` (what
 ``FaceDetector`` does with greyscale frames) and to a few other warm tones, to show that the gain is not one
-tone's. ``--compare tiles``: grey and colour frames, the whole frame alone (as video is detected) against the
-small-face pass of photos at a few tile confidence floors (``TILE_MIN_CONFIDENCE``).
+tone's. ``--compare tiles``: grey and colour frames, the whole frame alone (as video is detected), the Live tab's
+tiles in turn (``TileSchedule``: the twelfth frame of a still scene, when every tile has had its turn; its
+milliseconds are for all twelve frames) and the small-face pass of photos at a few tile confidence floors
+(``TILE_MIN_CONFIDENCE``).
 
     python scripts/detection_rates.py --compare tones --data ../shared/fer2013 --faces 800 --seed 102 --min-scale 0.25
     python scripts/detection_rates.py --compare tiles --data ../shared/fer2013 --faces 600 --seed 105 --max-scale 0.25
@@ -28,7 +30,7 @@ from emotion.data.dataset import DataError
 from emotion.data.splits import load_split
 from emotion.evaluation.frames import FrameBenchConfig, draw_frame, match_face
 from emotion.inference import faces as faces_mod
-from emotion.inference.detector_views import SKIN_TONE, TILE_MIN_CONFIDENCE
+from emotion.inference.detector_views import SKIN_TONE, TILE_MIN_CONFIDENCE, TileSchedule
 from emotion.inference.faces import Box, FaceDetector
 
 OTHER_TONES = ((1.0, 0.85, 0.75), (1.0, 0.78, 0.62), (1.0, 0.9, 0.85))  # warmer and paler than SKIN_TONE
@@ -61,7 +63,14 @@ def tile_variants(face_model: str) -> dict[str, Callable[[np.ndarray], list[Box]
         finally:
             faces_mod.TILE_MIN_CONFIDENCE = TILE_MIN_CONFIDENCE
 
-    variants = {"whole frame (video)": detector.detect}
+    def live(frame: np.ndarray) -> list[Box]:
+        schedule, boxes = TileSchedule(), []
+        for _ in range(4 * schedule.every):  # a live stream's first frames of a still scene: every tile once
+            boxes = detector.detect(frame, tiles=schedule.next())
+            schedule.found([b.tile for b in boxes])
+        return boxes
+
+    variants = {"whole frame (video)": detector.detect, "live: tiles in turn, 12th frame": live}
     for floor in TILE_FLOORS:
         name = f"+ tiles, floor {floor:g}" + (" (photos)" if floor == TILE_MIN_CONFIDENCE else "")
         variants[name] = lambda frame, floor=floor: with_tiles(frame, floor)

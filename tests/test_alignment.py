@@ -328,7 +328,9 @@ def test_detection_rates_script(tmp_path: Path, face_model_path: Path, capsys: p
     assert "3 train faces in grey frames" in out and "as it is" in out and "SKIN_TONE" in out
     assert script.main([*args, "--compare", "tiles", "--max-scale", "0.25"]) == 0
     out = capsys.readouterr().out
-    assert "whole frame (video)" in out and "floor 0.6 (photos)" in out and "ms a frame" in out
+    assert (
+        "whole frame (video)" in out and "tiles in turn" in out and "floor 0.6 (photos)" in out and "ms a frame" in out
+    )
     assert faces_mod.TILE_MIN_CONFIDENCE == 0.6  # restored after the floors were tried
     with pytest.raises(SystemExit):  # no train split there: a clear error
         script.main(["--data", str(tmp_path / "nowhere"), "--face-model", str(face_model_path)])

@@ -258,6 +258,29 @@ def test_strips_thinner_than_the_shrink_factor_give_no_faces_and_no_error(
         assert haar_detector.detect(strip) == []
 
 
+def test_tiles_can_be_scanned_one_at_a_time(mp_detector: FaceDetector, real_faces: dict) -> None:
+    rgb, (placed,) = compose([real_faces["happy"][1]], [(480, 340)], size=96)  # in the bottom-right tile only
+    (face,) = mp_detector.detect(rgb, small_faces=True)
+    assert face.tile == 3 and inside(face, placed) > 0.7
+    assert mp_detector.detect(rgb, tiles=[0, 1]) == [] and mp_detector.detect(rgb, tiles=[3]) == [face]
+    assert all(b.tile is None for b in mp_detector.detect(triangle_frames(real_faces)[0][0]))
+
+
+def test_tile_schedule_turns_and_holds_tiles_with_faces() -> None:
+    schedule = detector_views.TileSchedule(every=1)
+    assert [schedule.next() for _ in range(5)] == [[0], [1], [2], [3], [0]]
+    schedule.found([None, 3])
+    assert schedule.next() == [1, 3] and schedule.next() == [2, 3]
+    schedule.found([None])
+    assert schedule.next() == [3] and schedule.next() == [0]
+    spaced = detector_views.TileSchedule()  # the live default: a new tile every third frame
+    assert [spaced.next() for _ in range(7)] == [[0], [], [], [1], [], [], [2]]
+    spaced.found([2])
+    assert spaced.next() == [2]
+    with pytest.raises(ValueError):
+        detector_views.TileSchedule(every=0)
+
+
 def test_a_face_reported_twice_is_kept_once() -> None:
     # A BlazeFace duplicate seen on a grey frame: a weaker box over the top of a face; a neighbour is kept.
     boxes = np.array([[99, 10, 114, 114], [44, 42, 162, 162], [240, 40, 160, 160]], dtype=np.float64)

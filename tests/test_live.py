@@ -83,12 +83,10 @@ def test_stream_frame_sends_panels_for_several_faces_only_when_they_change(
     for i, name in enumerate(("happy", "sad", "surprise")):
         canvas[140:340, 10 + 210 * i : 210 + 210 * i] = cv2.resize(real_faces[name][0], (200, 200))[:, :, None]
         boxes.append(Box(10 + 210 * i, 140, 200, 200, 0.9))
-    monkeypatch.setattr(
-        models.detector, "detect", lambda rgb, small_faces=False: boxes
-    )  # detection is covered in test_faces.py
+    monkeypatch.setattr(models.detector, "detect", lambda rgb, **kw: boxes)  # detection is covered in test_faces.py
     annotated, label, readout, faces, panels, chart, session = stream_frame(models, _fresh(canvas), None)
     assert len(faces) == 3 and "3 faces" in readout and panels.count('class="face-panel"') == 3
-    monkeypatch.setattr(models.detector, "detect", lambda rgb, small_faces=False: boxes[:1])
+    monkeypatch.setattr(models.detector, "detect", lambda rgb, **kw: boxes[:1])
     panels = stream_frame(models, _fresh(canvas), session)[4]
     assert panels == ""  # back to one face: the panels clear, once
     assert stream_frame(models, _fresh(canvas), session)[4] == SKIP

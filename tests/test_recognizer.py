@@ -58,6 +58,39 @@ def test_photos_get_the_small_face_pass_and_video_frames_do_not(classifier: Emot
     assert asked == [True, False, False, True]
 
 
+def test_a_live_stream_scans_a_tile_a_frame_and_keeps_scanning_where_a_small_face_is(
+    classifier: EmotionClassifier,
+) -> None:
+    asked = []
+
+    class Detector:
+        def detect(self, rgb: np.ndarray, small_faces: bool = False, tiles: tuple = ()) -> list[Box]:
+            asked.append(list(tiles))
+            return [Box(0, 0, 48, 48, tile=2)] if 2 in tiles else [Box(0, 0, 48, 48)]
+
+    recognizer = Recognizer(classifier, Detector())
+    tracker = FaceTracker(scan_tiles=True)
+    for _ in range(10):
+        recognizer.analyze(np.zeros((48, 48, 3), np.uint8), tracker=tracker)
+    # A new tile every third frame; tile 2 found a face, so it is scanned every frame since.
+    assert asked == [[0], [], [], [1], [], [], [2], [2], [2], [2, 3]]
+    tracker.reset()
+    recognizer.analyze(np.zeros((48, 48, 3), np.uint8), tracker=tracker)
+    assert asked[-1] == [0]
+
+
+def test_a_small_face_in_a_live_stream_is_found_within_twelve_frames_then_every_frame(
+    classifier: EmotionClassifier, face_model_path: Path, real_faces: dict
+) -> None:
+    recognizer = Recognizer(classifier, FaceDetector(str(face_model_path)))
+    rgb, _ = compose([real_faces["happy"][1]], [(480, 340)], size=96)  # too small for the whole frame
+    assert recognizer.detector.detect(rgb) == []
+    tracker = FaceTracker(scan_tiles=True)
+    found = [len(recognizer.analyze(rgb, tracker=tracker)) for _ in range(14)]
+    first = found.index(1)  # its tile (bottom right) comes up in the tenth frame
+    assert first < 12 and found[first:] == [1] * (14 - first), found
+
+
 def test_analyze_returns_one_result_per_face(
     recognizer: Recognizer, real_faces: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

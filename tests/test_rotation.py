@@ -36,7 +36,7 @@ def ensemble_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class _OneFace:
     """A stand-in face detector that finds the whole 48x48 frame."""
 
-    def detect(self, rgb: np.ndarray, small_faces: bool = False) -> list[Box]:
+    def detect(self, rgb: np.ndarray, small_faces: bool = False, tiles: tuple = ()) -> list[Box]:
         return [Box(0, 0, 48, 48)]
 
 

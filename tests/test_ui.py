@@ -156,7 +156,7 @@ def test_many_faces_list_all_in_json_and_bars_for_the_largest(
         size = 120 - i  # distinct sizes, so "largest first" has one answer
         canvas[r * 150 : r * 150 + size, c * 150 : c * 150 + size] = cv2.resize(face, (size, size))[:, :, None]
         boxes.append(Box(c * 150, r * 150, size, size, 0.9))
-    monkeypatch.setattr(models.detector, "detect", lambda rgb, small_faces=False: boxes)
+    monkeypatch.setattr(models.detector, "detect", lambda rgb, **kw: boxes)
     outputs = analyze_photo(models, canvas)
     found = outputs[2]
     assert [f["box"] for f in found] == [[b.x, b.y, b.w, b.h] for b in boxes]
@@ -167,7 +167,7 @@ def test_many_faces_list_all_in_json_and_bars_for_the_largest(
 def test_small_face_is_flagged(models: ModelManager, real_faces, monkeypatch: pytest.MonkeyPatch) -> None:
     canvas = np.full((240, 320, 3), 170, np.uint8)
     canvas[100:130, 150:180] = cv2.resize(real_faces["happy"][0], (30, 30))[:, :, None]
-    monkeypatch.setattr(models.detector, "detect", lambda rgb, small_faces=False: [Box(150, 100, 30, 30, 0.8)])
+    monkeypatch.setattr(models.detector, "detect", lambda rgb, **kw: [Box(150, 100, 30, 30, 0.8)])
     outputs = analyze_photo(models, canvas)
     assert len(outputs[2]) == 1 and "Face 1 is smaller than" in outputs[1] and "less reliable" in outputs[1]
 

@@ -70,7 +70,7 @@ def time_pipeline(recognizer, frame: np.ndarray, cfg: BenchConfig, rotate: bool 
     from ..inference.overlay import draw_faces
     from ..inference.recognizer import FaceTracker
 
-    tracker = FaceTracker(rotate=rotate)  # as in the live view, where each stream smooths its faces over time
+    tracker = FaceTracker(rotate=rotate, scan_tiles=True)  # as in the live view: smoothing, tiles in turn
     samples: dict[str, list[float]] = {}
     faces: list = []
     for i in range(cfg.warmup + cfg.frames):

@@ -69,6 +69,8 @@ class Box:
     ``eyes`` is (x, y) of the subject's right eye then left eye, in frame pixels, that crops are aligned
     on: for a MediaPipe box ``align.framing_eyes`` of its box and eye keypoints (the keypoints' tilt, the box's
     centre and scale), for a Haar box estimated from the box alone. None: framed from the box alone.
+    ``tile`` is the corner tile (0-3, see ``detector_views.corner_tiles``) the small-face pass found it in;
+    None: the whole frame.
     """
 
     x: int
@@ -77,6 +79,7 @@ class Box:
     h: int
     score: float = 1.0
     eyes: tuple[float, float, float, float] | None = None
+    tile: int | None = None
 
 
 def as_rgb(image: np.ndarray | None) -> np.ndarray:
@@ -234,12 +237,13 @@ class FaceDetector:
         )
         return vision.FaceDetector.create_from_options(options)
 
-    def detect(self, rgb: np.ndarray, small_faces: bool = False) -> list[Box]:
+    def detect(self, rgb: np.ndarray, small_faces: bool = False, tiles: Sequence[int] = ()) -> list[Box]:
         """Faces in an HxWx3 uint8 RGB frame: clipped to the frame, largest first, at most ``max_faces``.
 
-        ``small_faces`` adds BlazeFace's pass over four overlapping tiles (``TILE_FRACTION``), which finds faces
-        down to about an eighth of the frame's width for about four times the detection cost: for photos, not
-        for video, which must keep pace. The Haar fallback already scans every size and ignores it.
+        ``small_faces`` adds BlazeFace's pass over four overlapping corner tiles (``TILE_FRACTION``), which finds
+        faces down to about an eighth of the frame's width for about four times the detection cost (photos);
+        ``tiles`` scans only those of them (0-3), as a live stream does a few a frame (``TileSchedule``). The
+        Haar fallback already scans every size and ignores both.
         """
         rgb = as_rgb(rgb)
         height, width = rgb.shape[:2]
@@ -250,14 +254,15 @@ class FaceDetector:
             small = skin_toned(small)
         with self._lock:
             raw = self._detect_mediapipe(small) if self._mp is not None else self._detect_haar(small)
-            if small_faces and self._mp is not None:
-                raw += self._detect_tiles(small, raw)
+            raw = [(*r, None) for r in raw]  # found in the whole frame: no tile
+            if self._mp is not None and (small_faces or tiles):
+                raw += self._detect_tiles(small, raw, range(4) if small_faces else tiles)
         boxes = []
-        for x, y, w, h, score, eyes in raw:
+        for x, y, w, h, score, eyes, tile in raw:
             box = _clip_box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, width, height, score)
             if box is not None and min(box.w, box.h) >= self.min_face_px:
                 eyes = (eyes[0] * sx, eyes[1] * sy, eyes[2] * sx, eyes[3] * sy)
-                boxes.append(replace(box, eyes=tuple(float(v) for v in eyes)))
+                boxes.append(replace(box, eyes=tuple(float(v) for v in eyes), tile=tile))
         boxes.sort(key=lambda b: b.w * b.h, reverse=True)
         if len(boxes) > self.max_faces:
             log.info("%d faces found; keeping the %d largest", len(boxes), self.max_faces)
@@ -282,10 +287,13 @@ class FaceDetector:
         boxes = np.array([o[:4] for o in out], dtype=np.float64).reshape(-1, 4)
         return [out[i] for i in not_nested(boxes, np.array([o[4] for o in out]))]
 
-    def _detect_tiles(self, rgb: np.ndarray, found: list[tuple]) -> list[tuple]:
-        """Faces BlazeFace finds in the frame's corner tiles and not in the whole frame (see ``TILE_FRACTION``)."""
+    def _detect_tiles(self, rgb: np.ndarray, found: list[tuple], which: Sequence[int]) -> list[tuple]:
+        """Faces BlazeFace finds in the frame's corner tiles ``which`` and not in the whole frame (see
+        ``TILE_FRACTION``), as (x, y, w, h, score, eyes, tile)."""
         extra = []
-        for x0, y0, tw, th in corner_tiles(*rgb.shape[:2]):
+        for index, (x0, y0, tw, th) in enumerate(corner_tiles(*rgb.shape[:2])):
+            if index not in which:
+                continue
             for x, y, w, h, score, eyes in self._detect_mediapipe(rgb[y0 : y0 + th, x0 : x0 + tw]):
                 box = (x + x0, y + y0, w, h)
                 if (
@@ -294,7 +302,7 @@ class FaceDetector:
                     or any(overlap_area(box, f[:4]) > 0 for f in found)
                 ):
                     continue
-                extra.append((*box, score, (eyes[0] + x0, eyes[1] + y0, eyes[2] + x0, eyes[3] + y0)))
+                extra.append((*box, score, (eyes[0] + x0, eyes[1] + y0, eyes[2] + x0, eyes[3] + y0), index))
         boxes = np.array([e[:4] for e in extra], dtype=np.float64).reshape(-1, 4)
         return [extra[i] for i in not_nested(boxes, np.array([e[4] for e in extra]))]  # tiles overlap: once a face
 

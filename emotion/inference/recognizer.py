@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from ..data.dataset import MAX_DECODE_PIXELS, WIDE_MODES, to_face48, wide_to_uint8
 from .classifier import EmotionClassifier, face_result
+from .detector_views import TileSchedule
 from .faces import Box, FaceDetector, as_rgb, crop_faces
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,26 @@ class FaceTracker:
     network and a view, see ``Recognizer.analyze``) in turn, one per frame, and ``update`` takes that slot's
     probabilities; each face keeps every slot's latest output and smooths their mean. A new face starts with
     its first slot's output standing in for the others.
+
+    ``scan_tiles`` (a live stream): each frame also scans a few of the detector's corner tiles for faces too
+    small for the whole-frame pass, as ``tiles`` (a ``TileSchedule``) picks them.
     """
 
-    def __init__(self, alpha: float = 0.5, iou_threshold: float = 0.3, max_age: int = 10, rotate: bool = True):
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        iou_threshold: float = 0.3,
+        max_age: int = 10,
+        rotate: bool = True,
+        scan_tiles: bool = False,
+    ):
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.alpha = alpha
         self.iou_threshold = iou_threshold
         self.max_age = max_age
         self.rotate = rotate
+        self.tiles = TileSchedule() if scan_tiles else None
         self.tracks: list[_Track] = []
         self.ids: list[int] = []
         self._next_id = 1
@@ -82,6 +94,8 @@ class FaceTracker:
 
     def reset(self) -> None:
         """Forget every face, e.g. when the stream restarts."""
+        if self.tiles is not None:
+            self.tiles = TileSchedule()
         self.tracks = []
         self.ids = []
         self._next_id = 1
@@ -163,8 +177,9 @@ class Recognizer:
         as one face instead of detecting faces. ``tracker`` smooths results across video frames and picks
         the network and test-time view that run on this frame (see ``FaceTracker``).
         ``timings``, when given, receives milliseconds per stage (``STAGES``). ``small_faces`` runs the
-        detector's small-face pass (``FaceDetector.detect``); by default a still image gets it and a video frame
-        (one with a ``tracker``) does not, as it must keep pace.
+        detector's small-face pass over all four tiles (``FaceDetector.detect``); by default a still image gets
+        it and a video frame (one with a ``tracker``) does not, as it must keep pace: a tracker made with
+        ``scan_tiles`` has a few tiles scanned a frame instead.
         """
         image = as_rgb(rgb)
         height, width = image.shape[:2]
@@ -174,7 +189,7 @@ class Recognizer:
         elif self.detector is None:
             raise RuntimeError("this recognizer has no face detector: use whole_image=True or give it a FaceDetector")
         else:
-            boxes = self.detector.detect(image, small_faces=tracker is None if small_faces is None else small_faces)
+            boxes = self._detect(image, tracker, small_faces)
         t1 = time.perf_counter()
         # A whole image is centre-cropped like any photo; detected faces are framed like FER2013 crops.
         crops = [to_face48(image)] if whole_image else crop_faces(image, boxes)
@@ -199,6 +214,16 @@ class Recognizer:
             for stage, start, end in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=False):
                 timings[stage] = (end - start) * 1000.0
         return [face_result((b.x, b.y, b.w, b.h), p, b.eyes) for b, p in zip(boxes, probs, strict=False)]
+
+    def _detect(self, image: np.ndarray, tracker: FaceTracker | None, small_faces: bool | None) -> list[Box]:
+        """The detector's boxes, with the small-face pass a photo gets, or the tiles a live stream's turn gives."""
+        if small_faces is not None or tracker is None:
+            return self.detector.detect(image, small_faces=tracker is None if small_faces is None else small_faces)
+        if tracker.tiles is None:
+            return self.detector.detect(image)
+        boxes = self.detector.detect(image, tiles=tracker.tiles.next())
+        tracker.tiles.found([b.tile for b in boxes])
+        return boxes
 
 
 class ImageTooLargeError(ValueError):
