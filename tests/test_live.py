@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import make_folder_dataset
 from make_clip import face_scene
+from test_faces import compose
 
 from emotion.app import AppConfig
 from emotion.app.live import MAX_FACE_PANELS, PANEL_TOP, TEXT_EVERY_S, LiveSession, face_panels, stream_frame
@@ -170,6 +171,14 @@ def test_the_same_frame_sent_twice_is_analyzed_once(models: ModelManager, real_f
     assert outputs == [SKIP] * 6 and same is session and len(session.timeline.times) == 1
     moved = np.roll(scene, 2, axis=1)
     assert isinstance(stream_frame(models, moved, session)[0], np.ndarray)
+
+
+def test_a_live_stream_picks_up_a_face_too_small_for_the_whole_frame(models: ModelManager, real_faces) -> None:
+    scene, _ = compose([real_faces["happy"][1]], [(480, 340)], size=96)  # 3/20 of the width, bottom right
+    session = None
+    for _ in range(14):  # a new corner tile every third frame: the bottom-right one comes up in the tenth
+        session = stream_frame(models, _fresh(scene), session)[-1]
+    assert session.tracker.tiles is not None and len(session.tracker.ids) == 1
 
 
 # --- speed settings ---------------------------------------------------------------------------------------
