@@ -39,11 +39,16 @@ PANEL_TOP = 3  # probabilities listed per face panel
 TEXT_EVERY_S = 0.25
 
 
+def live_tracker() -> FaceTracker:
+    """A live stream's tracker: smoothing, one network a frame, and the detector's corner tiles in turn."""
+    return FaceTracker(scan_tiles=True)
+
+
 @dataclass
 class LiveSession:
     """One browser session's Live-tab state: face tracker (EMA smoothing), frame rate, timeline, panels shown."""
 
-    tracker: FaceTracker = field(default_factory=lambda: FaceTracker(scan_tiles=True))  # small faces: tiles in turn
+    tracker: FaceTracker = field(default_factory=live_tracker)
     last_frame_at: float | None = None  # perf_counter() of the previous frame
     fps: float | None = None  # smoothed frames per second actually analyzed for this session
     misses: int = FACE_HOLD_FRAMES  # consecutive frames without a face (starts "long ago": nothing to hold)
@@ -57,7 +62,7 @@ class LiveSession:
         gap = None if self.last_frame_at is None else now - self.last_frame_at
         self.last_frame_at = now
         if gap is None or gap > STREAM_GAP_S:
-            self.tracker = FaceTracker(scan_tiles=True)  # an earlier stream's faces must not bias this one
+            self.tracker = live_tracker()  # an earlier stream's faces must not bias this one
             self.fps = None
             self.misses = FACE_HOLD_FRAMES
             self.timeline.reset()
