@@ -20,6 +20,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time, so `--help` needs no torch
+    from emotion.data.augment import AugmentConfig
+    from emotion.models.networks import ModelConfig
+    from emotion.training.config import TrainConfig
 
 log = logging.getLogger("emotion.cli")
 TTA_CHOICES = (
@@ -59,182 +65,212 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="run folder for checkpoints, metrics.jsonl, logs and the report (default runs/<model>-<time>)",
     )
-    p.add_argument(
+    _add_train_model_flags(p.add_argument_group("model"), m)
+    _add_train_optim_flags(p.add_argument_group("optimisation"), t, c)
+    _add_train_augment_flags(p.add_argument_group("augmentation"), aug)
+    _add_train_init_flags(p.add_argument_group("starting point and teacher"), t)
+    _add_train_network_flags(p.add_argument_group("network shape and CLIP fine-tuning"), t, m, c)
+    _add_train_run_flags(p.add_argument_group("run"), t)
+
+
+def _add_train_model_flags(g: argparse._ArgumentGroup, m: ModelConfig) -> None:
+    """Flags of `train`: the network and where its CLIP weights come from."""
+    g.add_argument(
         "--model",
         choices=["clip", "cnn"],
         default=m.kind,
         help="clip: open_clip encoder + emotion adapter; cnn: compact offline network",
     )
-    p.add_argument(
+    g.add_argument(
         "--clip-model", default=m.clip_model, help="open_clip architecture, e.g. ViT-B-32, ViT-B-16, ViT-L-14"
     )
-    p.add_argument(
+    g.add_argument(
         "--pretrained", default=m.pretrained, help="open_clip pretrained tag, resolved through the cache or a download"
     )
-    p.add_argument(
+    g.add_argument(
         "--clip-weights",
         default=None,
         help="CLIP weights file (or env EMOTION_CLIP_WEIGHTS); 'random' for untrained weights (tests, timing)",
     )
-    p.add_argument("--cache-dir", default=None, help="open_clip weights cache folder")
-    p.add_argument(
+    g.add_argument("--cache-dir", default=None, help="open_clip weights cache folder")
+
+
+def _add_train_optim_flags(g: argparse._ArgumentGroup, t: TrainConfig, c: TrainConfig) -> None:
+    """Flags of `train`: schedule, optimiser and loss."""
+    g.add_argument(
         "--epochs", type=int, default=None, help=f"number of epochs (default: clip {t.epochs}, cnn {c.epochs})"
     )
-    p.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step per process")
-    p.add_argument(
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step per process")
+    g.add_argument(
         "--lr",
         type=float,
         default=None,
         help=f"learning rate of the adapter (default {t.lr}) or the whole CNN (default {c.lr})",
     )
-    p.add_argument("--clip-lr", type=float, default=t.clip_lr, help="learning rate of the unfrozen CLIP blocks")
-    p.add_argument(
+    g.add_argument("--clip-lr", type=float, default=t.clip_lr, help="learning rate of the unfrozen CLIP blocks")
+    g.add_argument(
         "--weight-decay",
         type=float,
         default=t.weight_decay,
         help="AdamW weight decay (not applied to biases and norms)",
     )
-    p.add_argument(
+    g.add_argument(
         "--warmup-epochs", type=float, default=t.warmup_epochs, help="linear warmup before the cosine schedule"
     )
-    p.add_argument("--label-smoothing", type=float, default=t.label_smoothing, help="cross-entropy label smoothing")
-    p.add_argument(
+    g.add_argument("--label-smoothing", type=float, default=t.label_smoothing, help="cross-entropy label smoothing")
+    g.add_argument(
         "--ema-decay",
         type=float,
         default=None,
         help=f"validate and ship a moving average of the weights with this decay; 0 = off (default: clip {t.ema_decay}, cnn {c.ema_decay})",
     )
-    p.add_argument(
+
+
+def _add_train_augment_flags(g: argparse._ArgumentGroup, aug: AugmentConfig) -> None:
+    """Flags of `train`: what each batch of faces goes through."""
+    g.add_argument(
         "--mixup",
         type=float,
         default=aug.mixup,
         help="mixup: blend pairs of faces and their labels with a Beta(a, a) weight; 0 = off (try 0.2-0.4)",
     )
-    p.add_argument(
+    g.add_argument(
         "--cutmix",
         type=float,
         default=aug.cutmix,
         help="CutMix: paste a box of another face and mix the labels by area, Beta(a, a); 0 = off (try 1.0)",
     )
-    p.add_argument(
+    g.add_argument(
         "--mix-prob", type=float, default=aug.mix_prob, help="share of batches mixed when --mixup or --cutmix is on"
     )
-    p.add_argument(
+    g.add_argument(
         "--frame-jitter",
         type=float,
         default=aug.frame_jitter,
         help="share of faces framed like the app's crops of faces found in camera frames (looser or tighter, "
         "off-centre, tilted up to 20 degrees), so the network learns those crops too; 0 = off (try 0.5)",
     )
-    p.add_argument(
+
+
+def _add_train_init_flags(g: argparse._ArgumentGroup, t: TrainConfig) -> None:
+    """Flags of `train`: fine-tuning and distillation."""
+    g.add_argument(
         "--teacher",
         default=None,
         help="distil: also learn to match this checkpoint's predictions, e.g. assets/emotion_cnn.pt (an ensemble)",
     )
-    p.add_argument(
+    g.add_argument(
         "--distill-weight",
         type=float,
         default=t.distill_weight,
         help="with --teacher: share of the loss spent matching the teacher",
     )
-    p.add_argument(
+    g.add_argument(
         "--distill-temperature",
         type=float,
         default=t.distill_temperature,
         help="with --teacher: softmax temperature of the comparison",
     )
-    p.add_argument(
+    g.add_argument(
         "--teacher-cache",
         action="store_true",
         help="with --teacher: predict each training face (and its mirror) once before training, kept in "
         "OUT/teacher_targets.pt, instead of on every augmented batch; trains at the student's own speed",
     )
-    p.add_argument(
+    g.add_argument(
         "--init-from",
         default=None,
         help="start from this checkpoint's weights instead of a random initialisation (fine-tuning), e.g. assets/emotion_cnn.pt",
     )
-    p.add_argument(
+    g.add_argument(
         "--init-member",
         type=int,
         default=t.init_member,
         help="with --init-from: which network of an ensemble file to start from (1-based, in file order)",
     )
-    p.add_argument(
+
+
+def _add_train_network_flags(g: argparse._ArgumentGroup, t: TrainConfig, m: ModelConfig, c: TrainConfig) -> None:
+    """Flags of `train`: the CNN's shape, the adapter's dropout and which CLIP blocks train."""
+    g.add_argument(
         "--dropout",
         type=float,
         default=None,
         help=f"dropout in the adapter (default {m.dropout}) or the CNN head (default {c.model.dropout})",
     )
-    p.add_argument(
+    g.add_argument(
         "--cnn-widths",
         default=None,
         help=f"CNN channels per stage, comma-separated (default {','.join(map(str, c.model.cnn_widths))})",
     )
-    p.add_argument(
+    g.add_argument(
         "--cnn-block",
         choices=("plain", "residual"),
         default=None,
         help="CNN stages: plain (3x3 convs, max-pooling between stages) or residual (a residual block with "
         "squeeze-excitation per stage, strided convs) (default plain)",
     )
-    p.add_argument(
+    g.add_argument(
         "--unfreeze-epoch",
         type=int,
         default=t.unfreeze_epoch,
         help="first epoch (1-based) in which CLIP's last blocks train; 0 = from the start",
     )
-    p.add_argument(
+    g.add_argument(
         "--unfreeze-blocks",
         type=int,
         default=t.unfreeze_blocks,
         help="CLIP transformer blocks unfrozen, plus the final norm and projection",
     )
-    p.add_argument(
+    g.add_argument(
         "--no-embedding-cache",
         action="store_true",
         help="run the frozen encoder every step instead of caching its embeddings (keeps full augmentation)",
     )
-    p.add_argument(
+    g.add_argument(
         "--cache-flip",
         action="store_true",
         help="with the embedding cache, also cache mirrored images (flip augmentation, twice the caching time)",
     )
-    p.add_argument(
+
+
+def _add_train_run_flags(g: argparse._ArgumentGroup, t: TrainConfig) -> None:
+    """Flags of `train`: validation split, seeds, device and the run folder."""
+    g.add_argument(
         "--val-split",
         type=float,
         default=t.val_split,
         help="carve this fraction of train for validation instead of using the test split",
     )
-    p.add_argument("--seed", type=int, default=t.seed, help="random seed")
-    p.add_argument(
+    g.add_argument("--seed", type=int, default=t.seed, help="random seed")
+    g.add_argument(
         "--split-seed",
         type=int,
         default=None,
         help="seed of the --val-split carve-out alone (default: --seed); give every network of an ensemble the "
         "same one, so they all hold out the same faces and `calibrate` can fit on faces none of them saw",
     )
-    p.add_argument(
+    g.add_argument(
         "--amp",
         choices=["auto", "bf16", "fp16", "off"],
         default=t.amp,
         help="mixed precision: auto = fp16 on CUDA, bf16 on CPUs with native bf16",
     )
-    p.add_argument("--device", default=t.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument(
+    g.add_argument("--device", default=t.device, help="auto, cpu, cuda or cuda:N")
+    g.add_argument(
         "--threads",
         type=int,
         default=0,
         help="CPU threads for torch; 0 = one per core (1 is steadier on a busy machine)",
     )
-    p.add_argument("--max-images", type=int, default=t.max_images, help="train on at most this many images (0 = all)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument(
+    g.add_argument("--max-images", type=int, default=t.max_images, help="train on at most this many images (0 = all)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    g.add_argument(
         "--overwrite",
         action="store_true",
         help="start over in an --out folder that already holds a run, deleting its checkpoints and metrics (without it, or --resume, such a folder is refused)",
     )
-    p.add_argument("--no-report", action="store_true", help="skip the final evaluation report of best.pt")
+    g.add_argument("--no-report", action="store_true", help="skip the final evaluation report of best.pt")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -840,9 +876,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, 2)  # bad input: settings, data, checkpoint, an existing run folder
     except (TrainingDiverged, CheckpointWriteError) as exc:
         return _fail(exc, 1)  # the run itself failed; the last good checkpoint is kept
-    except (
-        KeyboardInterrupt
-    ):  # Ctrl-C, or a time budget's SIGINT (scripts/gpu_train.sh): checkpoints already written stay
+    except KeyboardInterrupt:
+        # Ctrl-C, or a time budget's SIGINT (scripts/gpu_train.sh): checkpoints already written stay.
         return _fail(RuntimeError("interrupted; a training run continues from its last.pt with --resume"), 130)
 
 

@@ -29,8 +29,8 @@ from emotion.evaluation.evaluate import compute_metrics, predict_dataset  # noqa
 from emotion.inference.classifier import TTA_VIEWS, EmotionClassifier  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Score every subset of the checkpoints with every TTA mode; print a table (or JSON rows)."""
+def _parser() -> argparse.ArgumentParser:
+    """The script's flags."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoints", nargs="+", help="trained checkpoints of one architecture, e.g. runs/*/best.pt")
     p.add_argument("--data", default="../shared/fer2013", help="dataset folder or fer2013.csv")
@@ -61,6 +61,34 @@ def main(argv: list[str] | None = None) -> int:
         default=list(TTA_VIEWS),
         help="only these TTA modes (default: all; shift runs each network 10 times)",
     )
+    return p
+
+
+def _score_subsets(
+    probs: dict[tuple[str, str], np.ndarray],
+    labels: np.ndarray,
+    checkpoints: list[str],
+    sizes: list[int],
+    modes: list[str],
+) -> tuple[list[dict], list[np.ndarray]]:
+    """A row (accuracy, macro F1) for every subset of ``checkpoints`` of the given sizes in every TTA mode,
+    and which faces each row gets right."""
+    rows, correct = [], []
+    for size in sizes:
+        for subset in itertools.combinations(checkpoints, size):
+            for mode in modes:
+                preds = np.mean([probs[path, mode] for path in subset], axis=0).argmax(1)
+                m = compute_metrics(labels, preds)
+                rows.append(
+                    {"networks": list(subset), "tta": mode, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+                )
+                correct.append(preds == labels)
+    return rows, correct
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score every subset of the checkpoints with every TTA mode; print a table (or JSON rows)."""
+    p = _parser()
     a = p.parse_args(argv)
     if a.holdout < 0:
         p.error(f"--holdout must be 0 (off) or a number of half splits, got {a.holdout}")
@@ -81,16 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in a.checkpoints:
         for mode in a.tta:
             scored(path, mode)
-    rows, correct = [], []
-    for size in sizes:
-        for subset in itertools.combinations(a.checkpoints, size):
-            for mode in a.tta:
-                preds = np.mean([probs[path, mode] for path in subset], axis=0).argmax(1)
-                m = compute_metrics(labels, preds)
-                rows.append(
-                    {"networks": list(subset), "tta": mode, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
-                )
-                correct.append(preds == labels)
+    rows, correct = _score_subsets(probs, labels, a.checkpoints, sizes, a.tta)
     summary = None
     if a.holdout:
         # The default baseline involves no choice: every network given, no TTA. It is also a candidate row: keeping it.
