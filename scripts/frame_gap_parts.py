@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-split", type=float, default=0.0, help="sample only this held-out share of train (0 = all)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out share, as train --split-seed")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime"], help="what runs the model")
+    p.add_argument("--tta", default=None, help="none, flip or shift (default: the checkpoint's own setting)")
     a = p.parse_args(argv)
     ds = load_split(a.data, "train")
     if a.val_split > 0:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(e))
     images, labels = ds.images.numpy(), ds.labels.numpy()
     images = images.reshape(len(images), FACE, FACE)
-    clf = EmotionClassifier.from_checkpoint(a.checkpoint, device="cpu", engine=a.engine)
+    clf = EmotionClassifier.from_checkpoint(a.checkpoint, device="cpu", engine=a.engine, tta=a.tta)
     detector = FaceDetector(a.face_model)
     cfg, rng = FrameBenchConfig(seed=a.seed), np.random.default_rng(a.seed)
     order = rng.permutation(len(images))[: a.faces]
