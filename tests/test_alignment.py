@@ -344,7 +344,9 @@ def test_frame_gap_parts_script(
     assert script.main([*args, "--face-model", str(face_model_path)]) == 0
     out = capsys.readouterr().out
     # --val-split samples only the held-out half: 7 of the 14 faces, so all 6 asked for come from it.
-    script.main([*args, "--face-model", str(face_model_path), "--val-split", "0.5", "--engine", "torch"])
+    script.main(
+        [*args, "--face-model", str(face_model_path), "--val-split", "0.5", "--engine", "torch", "--tta", "flip"]
+    )
     assert "of 6 train faces found" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # a share that is not a share
         script.main([*args, "--val-split", "1.5"])
