@@ -62,3 +62,31 @@ def test_gpu_script_trains_every_network_on_one_held_out_split_and_hands_back_in
     ship_checkpoint(nets, tmp_path / "ensemble.pt", tta="flip", weights="int8")
     held = default_held_out(read_checkpoint(tmp_path / "ensemble.pt")["train_config"], None, None)
     assert (held.fraction, held.seed, held.unseen) == (0.2, 3, True)
+
+
+def test_heldout_member_script_trains_one_network_on_the_shared_split_and_resumes(tmp_path):
+    """scripts/heldout_member.sh: one network on the held-out split every member shares, kept as an int8 file
+    whose PublicTest evaluation `ship` recorded; run again, it resumes the finished run instead of retraining."""
+    data = make_folder_dataset(tmp_path / "fer", per_class=40)  # 5% of 280 faces: 14 held out
+    out_dir = tmp_path / "heldout"
+    env = {
+        **os.environ,
+        "OUT_DIR": str(out_dir),
+        "RUNS": str(tmp_path / "runs"),
+        "TRAIN_ARGS": "--cnn-widths 8,16 --batch-size 16 --epochs 1 --device cpu",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    script = ["bash", str(ROOT / "scripts" / "heldout_member.sh"), "7", str(data)]
+    for _ in range(2):
+        done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "resumed from" in done.stdout + done.stderr  # the second run trained nothing again
+    blob = read_checkpoint(out_dir / "cnn-s7.pt", dequantize=False)
+    train = blob["train_config"]
+    assert (train["val_split"], train["split_seed"], train["seed"]) == (0.05, 0, 7)
+    assert (train["augment"]["frame_jitter"], train["augment"]["mixup"]) == (0.5, 0.4)
+    assert blob["inference"]["tta"] == "flip" and any(v.dtype == torch.int8 for v in blob["model"].values())
+    assert "evaluation" in blob["metrics"]  # ship scored the written file
+    held = default_held_out(read_checkpoint(out_dir / "cnn-s7.pt")["train_config"], None, None)
+    assert (held.fraction, held.seed, held.unseen) == (0.05, 0, True)
