@@ -16,8 +16,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=${1:?usage: scripts/heldout_member.sh SEED [DATA]}
-DATA=${2:-.data/fer2013}
-[[ -e "$DATA" ]] || DATA=../shared/fer2013
+DATA=${2:-}
+if [[ -z "$DATA" ]]; then  # the packed copy when there is one (faster to load), else the shared folder
+  DATA=.data/fer2013
+  [[ -e "$DATA" ]] || DATA=../shared/fer2013
+elif [[ ! -e "$DATA" ]]; then
+  echo "error: no dataset at $DATA; give a FER2013 folder or packed copy (python train_cli.py pack --out $DATA)" >&2
+  exit 2
+fi
 OUT_DIR=${OUT_DIR:-assets/heldout}
 RUN=${RUNS:-runs}/heldout-s$SEED
 read -r -a extra <<< "${TRAIN_ARGS:-}"

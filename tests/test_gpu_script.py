@@ -90,3 +90,6 @@ def test_heldout_member_script_trains_one_network_on_the_shared_split_and_resume
     assert "evaluation" in blob["metrics"]  # ship scored the written file
     held = default_held_out(read_checkpoint(out_dir / "cnn-s7.pt")["train_config"], None, None)
     assert (held.fraction, held.seed, held.unseen) == (0.05, 0, True)
+    # A dataset path that does not exist is an error, not a silent fall-back to another dataset.
+    missing = subprocess.run(script[:2] + ["8", str(tmp_path / "nowhere")], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no dataset at" in missing.stderr and not (out_dir / "cnn-s8.pt").exists()
