@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import launched_app
+from conftest import api_client, launched_app
 from make_clip import face_scene
 from PIL import Image
 
@@ -44,9 +44,7 @@ def served(
 
 @pytest.fixture(scope="module")
 def client(served: tuple[EmotionApp, str]):
-    from gradio_client import Client
-
-    return Client(served[1], verbose=False)
+    return api_client(served[1])
 
 
 @pytest.fixture(scope="module")

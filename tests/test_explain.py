@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import trained_like_batchnorm
+from conftest import api_client, trained_like_batchnorm
 from PIL import Image
 
 import train_cli
@@ -269,7 +269,7 @@ def test_the_photo_api_takes_the_toggle_and_still_takes_the_old_two_inputs(
     import socket
 
     from conftest import launched_app
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     from emotion.app import AppConfig
 
@@ -288,7 +288,7 @@ def test_the_photo_api_takes_the_toggle_and_still_takes_the_old_two_inputs(
         port=port,
     )
     with launched_app(config) as (_, url):
-        client = Client(url, verbose=False)
+        client = api_client(url)
         plain = client.predict(handle_file(str(photo)), False, api_name="/analyze_photo")
         explained = client.predict(handle_file(str(photo)), False, True, api_name="/analyze_photo")
     assert len(plain[2]) == 1 and explained[2] == plain[2]

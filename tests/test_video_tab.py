@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import launched_app
+from conftest import api_client, launched_app
 from make_clip import face_scene
 from test_video import FPS, clip_faces, enter_leave_frames, frame_count, one_face_clip, read_rows
 
@@ -47,10 +47,8 @@ def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: p
 
 @pytest.fixture(scope="module")
 def client(served, tmp_path_factory: pytest.TempPathFactory):
-    from gradio_client import Client
-
     # Downloads go to a folder of the test's own, so the server's cache holds only what the server keeps.
-    return Client(served[1], verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+    return api_client(served[1], download_files=str(tmp_path_factory.mktemp("downloads")))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ and pass them through ``client_image``, which opens only files that Gradio itsel
 uploads *and* that lie in Gradio's upload folder, or decodes image data sent inline; anything else
 (a path to some other server file, a bare string) is refused. Result images are written to a fresh
 file per request (``result_file``), so concurrent identical requests never share a file that one of
-them rewrites; Gradio's ``delete_cache`` sweep deletes uploads and results within a minute.
+them rewrites; the app's ``CacheSweeper`` deletes uploads and results within a minute.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def result_file(rgb: np.ndarray | None, fmt: str = "webp") -> str | None:
 
     Gradio would otherwise save returned arrays under a hash of their content, so two identical
     requests would share one file that the second rewrites while the first is still downloading it.
-    A file inside the upload folder is served as it is, and ``delete_cache`` removes it with the uploads.
+    A file inside the upload folder is served as it is, and ``CacheSweeper`` removes it with the uploads.
     """
     if rgb is None or not isinstance(rgb, np.ndarray):
         return rgb

@@ -15,6 +15,7 @@ import torch
 
 from ..inference.classifier import DEFAULT_CHECKPOINT
 from ..utils.runtime import cpu_cores
+from .cache_sweep import CacheSweeper
 from .config import REPO, AppConfig
 from .live import build_live_tab
 from .model_panel import ModelManager, build_model_panel
@@ -58,13 +59,15 @@ class EmotionApp:
             # The trainer lives in its own process group, so it would outlive the app without this.
             atexit.register(self.runner.stop)
         self.demo = self._build()
+        # Uploads, webcam frames and results older than cache_max_age_s are deleted every cache_sweep_s, so
+        # "not stored" holds; whatever is left goes when the app closes or the process exits.
+        self.sweeper = CacheSweeper(self.demo, config.cache_sweep_s, config.cache_max_age_s)
+        atexit.register(self.sweeper.stop)
 
     def _build(self) -> gr.Blocks:
-        # delete_cache: uploads, webcam frames and result images are deleted from Gradio's temp folder once older
-        # than cache_max_age_s, checked every cache_sweep_s, so "not stored" holds (and at shutdown, all of them).
-        with gr.Blocks(
-            title="Emotion recognition", delete_cache=(self.config.cache_sweep_s, self.config.cache_max_age_s)
-        ) as demo:
+        # No delete_cache here: CacheSweeper deletes uploads, webcam frames and result images instead (Gradio's
+        # own sweep dies under a webcam's traffic; see cache_sweep.py).
+        with gr.Blocks(title="Emotion recognition") as demo:
             gr.Markdown(
                 "# Facial emotion recognition\nSeven emotions (FER2013 classes), live from your webcam or from a photo. "
                 "Frames and photos are analyzed on this server and not stored: they and the results are deleted within a minute."
@@ -91,13 +94,16 @@ class EmotionApp:
         )
         kwargs.update(overrides)
         log.info("starting the app on http://%s:%s", kwargs["server_name"], kwargs["server_port"])
+        self.sweeper.start()
         return self.demo.launch(**kwargs)
 
     def close(self) -> None:
-        """Stop any training run and shut the server down."""
+        """Stop any training run, shut the server down and delete the uploads and results still on disk."""
         if self.runner is not None:
             self.runner.stop()
         self.demo.close()
+        self.sweeper.stop()
+        atexit.unregister(self.sweeper.stop)  # done: nothing is left to delete at exit
 
 
 def build_demo(config: AppConfig) -> gr.Blocks:
