@@ -283,7 +283,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--checkpoint", default=None, help="checkpoint file (default: the shipped offline CNN, assets/emotion_cnn.pt)"
     )
     p.add_argument("--data", default="../shared/fer2013", help="dataset folder or fer2013.csv")
-    p.add_argument("--split", default="test", help="split to evaluate: test, train, or (CSV) private")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="split to evaluate: test, train, heldout (the faces of train the checkpoint's networks were trained "
+        "without, given one shared --val-split: compare recipes without a test split) or (CSV) private",
+    )
     p.add_argument(
         "--out", default=None, help="folder for metrics.json, confusion_matrix.png and curves.png (default: table only)"
     )
@@ -638,8 +643,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_frames(a: argparse.Namespace) -> int:
-    from emotion.data.splits import load_split
     from emotion.evaluation import frames as frame_bench
+    from emotion.evaluation.evaluate import load_eval_split
     from emotion.inference.classifier import EmotionClassifier, default_checkpoint
     from emotion.inference.faces import FaceDetector
     from emotion.inference.recognizer import Recognizer
@@ -649,7 +654,7 @@ def cmd_evaluate_frames(a: argparse.Namespace) -> int:
     classifier = EmotionClassifier.from_checkpoint(
         a.checkpoint or default_checkpoint(), device=a.device, tta=a.tta, engine=a.engine
     )
-    ds = load_split(a.data, a.split)
+    ds = load_eval_split(classifier, a.data, a.split)
     recognizer = Recognizer(classifier, FaceDetector(a.face_model))
     cfg = frame_bench.FrameBenchConfig(seed=a.seed, limit=a.limit, small_faces=not a.video_detection)
     report = frame_bench.run_frame_benchmark(recognizer, ds.images.numpy(), ds.labels.numpy(), cfg)

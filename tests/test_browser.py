@@ -292,10 +292,12 @@ def test_slow_server_drops_frames_instead_of_queueing_them(page, app_and_url) ->
     finally:
         del recognizer.analyze  # the class's method again
     print(f"\nserver slowed by {SLOW_SERVER_S * 1000:.0f} ms per frame: {_describe(slow)}")
-    # Queued frames would wait longer and longer (30 arrive per second, at most 4 are served); dropped ones
-    # leave the latency at about one frame's service time.
-    assert slow["fps"] <= 1 / SLOW_SERVER_S + 0.5
-    assert slow["latency_p90"] < 4 * SLOW_SERVER_S * 1000
+    # Queued frames would wait longer and longer (30 arrive per second, at most 4 are served), many result
+    # intervals by the end of the phase; dropped ones wait about one interval for service and at most one more
+    # for the next camera frame. Measured in result intervals, so a machine busy with other work (which
+    # lengthens both; CI once saw a p90 of 1016 ms beside a training run) changes nothing.
+    assert 0 < slow["fps"] <= 1 / SLOW_SERVER_S + 0.5
+    assert slow["latency_p90"] < 4 * 1000 / slow["fps"]
     page.click("#live-camera >> text=Stop")
 
 

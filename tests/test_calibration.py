@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder_dataset
+from conftest import FER_DIR, make_folder_dataset
 
 import train_cli
+from emotion.data.labels import CLASS_NAMES
 from emotion.evaluation.calibration import (
     default_held_out,
     expected_calibration_error,
@@ -237,6 +238,39 @@ def test_an_ensemble_sharing_a_split_seed_calibrates_on_its_unseen_faces():
     apart = [{"val_split": 0.05, "seed": s} for s in (30, 31)]
     assert default_held_out({"members": apart}, None, None).unseen is False
     assert default_held_out({"members": [*members[:2], {"val_split": 0.05, "seed": 0}]}, None, None).unseen
+    # A network fine-tuned from, or distilled from, one that trained on every face may know the carve-out.
+    for parent in ({"init_from": "assets/emotion_cnn.pt"}, {"teacher": "runs/clip/best.pt"}):
+        inherited = [*members[:2], {**members[2], **parent}]
+        assert default_held_out({"members": inherited}, None, None).unseen is False
+
+
+def test_the_held_out_split_evaluates_the_faces_the_networks_never_saw(
+    tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    if not FER_DIR.is_dir():
+        pytest.skip("../shared/fer2013 is not available")
+    data = tmp_path / "fer"
+    for name in CLASS_NAMES:  # ten real faces per class as "train": 0.2 of each class is held out
+        (data / "train" / name).mkdir(parents=True)
+        for f in sorted((FER_DIR / "test" / name).glob("*.jpg"))[:10]:
+            shutil.copy(f, data / "train" / name / f.name)
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model(cfg)[0], cfg, train_config={"val_split": 0.2, "seed": 3})
+
+    assert train_cli.main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--split", "heldout"]) == 0
+    assert "on 14 faces" in capsys.readouterr().out  # the same 2 per class that calibrate fits on
+    frames = [*("evaluate", "--frames", "--checkpoint", str(ckpt), "--data", str(data), "--split", "heldout")]
+    frames += [*("--limit", "3", "--face-model", str(face_model_path), "--out", str(tmp_path / "fr"))]
+    assert train_cli.main(frames) == 0
+    assert json.loads((tmp_path / "fr" / "frames.json").read_text())["overall"]["faces"] == 3
+
+    # A checkpoint trained on every face has no held-out faces: a clear error, not a flattering figure.
+    for command in (["evaluate"], ["evaluate", "--frames", "--face-model", str(face_model_path)]):
+        argv = [*command, "--checkpoint", str(tiny_cnn_checkpoint), "--data", str(data), "--split", "heldout"]
+        assert train_cli.main(argv) == 2
+        assert "--val-split" in capsys.readouterr().err
 
 
 def test_calibrate_bad_inputs_give_clear_errors(tmp_path, tiny_cnn_checkpoint, capsys):

@@ -154,8 +154,12 @@ class HeldOut:
 
 def default_held_out(train_config: dict, fraction: float | None, seed: int | None) -> HeldOut:
     """The faces to fit on: the checkpoint's own validation carve-out of train when every network was trained
-    with the same ``val_split`` and split seed (``split_seed``, else ``seed``: truly unseen faces), else
-    ``fraction``/``seed`` given (default 0.1, 0), which the networks may have trained on (``unseen`` False)."""
+    from scratch with the same ``val_split`` and split seed (``split_seed``, else ``seed``: truly unseen faces),
+    else ``fraction``/``seed`` given (default 0.1, 0), which the networks may have trained on (``unseen`` False).
+
+    A network fine-tuned from another checkpoint (``init_from``) or distilled from a teacher may have learnt the
+    carve-out from that one: the shipped release's networks, fine-tuned from networks trained on all of train,
+    score 87.9% on their recorded carve-out and 72% on PublicTest. Such faces never count as unseen."""
     configs = train_config.get("members") if isinstance(train_config.get("members"), list) else [train_config]
     splits = {
         (c.get("val_split"), c.get("seed") if c.get("split_seed") is None else c.get("split_seed"))
@@ -163,8 +167,10 @@ def default_held_out(train_config: dict, fraction: float | None, seed: int | Non
         if isinstance(c, dict)
     }
     stored = next(iter(splits)) if len(splits) == 1 and len(configs) >= 1 else (None, None)
+    inherited = any(isinstance(c, dict) and (c.get("init_from") or c.get("teacher")) for c in configs)
     own_split = (
-        isinstance(stored[0], (int, float))
+        not inherited
+        and isinstance(stored[0], (int, float))
         and not isinstance(stored[0], bool)
         and 0 < stored[0] < 1
         and isinstance(stored[1], int)

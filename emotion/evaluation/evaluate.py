@@ -16,7 +16,7 @@ from ..data.splits import load_split
 from ..inference.classifier import TTA_VIEWS, EmotionClassifier
 from ..models.temperature import write_temperature
 from ..utils.runtime import read_jsonl, write_json_atomic
-from .calibration import calibration_summary, default_held_out, fit_temperature, plot_reliability
+from .calibration import HeldOut, calibration_summary, default_held_out, fit_temperature, plot_reliability
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,38 @@ def write_report(m: dict, out: str | os.PathLike, history: list[dict] | None = N
     return out
 
 
+HELD_OUT = "heldout"  # split name: the faces of train that a checkpoint's networks were all trained without
+
+
+def held_out_faces(
+    train_config: dict,
+    data: str | os.PathLike,
+    holdout: float | None = None,
+    seed: int | None = None,
+    data_cache: str | None = None,
+) -> tuple[HeldOut, FaceDataset]:
+    """The held-out faces of the train split of ``data`` for a checkpoint's ``train_config`` (``default_held_out``)."""
+    held = default_held_out(train_config, holdout, seed)
+    _, faces = split_train_val(load_split(data, "train", data_cache), held.fraction, held.seed)
+    return held, faces
+
+
+def load_eval_split(
+    classifier: EmotionClassifier, data: str | os.PathLike, split: str, data_cache: str | None = None
+) -> FaceDataset:
+    """The faces of ``split`` of ``data``; ``"heldout"`` is the share of train that every network of
+    ``classifier`` was trained without, so recipes can be compared without looking at a test split."""
+    if split != HELD_OUT:
+        return load_split(data, split, data_cache)
+    held, faces = held_out_faces(classifier.loaded.train_config, data, data_cache=data_cache)
+    if not held.unseen:
+        raise ValueError(
+            f"--split {HELD_OUT} needs networks that were all trained with the same --val-split and --split-seed; "
+            "this checkpoint's trained on the whole train split, so none of its faces are unseen"
+        )
+    return faces
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     data: str | os.PathLike,
@@ -226,7 +258,7 @@ def evaluate_checkpoint(
     classifier = EmotionClassifier.from_checkpoint(
         checkpoint, device=device, tta=tta, engine=engine
     )  # a bad checkpoint fails before data loads
-    return evaluate_dataset(classifier, load_split(data, split, data_cache), split, out, batch_size)
+    return evaluate_dataset(classifier, load_eval_split(classifier, data, split, data_cache), split, out, batch_size)
 
 
 def evaluate_dataset(
@@ -286,8 +318,7 @@ def calibrate_checkpoint(
     trained on those faces, or ``allow_seen``. Returns the record: temperature, split fraction and seed, faces,
     whether they were unseen in training, NLL/ECE before/after, and ``written``."""
     classifier = EmotionClassifier.from_checkpoint(checkpoint, device=device, engine=engine)
-    held = default_held_out(classifier.loaded.train_config, holdout, seed)
-    _, faces = split_train_val(load_split(data, "train", data_cache), held.fraction, held.seed)
+    held, faces = held_out_faces(classifier.loaded.train_config, data, holdout, seed, data_cache)
     if not held.unseen:
         log.warning(
             "the networks of %s were not trained with this split held out: these %d training faces may have been "
