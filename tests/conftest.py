@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +73,18 @@ def tiny_fer(tmp_path: Path) -> Path:
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Decoded-data caches go to the test's own folder, never the user's ~/.cache.
     monkeypatch.setenv("EMOTION_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def real_face_split(root: Path, split: str = "train", per_class: int = 2) -> Path:
+    """A folder dataset at ``root`` whose ``split`` holds the first ``per_class`` real test faces of each class
+    from ../shared (loads in milliseconds); skips the test when ../shared is absent. Returns ``root``."""
+    if not FER_DIR.is_dir():
+        pytest.skip("../shared/fer2013 is not available")
+    for name in CLASS_NAMES:
+        (root / split / name).mkdir(parents=True)
+        for f in sorted((FER_DIR / "test" / name).glob("*.jpg"))[:per_class]:
+            shutil.copy(f, root / split / name / f.name)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import FER_DIR, ROOT
+from conftest import ROOT, real_face_split
 from PIL import Image
 
 import train_cli
@@ -255,13 +254,7 @@ def test_frame_benchmark_runs_and_writes_its_report(recognizer: Recognizer, real
 def test_evaluate_frames_cli(
     tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    if not FER_DIR.is_dir():
-        pytest.skip("../shared/fer2013 is not available")
-    data = tmp_path / "fer"
-    for name in CLASS_NAMES:  # two real test faces per class: loads in milliseconds
-        (data / "test" / name).mkdir(parents=True)
-        for f in sorted((FER_DIR / "test" / name).glob("*.jpg"))[:2]:
-            shutil.copy(f, data / "test" / name / f.name)
+    data = real_face_split(tmp_path / "fer", "test")
     out = tmp_path / "report"
     assert (
         train_cli.main(
@@ -310,14 +303,7 @@ def load_script(name: str):
 
 def tiny_train_split(tmp_path: Path) -> Path:
     """Two real test faces per class laid out as a train split (the diagnostic scripts read only train)."""
-    if not FER_DIR.is_dir():
-        pytest.skip("../shared/fer2013 is not available")
-    data = tmp_path / "fer"
-    for name in CLASS_NAMES:
-        (data / "train" / name).mkdir(parents=True)
-        for f in sorted((FER_DIR / "test" / name).glob("*.jpg"))[:2]:
-            shutil.copy(f, data / "train" / name / f.name)
-    return data
+    return real_face_split(tmp_path / "fer", "train")
 
 
 def test_detection_rates_script(tmp_path: Path, face_model_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FER_DIR, make_folder_dataset
+from conftest import make_folder_dataset, real_face_split
 
 import train_cli
-from emotion.data.labels import CLASS_NAMES
 from emotion.evaluation.calibration import (
     default_held_out,
     expected_calibration_error,
@@ -247,13 +246,7 @@ def test_an_ensemble_sharing_a_split_seed_calibrates_on_its_unseen_faces():
 def test_the_held_out_split_evaluates_the_faces_the_networks_never_saw(
     tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    if not FER_DIR.is_dir():
-        pytest.skip("../shared/fer2013 is not available")
-    data = tmp_path / "fer"
-    for name in CLASS_NAMES:  # ten real faces per class as "train": 0.2 of each class is held out
-        (data / "train" / name).mkdir(parents=True)
-        for f in sorted((FER_DIR / "test" / name).glob("*.jpg"))[:10]:
-            shutil.copy(f, data / "train" / name / f.name)
+    data = real_face_split(tmp_path / "fer", "train", per_class=10)  # 0.2 of each class is held out
     torch.manual_seed(0)
     cfg = ModelConfig(kind="cnn", cnn_widths=(8, 16), cnn_convs=1)
     ckpt = tmp_path / "m.pt"
