@@ -62,7 +62,6 @@ class EmotionApp:
         # Uploads, webcam frames and results older than cache_max_age_s are deleted every cache_sweep_s, so
         # "not stored" holds; whatever is left goes when the app closes or the process exits.
         self.sweeper = CacheSweeper(self.demo, config.cache_sweep_s, config.cache_max_age_s)
-        atexit.register(self.sweeper.stop)
 
     def _build(self) -> gr.Blocks:
         # No delete_cache here: CacheSweeper deletes uploads, webcam frames and result images instead (Gradio's
@@ -95,6 +94,7 @@ class EmotionApp:
         kwargs.update(overrides)
         log.info("starting the app on http://%s:%s", kwargs["server_name"], kwargs["server_port"])
         self.sweeper.start()
+        atexit.register(self.sweeper.stop)  # a served app leaves nothing behind, even when it is never closed
         return self.demo.launch(**kwargs)
 
     def close(self) -> None:
