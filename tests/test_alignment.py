@@ -354,3 +354,23 @@ def test_frame_gap_parts_script(
     assert np.allclose(face_to_crop(tilted, script.placed_eyes(tilted)), [[1, 0, 0], [0, 1, 0]], atol=1e-9)
     face = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
     assert np.array_equal(script.face_alone_crop(face, how, eyes), face)
+
+
+def test_framing_sensitivity_script(tmp_path: Path, tiny_cnn_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    script, data = load_script("framing_sensitivity"), tiny_train_split(tmp_path)
+    assert script.main([str(tiny_cnn_checkpoint), "--data", str(data), "--val-split", "0.5", "--engine", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "7 held-out faces, 1 network(s)" in out and "| exact crop |" in out and "| app-sized, all three |" in out
+    assert "| zoom 1.20 |" in out and "| tilt 15 deg |" in out and "| shift 4.5 px |" in out
+    # The cut's geometry: no miss gives the face back; a shift brings that point to the centre; a zoom of 2
+    # shows the face at half its size.
+    face = np.zeros((48, 48), np.uint8)
+    face[20:28, 32:40] = 255  # a bright square centred at (35.5, 23.5)
+    error = np.abs(script.recut(face, 1.0, 0.0, 0.0, 0.0).astype(int) - face)
+    assert error.max() <= 64 and error.mean() < 3  # only the square's hard edges soften
+    moved = script.recut(face, 1.0, 0.0, 12.0, 0.0)
+    assert moved[20:28, 20:28].min() > 200 and moved[20:28, 32:40].max() < 60
+    assert script.recut(face, 2.0, 0.0, 0.0, 0.0)[22:25, 28:31].min() > 200  # centred at (29.5, 23.5)
+    rows = script.conditions(5, seed=0)
+    assert np.allclose(rows["zoom 1.20"][:, 0], 1.2) and np.allclose(np.abs(rows["tilt 15 deg"][:, 1]), 15)
+    assert np.allclose(np.hypot(rows["shift 4.5 px"][:, 2], rows["shift 4.5 px"][:, 3]), 4.5)
