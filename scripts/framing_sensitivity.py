@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the misses' signs, directions and sizes")
     p.add_argument("--engine", default="onnxruntime", choices=["auto", "torch", "onnxruntime"], help="runtime")
     a = p.parse_args(argv)
-    held = split_train_val(load_split(a.data, "train"), a.val_split, a.split_seed)[1]
+    try:  # a missing dataset, a share that is not a share, a broken checkpoint: a message, not a traceback
+        held = split_train_val(load_split(a.data, "train"), a.val_split, a.split_seed)[1]
+        nets = [EmotionClassifier.from_checkpoint(c, device="cpu", engine=a.engine) for c in a.checkpoints]
+    except ValueError as e:  # DataError and CheckpointError are ValueErrors
+        p.error(str(e))
     faces, labels = held.images.numpy().reshape(-1, FACE, FACE), held.labels.numpy()
-    nets = [EmotionClassifier.from_checkpoint(c, device="cpu", engine=a.engine) for c in a.checkpoints]
 
     def predict(crops: np.ndarray) -> np.ndarray:
         return np.mean([net.predict_faces(crops) for net in nets], 0).argmax(1)

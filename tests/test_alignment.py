@@ -362,6 +362,11 @@ def test_framing_sensitivity_script(tmp_path: Path, tiny_cnn_checkpoint: Path, c
     out = capsys.readouterr().out
     assert "7 held-out faces, 1 network(s)" in out and "| exact crop |" in out and "| app-sized, all three |" in out
     assert "| zoom 1.20 |" in out and "| tilt 15 deg |" in out and "| shift 4.5 px |" in out
+    for bad in (["--val-split", "1.5"], ["--data", str(tmp_path / "nowhere")]):  # a clear error, no traceback
+        with pytest.raises(SystemExit):
+            script.main([str(tiny_cnn_checkpoint), "--data", str(data), *bad])
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "missing.pt"), "--data", str(data), "--val-split", "0.5"])
     # The cut's geometry: no miss gives the face back; a shift brings that point to the centre; a zoom of 2
     # shows the face at half its size.
     face = np.zeros((48, 48), np.uint8)
