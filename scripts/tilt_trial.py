@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = held.images.numpy().reshape(-1, FACE, FACE), held.labels.numpy()
 
     def predict(faces: np.ndarray) -> np.ndarray:
-        return np.mean([net.predict_faces(faces) for net in nets], 0).argmax(1)
+        # In chunks: ONNX Runtime sizes each network's memory arena for the largest batch it sees.
+        chunks = [np.mean([n.predict_faces(faces[i : i + 128]) for n in nets], 0) for i in range(0, len(faces), 128)]
+        return np.concatenate(chunks).argmax(1)
 
     for seed in a.seeds:
         run_seed(images, labels, detector, predict, seed)
