@@ -1,6 +1,6 @@
 """How a tighter or wider aligned crop does on held-out train faces found in frames (docs/frames_benchmark.md).
 
-Each held-out train face (``train --val-split 0.05 --split-seed 0``) is placed in a frame as ``evaluate --frames``
+Each held-out train face (``train --val-split 0.05 --split-seed 0`` by default) is placed in a frame as ``evaluate --frames``
 draws it, BlazeFace finds it once, and the app's crop is cut again at each factor of its side (below 1: tighter,
 the eyes drawn together about their midpoint), then classified by the mean probabilities of the given
 networks (flip TTA, ONNX Runtime fp32 by default). Prints, per draw and pooled, the accuracy on found faces at
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="networks whose mean probabilities classify each crop")
     p.add_argument("--data", default="../shared/fer2013", help="dataset folder or packed copy; train is read")
+    p.add_argument("--val-split", type=float, default=0.05, help="the held-out share of train, as train --val-split")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out share, as train --split-seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[4, 5], help="frame draws (evaluate --frames --seed)")
     p.add_argument("--factors", type=float, nargs="+", default=[1.0, 0.95, 0.9, 0.85], help="crop sides to try")
     p.add_argument("--face-model", default="../shared/models/face_detection_short_range.tflite", help="BlazeFace")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all(math.isfinite(f) and 0.25 <= f <= 4 for f in factors):
         p.error(f"--factors must lie between 0.25 and 4, got {a.factors}")
     try:  # a missing dataset or detector, a broken checkpoint: a message, not a traceback
-        held = split_train_val(load_split(a.data, "train"), 0.05, 0)[1]
+        held = split_train_val(load_split(a.data, "train"), a.val_split, a.split_seed)[1]
         nets = [EmotionClassifier.from_checkpoint(c, device="cpu", engine=a.engine) for c in a.checkpoints]
         detector = FaceDetector(a.face_model, allow_download=False)
     except (ValueError, OSError) as e:  # DataError and CheckpointError are ValueErrors

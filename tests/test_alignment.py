@@ -375,6 +375,26 @@ def test_frame_gap_parts_script(
     assert np.array_equal(script.face_alone_crop(face, how, eyes), face)
 
 
+def test_crop_scale_trial_script(
+    tmp_path: Path, tiny_cnn_checkpoint: Path, face_model_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    script, data = load_script("crop_scale_trial"), tiny_train_split(tmp_path)
+    args = [str(tiny_cnn_checkpoint), "--data", str(data), "--val-split", "0.5", "--face-model", str(face_model_path)]
+    assert script.main([*args, "--seeds", "1", "2", "--factors", "0.9", "--engine", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 1 (direct crops" in out and "seeds 1 + 2:" in out and "| 1 | " in out and "| 0.9 | " in out
+    for bad in (
+        ["--factors", "0"],
+        ["--factors", "nan"],
+        ["--val-split", "1.5"],
+        ["--face-model", str(tmp_path / "x")],
+    ):
+        with pytest.raises(SystemExit):  # a clear error, no traceback
+            script.main([*args, *bad])
+    # A factor below 1 draws the eyes together about their midpoint, so the crop is tighter about the same centre.
+    assert script.resized_eyes((10.0, 20.0, 30.0, 40.0), 0.5) == pytest.approx((15.0, 25.0, 25.0, 35.0))
+
+
 def test_framing_sensitivity_script(tmp_path: Path, tiny_cnn_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     script, data = load_script("framing_sensitivity"), tiny_train_split(tmp_path)
     assert script.main([str(tiny_cnn_checkpoint), "--data", str(data), "--val-split", "0.5", "--engine", "torch"]) == 0
