@@ -1,5 +1,5 @@
 """Command line for the emotion package (console script `emotion`): train, evaluate, calibrate, predict, ship,
-export, bench, video, pack and train-framer.
+export, bench, video and pack.
 
     python train_cli.py train    --data ../shared/fer2013 --out runs/clip1
     python train_cli.py evaluate --checkpoint runs/clip1/best.pt --data ../shared/fer2013 --split test --out reports/clip1
@@ -331,15 +331,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="with --frames: MediaPipe face detector .tflite (or env EMOTION_FACE_MODEL); default: cache, download, Haar fallback",
     )
-    p.add_argument(
-        "--framer",
-        default="auto",
-        help="with --frames: the refiner that re-frames each face like FER2013 (auto: assets/framer/framer.pt when "
-        "there, as the app does; none: crop on the detector's eyes; or a file from train-framer)",
-    )
-    p.add_argument(
-        "--framer-passes", type=int, default=None, help="with --frames: refine each crop this many times (default 1)"
-    )
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -536,32 +527,6 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", default="train,test", help="comma-separated splits to pack")
 
 
-def _add_train_framer(sub: argparse._SubParsersAction) -> None:
-    from emotion.training.framer import FramerTrainConfig
-
-    f = FramerTrainConfig()
-    p = sub.add_parser(
-        "train-framer",
-        help="train the framing refiner, which re-frames detected faces as FER2013 frames them (assets/framer/framer.pt)",
-        formatter_class=_Help,
-    )
-    p.add_argument("--data", default="../shared/fer2013", help="dataset folder or packed copy; only train is read")
-    p.add_argument("--out", default="assets/framer/framer.pt", help="where to write the refiner")
-    p.add_argument("--epochs", type=int, default=f.epochs, help="passes over the jittered crops")
-    p.add_argument("--crops-per-face", type=int, default=f.crops_per_face, help="random framings drawn per face")
-    p.add_argument("--lr", type=float, default=f.lr, help="peak learning rate (one-cycle schedule)")
-    p.add_argument("--width", type=int, default=f.width, help="channels of the first conv stage")
-    p.add_argument(
-        "--val-split",
-        type=float,
-        default=f.val_split,
-        help="share of each class left out, as train --val-split: the emotion networks' held-out faces",
-    )
-    p.add_argument("--split-seed", type=int, default=f.split_seed, help="seed of that share, as train --split-seed")
-    p.add_argument("--seed", type=int, default=f.seed, help="seeds the framings, the weights and the batch order")
-    p.add_argument("--max-faces", type=int, default=None, help="train on at most this many faces (quick checks)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(
@@ -579,7 +544,6 @@ def build_parser() -> argparse.ArgumentParser:
         _add_video,
         _add_pack,
         _add_calibrate,
-        _add_train_framer,
     ):
         add(sub)
     return parser
@@ -683,7 +647,6 @@ def cmd_evaluate_frames(a: argparse.Namespace) -> int:
     from emotion.evaluation.evaluate import load_eval_split
     from emotion.inference.classifier import EmotionClassifier, default_checkpoint
     from emotion.inference.faces import FaceDetector
-    from emotion.inference.framer import DEFAULT_FRAMER, FramingRefiner
     from emotion.inference.recognizer import Recognizer
 
     if a.limit is not None and a.limit < 1:
@@ -692,12 +655,7 @@ def cmd_evaluate_frames(a: argparse.Namespace) -> int:
         a.checkpoint or default_checkpoint(), device=a.device, tta=a.tta, engine=a.engine
     )
     ds = load_eval_split(classifier, a.data, a.split)
-    framer = a.framer
-    if a.framer_passes is not None or a.framer not in ("auto", "none"):  # a refiner as asked, or an error
-        framer = FramingRefiner.from_file(
-            DEFAULT_FRAMER if a.framer == "auto" else a.framer, passes=1 if a.framer_passes is None else a.framer_passes
-        )
-    recognizer = Recognizer(classifier, FaceDetector(a.face_model, framer=None if a.framer == "none" else framer))
+    recognizer = Recognizer(classifier, FaceDetector(a.face_model))
     cfg = frame_bench.FrameBenchConfig(seed=a.seed, limit=a.limit, small_faces=not a.video_detection)
     report = frame_bench.run_frame_benchmark(recognizer, ds.images.numpy(), ds.labels.numpy(), cfg)
     out = frame_bench.write_frames_report(report, a.out or f"reports/frames-{a.split}")
@@ -890,29 +848,6 @@ def cmd_pack(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_framer(a: argparse.Namespace) -> int:
-    from emotion.training.framer import FramerTrainConfig, train_framer
-
-    cfg = FramerTrainConfig(
-        epochs=a.epochs,
-        crops_per_face=a.crops_per_face,
-        lr=a.lr,
-        width=a.width,
-        val_split=a.val_split,
-        split_seed=a.split_seed,
-        seed=a.seed,
-        max_faces=a.max_faces,
-    )
-    m = train_framer(a.data, a.out, cfg)
-    print(
-        f"framer: {m['crops']} crops of {m['faces']} faces -> {a.out}; on {m['check_faces']} held-out crops "
-        f"log-scale RMS {m['log_scale_rms']:.3f} (uncorrected {m['prior_log_scale_rms']:.3f}), "
-        f"tilt {m['tilt_rms_deg']:.2f} deg ({m['prior_tilt_rms_deg']:.2f}), "
-        f"shift {m['shift_rms_px']:.2f} px ({m['prior_shift_rms_px']:.2f})"
-    )
-    return 0
-
-
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -923,7 +858,6 @@ COMMANDS = {
     "video": cmd_video,
     "pack": cmd_pack,
     "calibrate": cmd_calibrate,
-    "train-framer": cmd_train_framer,
 }
 
 

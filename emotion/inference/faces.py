@@ -35,7 +35,6 @@ from .detector_views import (
     skin_toned,
 )
 from .face_model import _resolve
-from .framer import FramingRefiner, resolve_framer
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +178,6 @@ class FaceDetector:
     ``min_confidence`` applies to BlazeFace only (Haar boxes have no score); faces smaller than
     ``min_face_px`` are dropped and only the ``max_faces`` largest are kept. ``tone_grey_frames`` lets
     BlazeFace see greyscale frames as a skin-toned copy (``SKIN_TONE``), where it finds more of their faces.
-    ``framer`` re-frames each face's eyes the way FER2013 frames faces (``emotion.inference.framer``): "auto"
-    uses ``assets/framer/framer.pt`` when it is there, a path that file, None crops on the detector's eyes as they are.
     """
 
     def __init__(
@@ -192,9 +189,7 @@ class FaceDetector:
         min_face_px: int = MIN_FACE_PX,
         backend: str = "auto",
         tone_grey_frames: bool = True,
-        framer: FramingRefiner | str | None = "auto",
     ):
-        self.framer = resolve_framer(framer)
         self.min_confidence = min_confidence
         self.tone_grey_frames = tone_grey_frames
         self.max_faces = max_faces
@@ -228,8 +223,6 @@ class FaceDetector:
                 raise RuntimeError(
                     f"OpenCV's Haar cascade {HAAR_CASCADE} could not be loaded and no MediaPipe model was found"
                 )
-        if self.framer is not None:
-            description += f", crops re-framed by {self.framer.describe()}"
         self.source = description
         log.info("face detector: %s", description)
 
@@ -273,16 +266,7 @@ class FaceDetector:
         boxes.sort(key=lambda b: b.w * b.h, reverse=True)
         if len(boxes) > self.max_faces:
             log.info("%d faces found; keeping the %d largest", len(boxes), self.max_faces)
-        boxes = boxes[: self.max_faces]
-        return self._reframed(rgb, boxes) if self.framer is not None else boxes
-
-    def _reframed(self, rgb: np.ndarray, boxes: list[Box]) -> list[Box]:
-        """``boxes`` with their eyes moved by the framer, so their crops are framed like FER2013 faces."""
-        with_eyes = [i for i, b in enumerate(boxes) if b.eyes is not None]
-        moved = self.framer.refine(rgb, [boxes[i].eyes for i in with_eyes]) if with_eyes else []
-        for i, eyes in zip(with_eyes, moved, strict=True):
-            boxes[i] = replace(boxes[i], eyes=eyes)
-        return boxes
+        return boxes[: self.max_faces]
 
     def _detect_mediapipe(self, rgb: np.ndarray) -> list[tuple]:
         import mediapipe as mp
