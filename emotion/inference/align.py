@@ -22,7 +22,7 @@ FACE = 48  # side of the crop (FER2013's)
 EYE_CX = 24.26  # eye midpoint, x [22.79, 25.54]
 EYE_CY = 19.80  # eye midpoint, y [18.07, 20.99]
 EYE_DIST = 16.95  # distance between the eyes [14.84, 18.61]; the eye line's tilt: median 0.7 deg [-6.3, 6.8]
-# Where the eyes sit in a BlazeFace-framed box (fractions of its width/height), for boxes without keypoints (Haar).
+# Where the eyes sit in a BlazeFace-framed box (fractions of its width/height): every crop's centre and scale.
 EYE_CX_IN_BOX = 0.4962  # eye midpoint, x [0.4435, 0.5421]
 EYE_CY_IN_BOX = 0.2760  # eye midpoint, y [0.2523, 0.2973]
 EYE_DIST_IN_BOX = 0.4242  # distance between the eyes [0.4071, 0.4396]
