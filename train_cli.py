@@ -504,6 +504,13 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         help="write the temperature even when the networks may have trained on "
         "the held-out faces (a checkpoint trained without --val-split); such a T tends to be too low for new faces",
     )
+    p.add_argument(
+        "--temperature-from",
+        default=None,
+        metavar="SIBLING",
+        help="fit nothing: copy the temperature of SIBLING, a checkpoint of the same recipe and TTA calibrated on "
+        "faces none of its networks saw, for a model whose networks trained on every face (the release)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="inference engine, as for evaluate")
 
@@ -801,6 +808,8 @@ def cmd_video(a: argparse.Namespace) -> int:
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from emotion.evaluation.evaluate import calibrate_checkpoint
 
+    if a.temperature_from is not None:
+        return _transfer_temperature(a)
     r = calibrate_checkpoint(
         a.checkpoint,
         a.data,
@@ -834,6 +843,26 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "so this temperature would not hold for new faces; train with --val-split to calibrate on unseen faces, "
             "or pass --allow-seen to write it anyway"
         )
+    return 0
+
+
+def _transfer_temperature(a: argparse.Namespace) -> int:
+    from emotion.models.temperature import transfer_temperature
+
+    if a.holdout is not None or a.seed is not None or a.allow_seen:
+        raise ValueError("--temperature-from fits nothing: leave out --holdout, --seed and --allow-seen")
+    r = transfer_temperature(a.checkpoint, a.temperature_from, write=not a.dry_run)
+    fitted = r["source_calibration"]
+    print(
+        f"temperature {r['temperature']:.4f} of {a.temperature_from}, fitted on {fitted.get('faces', '?')} train faces "
+        f"none of its networks saw (ECE {fitted.get('ece_before', float('nan')):.4f} -> "
+        f"{fitted.get('ece_after', float('nan')):.4f} there); tta {r['tta']}"
+    )
+    print(
+        f"wrote temperature {r['temperature']:.4f} into {a.checkpoint}"
+        if r["written"]
+        else "dry run: checkpoint unchanged"
+    )
     return 0
 
 

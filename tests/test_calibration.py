@@ -275,3 +275,33 @@ def test_calibrate_bad_inputs_give_clear_errors(tmp_path, tiny_cnn_checkpoint, c
     assert "--holdout must be a fraction" in capsys.readouterr().err
     assert train_cli.main(["calibrate", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_sibling_temperature_is_transferred_only_from_unseen_faces(tmp_path, capsys):
+    unseen = {"unseen_in_training": True, "faces": 1437, "ece_before": 0.1, "ece_after": 0.03}
+    sibling = _checkpoint(tmp_path / "sibling.pt", temperature=0.7, calibration=unseen)
+    release = _checkpoint(tmp_path / "release.pt")
+    before = release.read_bytes()
+    args = ["calibrate", "--checkpoint", str(release), "--temperature-from", str(sibling)]
+    assert train_cli.main([*args, "--dry-run"]) == 0
+    assert "dry run" in capsys.readouterr().out and release.read_bytes() == before
+    assert train_cli.main(args) == 0
+    assert "wrote temperature 0.7000" in capsys.readouterr().out
+    inference = read_checkpoint(release)["inference"]
+    record = inference["calibration"]
+    assert inference["temperature"] == 0.7 and record["source"] == "sibling.pt"
+    assert record["unseen_in_training"] is False and record["source_calibration"]["faces"] == 1437
+    assert EmotionClassifier.from_checkpoint(release, device="cpu", engine="torch").temperature == pytest.approx(0.7)
+    # A sibling fitted on faces it may have seen, one without a temperature, another TTA, or mixed flags: refused.
+    seen = _checkpoint(tmp_path / "seen.pt", temperature=0.5, calibration={**unseen, "unseen_in_training": False})
+    flipped = _checkpoint(tmp_path / "flip.pt", tta="flip", temperature=0.7, calibration=unseen)
+    for bad, why in [
+        ([str(seen)], "no temperature fitted on faces its networks never saw"),
+        ([str(_checkpoint(tmp_path / "plain.pt"))], "no temperature fitted"),
+        ([str(flipped)], "holds only for the setting it was fitted with"),
+        ([str(sibling), "--holdout", "0.1"], "fits nothing"),
+        ([str(tmp_path / "missing.pt")], "does not exist"),
+    ]:
+        assert train_cli.main(["calibrate", "--checkpoint", str(release), "--temperature-from", *bad]) == 2
+        assert why in capsys.readouterr().err
+    assert read_checkpoint(release)["inference"]["temperature"] == 0.7

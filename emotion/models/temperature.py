@@ -66,3 +66,37 @@ def write_temperature(path: str | os.PathLike, temperature: float, record: dict)
     blob["inference"] = {**inference, "temperature": temperature, "calibration": record}
     write_atomic(Path(path), blob)
     log.info("wrote temperature %.4f into %s", temperature, path)
+
+
+def transfer_temperature(target: str | os.PathLike, source: str | os.PathLike, *, write: bool = True) -> dict:
+    """Give ``target`` the temperature of ``source``, a sibling checkpoint (same recipe, same TTA) whose temperature
+    was fitted on training faces none of its networks saw. For a model whose networks trained on every face, so
+    that no face is left to fit on honestly (the release): its sibling's T is the recipe's, measured on new faces.
+    Returns the record stored with it (``written`` says whether ``write`` stored it); CheckpointError when
+    ``source`` has no such temperature or its TTA differs from ``target``'s."""
+    src, dst = read_checkpoint(source, dequantize=False), read_checkpoint(target, dequantize=False)
+    src_inf = src.get("inference") if isinstance(src.get("inference"), dict) else {}
+    dst_inf = dst.get("inference") if isinstance(dst.get("inference"), dict) else {}
+    fitted = src_inf.get("calibration") if isinstance(src_inf.get("calibration"), dict) else {}
+    if "temperature" not in src_inf or fitted.get("unseen_in_training") is not True:
+        raise CheckpointError(
+            f"{source} has no temperature fitted on faces its networks never saw: calibrate it first with "
+            "`train_cli.py calibrate` (it must have been trained with --val-split)"
+        )
+    temperature = check_temperature(src_inf["temperature"], f"{source}'s temperature")
+    if src_inf.get("tta", "none") != dst_inf.get("tta", "none"):
+        raise CheckpointError(
+            f"{source} was calibrated with tta {src_inf.get('tta', 'none')!r} but {target} runs tta "
+            f"{dst_inf.get('tta', 'none')!r}: a temperature holds only for the setting it was fitted with"
+        )
+    record = {
+        "temperature": temperature,
+        "method": "transferred from a sibling checkpoint, fitted on faces none of its networks saw",
+        "source": Path(source).name,
+        "source_calibration": fitted,
+        "unseen_in_training": False,  # this checkpoint's own networks may have seen the source's faces
+        "tta": dst_inf.get("tta", "none"),
+    }
+    if write:
+        write_temperature(target, temperature, record)
+    return {**record, "written": write}
