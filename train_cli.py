@@ -150,6 +150,13 @@ def _add_train_augment_flags(g: argparse._ArgumentGroup, aug: AugmentConfig) -> 
         help="share of faces framed like the app's crops of faces found in camera frames (looser or tighter, "
         "off-centre, tilted up to 20 degrees), so the network learns those crops too; 0 = off (try 0.5)",
     )
+    g.add_argument(
+        "--surround",
+        type=float,
+        default=aug.surround,
+        help="share of faces whose crop, where it reaches past the face, shows a flat wall or part of another face "
+        "instead of the face's reflected borders, as a camera frame shows hair and room there; 0 = off (try 0.5)",
+    )
 
 
 def _add_train_init_flags(g: argparse._ArgumentGroup, t: TrainConfig) -> None:
@@ -614,7 +621,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         "cnn_block": a.cnn_block,
     }
     cfg.model = replace(cfg.model, **{k: v for k, v in model_overrides.items() if v is not None})
-    cfg.augment = replace(cfg.augment, mixup=a.mixup, cutmix=a.cutmix, mix_prob=a.mix_prob, frame_jitter=a.frame_jitter)
+    cfg.augment = replace(
+        cfg.augment,
+        mixup=a.mixup,
+        cutmix=a.cutmix,
+        mix_prob=a.mix_prob,
+        frame_jitter=a.frame_jitter,
+        surround=a.surround,
+    )
     cfg.check()  # bad settings stop here, before a run folder is created
     result = train(cfg)
     if not a.no_report and int(os.environ.get("RANK", "0")) == 0:

@@ -163,6 +163,21 @@ def test_frame_jitter_reframes_only_its_share_of_faces():
     assert ((everyone - x).abs().flatten(1).amax(1) > 0.05).float().mean() > 0.95
 
 
+def test_surround_replaces_only_what_lies_past_the_face():
+    # Flat faces of distinct greys: reflected borders keep a face's own grey, foreign surroundings do not.
+    grey = 0.2 + 0.6 * (torch.arange(200) * 37 % 200) / 200  # neighbours in the batch differ by 0.1 or more
+    x = grey.view(200, 1, 1, 1).expand(200, 1, 48, 48).contiguous()
+    still = AugmentConfig(scale=(1, 1), ratio=(1, 1), flip=0, rotation=0, brightness=0, contrast=0, erase=0)
+    framed = replace(still, frame_jitter=1.0)
+    assert torch.allclose(augment(x, framed, torch.Generator().manual_seed(0)), x, atol=1e-5)
+    out = augment(x, replace(framed, surround=0.5), torch.Generator().manual_seed(0))
+    assert torch.allclose(out[:, :, 20:28, 20:28], x[:, :, 20:28, 20:28], atol=1e-5)  # the face itself stays
+    foreign = (out - x).abs().flatten(1).amax(1) > 0.01
+    assert 0.2 < foreign.float().mean() < 0.6  # about half the faces, of those whose crop reaches past the face
+    with pytest.raises(ConfigError, match="foreign surroundings"):
+        TrainConfig(augment=replace(still, surround=-0.1)).check()
+
+
 def test_split_seed_sets_the_held_out_faces_apart_from_the_seed(tmp_path):
     data = make_folder_dataset(tmp_path / "fer", per_class=10, splits=("train",))
     base = TrainConfig.for_model("cnn", data=str(data), val_split=0.2, data_cache=str(tmp_path / "c"))

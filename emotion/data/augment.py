@@ -5,7 +5,8 @@ affine matrix per image and applied with a single ``grid_sample``, so a batch co
 call rather than a Python loop over images. ``frame_jitter`` frames a share of the faces the way the app's
 face detector crops them from camera frames (looser or tighter, off-centre, tilted), so the networks learn
 the crops users give them, not only FER2013's own. ``mix_batch`` adds mixup or CutMix, which also mixes
-the labels, so the trainer weighs the loss of both label sets.
+the labels, so the trainer weighs the loss of both label sets. ``surround`` shows something other than the
+face where a crop reaches past it (a flat wall or part of another face), instead of the face's reflected borders.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class AugmentConfig:
     cutmix: float = 0.0  # >0: CutMix, pasting a box of another face, its area from Beta(a, a) (0 = off)
     mix_prob: float = 0.5  # share of batches mixed when mixup or CutMix is on (one of them at random if both)
     frame_jitter: float = 0.0  # share of faces framed like the detector's crops in frames (FRAME_* below; 0 = off)
+    surround: float = 0.0  # share of faces whose crop, where it reaches past the face, shows foreign surroundings
 
 
 # How the app's aligned crop of a face found in a camera frame differs from the face's own FER2013 crop, measured
@@ -68,6 +70,26 @@ def _frame_jitter(
     return tuple(torch.where(pick, new, old) for new, old in zip(framed, crop, strict=True))
 
 
+def _foreign_surroundings(
+    x: torch.Tensor, out: torch.Tensor, grid: torch.Tensor, share: float, gen: torch.Generator | None
+) -> torch.Tensor:
+    """``out`` with what its crop shows beyond the face's own 48x48 (where ``grid`` leaves [-1, 1]) replaced, for a
+    random ``share`` of the faces, by something that is not this face: a flat grey (a wall), or a twice-zoomed patch
+    of another face of the batch (a busy scene). A camera frame shows hair, ears, neck and room there, which
+    FER2013's crops never do; reflected borders alone teach the networks that the face goes on."""
+    n, dev = x.shape[0], x.device
+    outside = (grid.abs() > 1).any(-1, keepdim=True).permute(0, 3, 1, 2)  # (N, 1, H, W)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0] = theta[:, 1, 1] = 0.5
+    theta[:, :, 2] = _uniform(2 * n, -0.5, 0.5, dev, gen).view(n, 2)
+    other = torch.roll(x, 1, dims=0)  # each face's neighbour in the (shuffled) batch
+    patch = F.grid_sample(other, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
+    flat = _uniform(n, 0.1, 0.9, dev, gen).view(n, 1, 1, 1).expand_as(patch)
+    fill = torch.where((torch.rand(n, device=dev, generator=gen) < 0.5).view(n, 1, 1, 1), flat, patch)
+    chosen = (torch.rand(n, device=dev, generator=gen) < share).view(n, 1, 1, 1)
+    return torch.where(chosen & outside, fill, out)
+
+
 def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) -> torch.Tensor:
     """Randomly augment a batch ``x`` (N, C, H, W), values in [0, 1]; returns a new tensor."""
     n, _, h, w = x.shape
@@ -96,6 +118,8 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = N
     theta[:, 1, 2] = ty
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if cfg.surround > 0:
+        out = _foreign_surroundings(x, out, grid, cfg.surround, gen)
 
     bright = _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, dev, gen).view(n, 1, 1, 1)
     contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, dev, gen).view(n, 1, 1, 1)

@@ -136,6 +136,7 @@ class TrainConfig:
         number("cutmix", "CutMix alpha (--cutmix)", 0, 100, owner=self.augment)
         number("mix_prob", "mix probability (--mix-prob)", 0, 1.0, owner=self.augment)
         number("frame_jitter", "frame jitter share (--frame-jitter)", 0, 1.0, owner=self.augment)
+        number("surround", "foreign surroundings share (--surround)", 0, 1.0, owner=self.augment)
         if self.split_seed is not None:
             number("split_seed", "split seed (--split-seed)", 0, 2**63 - 1, whole=True)
         number("distill_weight", "distillation weight (--distill-weight)", 0, 1.0)
