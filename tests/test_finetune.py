@@ -156,3 +156,29 @@ def test_an_unpacked_release_ships_again_as_the_same_model(ensemble_of_two, tmp_
     before, after = read_checkpoint(ensemble_of_two)["model"], read_checkpoint(tmp_path / "again.pt")["model"]
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+
+
+def test_a_fine_tune_keeps_its_carve_out_unseen_only_when_its_start_held_it_out(tiny_fer, tmp_path):
+    from emotion.models.checkpoint import unseen_split
+
+    held = ["--val-split", "0.2", "--split-seed", "5"]
+    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "a"), *FROZEN_ENOUGH, *held]) == 0
+    start = tmp_path / "a" / "best.pt"
+    assert unseen_split(read_checkpoint(start)["train_config"]) == (0.2, 5)
+    cases = [
+        ("same", str(start), held, (0.2, 5)),
+        ("other", str(start), ["--val-split", "0.2", "--split-seed", "6"], None),
+    ]
+    for name, source, flags, expected in cases:
+        run = tmp_path / name
+        argv = ["train", "--data", str(tiny_fer), "--out", str(run), *FROZEN_ENOUGH, "--init-from", source, *flags]
+        assert train_cli.main(argv) == 0
+        cfg = read_checkpoint(run / "best.pt")["train_config"]
+        assert unseen_split(cfg) == expected, name
+        # Resumed, the run still records where its weights came from.
+        assert train_cli.main([*argv, "--resume", "--epochs", "2"]) == 0
+        assert unseen_split(read_checkpoint(run / "last.pt")["train_config"]) == expected, name
+    # A network that trained on every face passes nothing on, and neither does a teacher.
+    assert unseen_split({"val_split": 0.2, "seed": 5, "init_from": "x.pt", "init_held_out": None}) is None
+    assert unseen_split({"val_split": 0.2, "seed": 5, "teacher": "t.pt"}) is None
+    assert unseen_split({"members": [{"val_split": 0.2, "seed": 5}, {"val_split": 0.2, "seed": 6}]}) is None

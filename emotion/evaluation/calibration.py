@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..models.checkpoint import unseen_split
 from ..models.temperature import PROB_FLOOR, T_MAX, T_MIN, apply_temperature
 
 log = logging.getLogger(__name__)
@@ -159,25 +160,11 @@ def default_held_out(train_config: dict, fraction: float | None, seed: int | Non
 
     A network fine-tuned from another checkpoint (``init_from``) or distilled from a teacher may have learnt the
     carve-out from that one: the shipped release's networks, fine-tuned from networks trained on all of train,
-    score 87.9% on their recorded carve-out and 72% on PublicTest. Such faces never count as unseen."""
-    configs = train_config.get("members") if isinstance(train_config.get("members"), list) else [train_config]
-    splits = {
-        (c.get("val_split"), c.get("seed") if c.get("split_seed") is None else c.get("split_seed"))
-        for c in configs
-        if isinstance(c, dict)
-    }
-    stored = next(iter(splits)) if len(splits) == 1 and len(configs) >= 1 else (None, None)
-    inherited = any(isinstance(c, dict) and (c.get("init_from") or c.get("teacher")) for c in configs)
-    own_split = (
-        not inherited
-        and isinstance(stored[0], (int, float))
-        and not isinstance(stored[0], bool)
-        and 0 < stored[0] < 1
-        and isinstance(stored[1], int)
-        and not isinstance(stored[1], bool)
-    )
-    if own_split and fraction in (None, stored[0]) and seed in (None, stored[1]):
-        return HeldOut(float(stored[0]), int(stored[1]), True)
+    score 87.9% on their recorded carve-out and 72% on PublicTest. Such faces count as unseen only when the
+    trainer recorded that the starting weights held out the same faces (``unseen_split``)."""
+    stored = unseen_split(train_config)
+    if stored is not None and fraction in (None, stored[0]) and seed in (None, stored[1]):
+        return HeldOut(stored[0], stored[1], True)
     fraction = 0.1 if fraction is None else fraction
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise ValueError(f"--holdout must be a fraction of the training split in (0, 1), e.g. 0.1; got {fraction!r}")

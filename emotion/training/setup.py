@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..data.dataset import DataError, FaceDataset, faces_to_input, split_train_val
 from ..data.splits import has_split, load_split
-from ..models.checkpoint import CheckpointError, member_weights, read_checkpoint
+from ..models.checkpoint import CheckpointError, member_train_configs, member_weights, read_checkpoint, unseen_split
 from ..models.networks import build_model, count_parameters
 from ..utils.runtime import amp_dtype, faster_training_dtype, read_jsonl
 from .config import TrainConfig
@@ -62,6 +62,15 @@ def init_weights(model: nn.Module, cfg: TrainConfig) -> None:
             f"--init-from {cfg.init_from}: its weights do not fit this run's model ({str(exc).splitlines()[0][:200]})"
         ) from exc
     log.info("starting from network %d of %s", cfg.init_member, cfg.init_from)
+
+
+def init_held_out(cfg: TrainConfig) -> list | None:
+    """``[val_split, split seed]`` of this run when the ``init_from`` network held out the same faces (they stay
+    unseen, and ``calibrate`` may fit on them), else None; recorded in the run's config as ``init_held_out``."""
+    source = member_train_configs(read_checkpoint(cfg.init_from).get("train_config", {}))
+    start = source[cfg.init_member - 1] if len(source) >= cfg.init_member else None
+    own = (float(cfg.val_split), cfg.val_split_seed)
+    return list(own) if cfg.val_split > 0 and isinstance(start, dict) and unseen_split(start) == own else None
 
 
 def _cpu_training_dtype(
@@ -132,8 +141,10 @@ def _build_model(cfg: TrainConfig, device: torch.device, out: Path) -> tuple[nn.
     if cfg.model.kind == "cnn":
         model.to(memory_format=torch.channels_last)  # about 1.4x faster convolutions on CPU
     log.info("model: %s, %.2fM parameters, device %s", cfg.model.kind, count_parameters(model) / 1e6, device)
-    if cfg.init_from and not (cfg.resume and (out / "last.pt").exists()):  # a resumed run has its own weights
-        init_weights(model, cfg)
+    if cfg.init_from:
+        cfg.init_held_out = init_held_out(cfg)
+        if not (cfg.resume and (out / "last.pt").exists()):  # a resumed run has its own weights
+            init_weights(model, cfg)
     return model, preprocess
 
 
