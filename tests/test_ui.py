@@ -194,6 +194,9 @@ def test_switching_models(models: ModelManager, tiny_cnn_checkpoint: Path) -> No
     assert models.switch(copy).startswith("cnn (best.pt), ")  # then the precision and engine this CPU runs it with
     assert models.recognizer is not previous and models.recognizer.detector is previous.detector
     assert "cnn (best.pt)" in models.describe() and "BlazeFace" in models.describe()
+    assert "not calibrated" in models.describe()  # the tiny checkpoint stores no temperature
+    models.recognizer.classifier.temperature = 0.7
+    assert "calibrated (T = 0.70)" in models.describe()
     copy.unlink()  # listed a moment ago, gone now
     models.switch(original)
     with pytest.raises(CheckpointError):

@@ -108,14 +108,21 @@ class ModelManager:
         return name
 
     def describe(self) -> str:
-        """Markdown summary of what is running: model, device and face detector (flagging the Haar fallback)."""
+        """Markdown summary of what is running: model, device, whether its probabilities are calibrated, and the
+        face detector (flagging the Haar fallback)."""
         rec = self.recognizer
         model = f"`{rec.classifier.name}`" if rec is not None else f"**none**: {self.problem}"
         device = str(rec.classifier.device) if rec is not None else self.device
         faces = self.detector.source
         if self.detector.backend == "haar":
             faces = f"⚠️ {faces}"
-        text = f"**Model:** {model} &nbsp;·&nbsp; **Device:** `{device}`  \n**Face detector:** {faces}"
+        text = f"**Model:** {model} &nbsp;·&nbsp; **Device:** `{device}`"
+        if rec is not None:  # the bars are probabilities: say whether they were calibrated (`train_cli.py calibrate`)
+            t = rec.classifier.temperature
+            text += " &nbsp;·&nbsp; **Probabilities:** " + (
+                f"calibrated (T = {t:.2f})" if t != 1.0 else "not calibrated"
+            )
+        text += f"  \n**Face detector:** {faces}"
         return f"{text}  \n⚠️ {self.notice}" if self.notice else text
 
 
