@@ -159,7 +159,7 @@ def test_an_unpacked_release_ships_again_as_the_same_model(ensemble_of_two, tmp_
 
 
 def test_a_fine_tune_keeps_its_carve_out_unseen_only_when_its_start_held_it_out(tiny_fer, tmp_path):
-    from emotion.models.checkpoint import unseen_split
+    from emotion.models.provenance import unseen_split
 
     held = ["--val-split", "0.2", "--split-seed", "5"]
     assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "a"), *FROZEN_ENOUGH, *held]) == 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..models.checkpoint import unseen_split
+from ..models.provenance import unseen_split
 from ..models.temperature import PROB_FLOOR, T_MAX, T_MIN, apply_temperature
 
 log = logging.getLogger(__name__)

@@ -225,33 +225,6 @@ def member_network(loaded: LoadedModel, member: int) -> nn.Module:
     return loaded.model.members[member] if members > 1 else loaded.model
 
 
-def member_train_configs(train_config: dict) -> list:
-    """The training settings of each network a checkpoint's ``train_config`` describes (an ensemble lists its
-    ``members``; a single network is its own)."""
-    members = train_config.get("members") if isinstance(train_config, dict) else None
-    return members if isinstance(members, list) else [train_config]
-
-
-def unseen_split(train_config: dict) -> tuple[float, int] | None:
-    """``(val_split, split seed)``: the share of train that every network of a checkpoint held out and never
-    trained on, or None when some network may have seen every training face: trained on all of train or with
-    another carve-out, distilled from a teacher, or fine-tuned from weights that did not hold out the same faces
-    (``init_held_out``, recorded by the trainer from the ``init_from`` checkpoint's own provenance)."""
-    splits = set()
-    for c in member_train_configs(train_config):
-        if not isinstance(c, dict) or c.get("teacher"):
-            return None
-        fraction, seed = c.get("val_split"), c.get("seed") if c.get("split_seed") is None else c.get("split_seed")
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-            return None
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            return None
-        if c.get("init_from") and c.get("init_held_out") != [fraction, seed]:
-            return None
-        splits.add((float(fraction), seed))
-    return next(iter(splits)) if len(splits) == 1 else None
-
-
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model a checkpoint describes, load its weights and put it in eval mode on ``device``."""
     blob = read_checkpoint(path)

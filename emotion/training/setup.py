@@ -13,8 +13,9 @@ import torch.nn as nn
 
 from ..data.dataset import DataError, FaceDataset, faces_to_input, split_train_val
 from ..data.splits import has_split, load_split
-from ..models.checkpoint import CheckpointError, member_train_configs, member_weights, read_checkpoint, unseen_split
+from ..models.checkpoint import CheckpointError, member_weights, read_checkpoint
 from ..models.networks import build_model, count_parameters
+from ..models.provenance import member_train_configs, unseen_split
 from ..utils.runtime import amp_dtype, faster_training_dtype, read_jsonl
 from .config import TrainConfig
 from .distill import cached_teacher_targets, load_teacher
