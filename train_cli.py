@@ -155,7 +155,8 @@ def _add_train_augment_flags(g: argparse._ArgumentGroup, aug: AugmentConfig) -> 
         type=float,
         default=aug.surround,
         help="share of faces whose crop, where it reaches past the face, shows a flat wall or part of another face "
-        "instead of the face's reflected borders, as a camera frame shows hair and room there; 0 = off (try 0.5)",
+        "instead of the face's reflected borders, as a camera frame shows hair and room there; 0 = off (0.5 did not "
+        "narrow the frame gap in its trial: docs/frames_benchmark.md)",
     )
 
 
