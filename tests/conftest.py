@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 FER_DIR = SHARED / "fer2013"
 FACE_MODEL = SHARED / "models" / "face_detection_short_range.tflite"
+# `train` flags of a CNN small enough to train an epoch on ``tiny_fer`` in about a second
+TINY_CNN_FLAGS = ("--model", "cnn", "--epochs", "1", "--batch-size", "16", "--cnn-widths", "8,16", "--no-report")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,6 +63,14 @@ def make_csv_dataset(path: Path, per_class: int = 12, seed: int = 0) -> Path:
                     pixels = " ".join(map(str, synthetic_face(label, rng).flatten()))
                     w.writerow([FER_CSV_CODES.index(name), pixels, usage])
     return path
+
+
+def train_tiny_cnn(data: Path, out: Path, *flags: str) -> int:
+    """The exit code of ``train_cli.py train`` of a tiny CNN (``TINY_CNN_FLAGS``) on ``data`` into ``out``;
+    ``flags`` come last, so they add to those and win over them (``--epochs 3``)."""
+    import train_cli
+
+    return train_cli.main(["train", "--data", str(data), "--out", str(out), *TINY_CNN_FLAGS, *flags])
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_tiny_cnn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import train_cli  # noqa: E402
 from emotion.models.checkpoint import read_checkpoint  # noqa: E402
 from emotion.models.networks import build_model  # noqa: E402
 from emotion.training.distill import (  # noqa: E402
@@ -21,8 +21,6 @@ from emotion.training.distill import (  # noqa: E402
     teacher_logits,
     teacher_targets,
 )
-
-SMALL = ["--model", "cnn", "--epochs", "1", "--batch-size", "16", "--cnn-widths", "8,16", "--no-report"]
 
 
 def test_distill_loss_is_zero_only_when_the_student_agrees():
@@ -58,25 +56,19 @@ def test_teacher_logits_match_the_teachers_own_prediction(tiny_cnn_checkpoint):
 def test_a_network_trains_with_a_teacher_and_records_it(tiny_fer, tiny_cnn_checkpoint, tmp_path):
     run = tmp_path / "student"
     assert (
-        train_cli.main(
-            [
-                "train",
-                "--data",
-                str(tiny_fer),
-                "--out",
-                str(run),
-                *SMALL,
-                "--teacher",
-                str(tiny_cnn_checkpoint),
-                "--distill-weight",
-                "0.7",
-                "--distill-temperature",
-                "3",
-                "--cutmix",
-                "1",
-                "--mix-prob",
-                "1",
-            ]
+        train_tiny_cnn(
+            tiny_fer,
+            run,
+            "--teacher",
+            str(tiny_cnn_checkpoint),
+            "--distill-weight",
+            "0.7",
+            "--distill-temperature",
+            "3",
+            "--cutmix",
+            "1",
+            "--mix-prob",
+            "1",
         )
         == 0
     )
@@ -87,21 +79,7 @@ def test_a_network_trains_with_a_teacher_and_records_it(tiny_fer, tiny_cnn_check
 @pytest.mark.parametrize("teacher", ["missing.pt", "junk.pt"])
 def test_a_missing_or_junk_teacher_is_a_one_line_error(tiny_fer, tmp_path, capsys, teacher):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert (
-        train_cli.main(
-            [
-                "train",
-                "--data",
-                str(tiny_fer),
-                "--out",
-                str(tmp_path / "run"),
-                *SMALL,
-                "--teacher",
-                str(tmp_path / teacher),
-            ]
-        )
-        == 2
-    )
+    assert train_tiny_cnn(tiny_fer, tmp_path / "run", "--teacher", str(tmp_path / teacher)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and teacher in err[-1] and "Traceback" not in "\n".join(err)
 
@@ -172,13 +150,7 @@ def test_the_target_cache_is_reused_only_for_the_same_teacher_and_faces(tiny_cnn
 
 def test_a_student_trains_with_cached_targets_and_a_resume_reads_them_back(tiny_fer, tiny_cnn_checkpoint, tmp_path):
     run = tmp_path / "student"
-    args = [
-        "train",
-        "--data",
-        str(tiny_fer),
-        "--out",
-        str(run),
-        *SMALL,
+    flags = [
         "--teacher",
         str(tiny_cnn_checkpoint),
         "--teacher-cache",
@@ -189,19 +161,16 @@ def test_a_student_trains_with_cached_targets_and_a_resume_reads_them_back(tiny_
         "--amp",
         "off",
     ]
-    assert train_cli.main(args) == 0
+    assert train_tiny_cnn(tiny_fer, run, *flags) == 0
     assert read_checkpoint(run / "best.pt")["train_config"]["teacher_cache"] is True
     assert torch.load(run / "teacher_targets.pt", weights_only=True)["log_probs"].shape == (7 * 12, 7)
-    assert train_cli.main([*args, "--epochs", "2", "--resume"]) == 0  # the later --epochs wins
+    assert train_tiny_cnn(tiny_fer, run, *flags, "--epochs", "2", "--resume") == 0  # the later --epochs wins
     log = (run / "train.log").read_text()
     assert log.count("predicting 84 training faces") == 1 and "teacher targets: 84 faces from" in log
 
 
 def test_a_target_cache_without_a_teacher_is_a_one_line_error(tiny_fer, tmp_path, capsys):
-    assert (
-        train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "run"), *SMALL, "--teacher-cache"])
-        == 2
-    )
+    assert train_tiny_cnn(tiny_fer, tmp_path / "run", "--teacher-cache") == 2
     assert (
         capsys.readouterr().err.strip().splitlines()[-1]
         == "error: --teacher-cache caches a teacher's predictions: add --teacher CHECKPOINT"

@@ -7,28 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_tiny_cnn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import train_cli  # noqa: E402
 from emotion.models.checkpoint import CheckpointError, member_weights, read_checkpoint, save_checkpoint, ship_checkpoint  # noqa: E402
 from emotion.models.networks import ModelConfig, build_model  # noqa: E402
 
 TINY = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2)  # what `train --model cnn --cnn-widths 8,16` builds
-# lr this small leaves the convolutions where they started; BatchNorm's running statistics still follow the data
-FROZEN_ENOUGH = [
-    "--model",
-    "cnn",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "16",
-    "--cnn-widths",
-    "8,16",
-    "--lr",
-    "1e-12",
-    "--no-report",
-]
+# with TINY_CNN_FLAGS: lr this small leaves the convolutions where they started; BatchNorm's running statistics still follow the data
+FROZEN_ENOUGH = ["--lr", "1e-12"]
 
 
 @pytest.fixture
@@ -63,23 +51,7 @@ def test_member_weights_picks_one_network_of_an_ensemble(ensemble_of_two):
 
 def test_a_run_starts_from_the_chosen_network_and_records_it(tiny_fer, ensemble_of_two, tmp_path):
     run = tmp_path / "ft"
-    assert (
-        train_cli.main(
-            [
-                "train",
-                "--data",
-                str(tiny_fer),
-                "--out",
-                str(run),
-                *FROZEN_ENOUGH,
-                "--init-from",
-                str(ensemble_of_two),
-                "--init-member",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert train_tiny_cnn(tiny_fer, run, *FROZEN_ENOUGH, "--init-from", str(ensemble_of_two), "--init-member", "2") == 0
     trained = _conv_weights(read_checkpoint(run / "best.pt")["model"])
     start = _conv_weights(member_weights(ensemble_of_two, 2)[1])
     assert trained.keys() == start.keys()
@@ -90,7 +62,7 @@ def test_a_run_starts_from_the_chosen_network_and_records_it(tiny_fer, ensemble_
 
 def test_without_init_from_a_run_starts_from_random_weights(tiny_fer, ensemble_of_two, tmp_path):
     run = tmp_path / "scratch"
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(run), *FROZEN_ENOUGH]) == 0
+    assert train_tiny_cnn(tiny_fer, run, *FROZEN_ENOUGH) == 0
     trained = _conv_weights(read_checkpoint(run / "best.pt")["model"])
     start = _conv_weights(member_weights(ensemble_of_two, 1)[1])
     assert not all(torch.allclose(trained[k], start[k], atol=1e-3) for k in start)
@@ -107,39 +79,14 @@ def test_without_init_from_a_run_starts_from_random_weights(tiny_fer, ensemble_o
 def test_a_network_that_cannot_start_the_run_is_a_one_line_error(
     tiny_fer, ensemble_of_two, tmp_path, capsys, flags, message
 ):
-    argv = [
-        "train",
-        "--data",
-        str(tiny_fer),
-        "--out",
-        str(tmp_path / "run"),
-        *FROZEN_ENOUGH,
-        "--init-from",
-        str(ensemble_of_two),
-        *flags,
-    ]
-    assert train_cli.main(argv) == 2
+    assert train_tiny_cnn(tiny_fer, tmp_path / "run", *FROZEN_ENOUGH, "--init-from", str(ensemble_of_two), *flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "run" / "best.pt").exists()
 
 
 def test_a_missing_init_checkpoint_is_refused_before_anything_starts(tiny_fer, tmp_path, capsys):
-    assert (
-        train_cli.main(
-            [
-                "train",
-                "--data",
-                str(tiny_fer),
-                "--out",
-                str(tmp_path / "run"),
-                *FROZEN_ENOUGH,
-                "--init-from",
-                str(tmp_path / "missing.pt"),
-            ]
-        )
-        == 2
-    )
+    assert train_tiny_cnn(tiny_fer, tmp_path / "run", *FROZEN_ENOUGH, "--init-from", str(tmp_path / "missing.pt")) == 2
     assert "--init-from: no checkpoint at" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -162,7 +109,7 @@ def test_a_fine_tune_keeps_its_carve_out_unseen_only_when_its_start_held_it_out(
     from emotion.models.provenance import unseen_split
 
     held = ["--val-split", "0.2", "--split-seed", "5"]
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "a"), *FROZEN_ENOUGH, *held]) == 0
+    assert train_tiny_cnn(tiny_fer, tmp_path / "a", *FROZEN_ENOUGH, *held) == 0
     start = tmp_path / "a" / "best.pt"
     assert unseen_split(read_checkpoint(start)["train_config"]) == (0.2, 5)
     cases = [
@@ -171,12 +118,12 @@ def test_a_fine_tune_keeps_its_carve_out_unseen_only_when_its_start_held_it_out(
     ]
     for name, source, flags, expected in cases:
         run = tmp_path / name
-        argv = ["train", "--data", str(tiny_fer), "--out", str(run), *FROZEN_ENOUGH, "--init-from", source, *flags]
-        assert train_cli.main(argv) == 0
+        flags = [*FROZEN_ENOUGH, "--init-from", source, *flags]
+        assert train_tiny_cnn(tiny_fer, run, *flags) == 0
         cfg = read_checkpoint(run / "best.pt")["train_config"]
         assert unseen_split(cfg) == expected, name
         # Resumed, the run still records where its weights came from.
-        assert train_cli.main([*argv, "--resume", "--epochs", "2"]) == 0
+        assert train_tiny_cnn(tiny_fer, run, *flags, "--resume", "--epochs", "2") == 0
         assert unseen_split(read_checkpoint(run / "last.pt")["train_config"]) == expected, name
     # A network that trained on every face passes nothing on, and neither does a teacher.
     assert unseen_split({"val_split": 0.2, "seed": 5, "init_from": "x.pt", "init_held_out": None}) is None

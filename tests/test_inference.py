@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_tiny_cnn
 
 from emotion.data.dataset import FaceDataset
 from emotion.evaluation.evaluate import predict_dataset
@@ -75,27 +76,7 @@ def test_dataset_evaluation_refuses_a_batch_size_below_one(tiny_cnn_checkpoint, 
 
 def test_ship_records_the_tta_that_predict_and_evaluate_then_use(tiny_fer, tmp_path, capsys):
     run = tmp_path / "run"
-    assert (
-        train_cli.main(
-            [
-                "train",
-                "--model",
-                "cnn",
-                "--data",
-                str(tiny_fer),
-                "--out",
-                str(run),
-                "--epochs",
-                "1",
-                "--batch-size",
-                "16",
-                "--cnn-widths",
-                "8,16",
-                "--no-report",
-            ]
-        )
-        == 0
-    )
+    assert train_tiny_cnn(tiny_fer, run) == 0
     assert EmotionClassifier.from_checkpoint(run / "best.pt", device="cpu").tta == "none"  # a fresh run: no TTA
     shipped = tmp_path / "assets" / "model.pt"
     assert (
@@ -116,33 +97,7 @@ def test_ship_records_the_tta_that_predict_and_evaluate_then_use(tiny_fer, tmp_p
 
 def test_training_with_cutmix_and_mixup_records_them(tiny_fer, tmp_path):
     run = tmp_path / "run"
-    assert (
-        train_cli.main(
-            [
-                "train",
-                "--model",
-                "cnn",
-                "--data",
-                str(tiny_fer),
-                "--out",
-                str(run),
-                "--epochs",
-                "1",
-                "--batch-size",
-                "16",
-                "--cnn-widths",
-                "8,16",
-                "--no-report",
-                "--cutmix",
-                "1.0",
-                "--mixup",
-                "0.2",
-                "--mix-prob",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert train_tiny_cnn(tiny_fer, run, "--cutmix", "1.0", "--mixup", "0.2", "--mix-prob", "1") == 0
     augment = read_checkpoint(run / "best.pt")["train_config"]["augment"]
     assert (augment["cutmix"], augment["mixup"], augment["mix_prob"]) == (1.0, 0.2, 1.0)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import trained_like_batchnorm
+from conftest import train_tiny_cnn, trained_like_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-import train_cli  # noqa: E402
 from emotion.inference.classifier import EmotionClassifier  # noqa: E402
 from emotion.models.checkpoint import (  # noqa: E402
     CheckpointError,
@@ -26,7 +25,6 @@ from emotion.models.networks import EmotionCNN, EmotionResNet, ModelConfig, Sque
 
 PLAIN = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2)  # what `train --model cnn --cnn-widths 8,16` builds
 RESIDUAL = ModelConfig(kind="cnn", cnn_widths=(8, 16), dropout=0.2, cnn_block="residual")
-SMALL = ["--model", "cnn", "--epochs", "1", "--batch-size", "16", "--cnn-widths", "8,16", "--no-report"]
 
 
 def _saved(path: Path, cfg: ModelConfig, seed: int) -> Path:
@@ -70,41 +68,23 @@ def test_squeeze_excite_only_rescales_channels():
 
 def test_train_cli_trains_a_residual_network_and_init_from_needs_the_same_block(tiny_fer, tmp_path, capsys):
     run = tmp_path / "res"
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(run), *SMALL, "--cnn-block", "residual"]) == 0
+    assert train_tiny_cnn(tiny_fer, run, "--cnn-block", "residual") == 0
     blob = read_checkpoint(run / "best.pt")
     assert blob["model_config"]["cnn_block"] == "residual" and blob["model_config"]["member_blocks"] == []
     assert isinstance(load_checkpoint(run / "best.pt").model, EmotionResNet)
     assert load_checkpoint(run / "best.pt").name == "cnn residual (best.pt)"
     refused = tmp_path / "refused"
-    assert (
-        train_cli.main(
-            ["train", "--data", str(tiny_fer), "--out", str(refused), *SMALL, "--init-from", str(run / "best.pt")]
-        )
-        == 2
-    )
+    assert train_tiny_cnn(tiny_fer, refused, "--init-from", str(run / "best.pt")) == 2
     assert "cnn_block residual (this run: plain)" in capsys.readouterr().err
     assert (
-        train_cli.main(
-            [
-                "train",
-                "--data",
-                str(tiny_fer),
-                "--out",
-                str(tmp_path / "again"),
-                *SMALL,
-                "--cnn-block",
-                "residual",
-                "--init-from",
-                str(run / "best.pt"),
-            ]
-        )
+        train_tiny_cnn(tiny_fer, tmp_path / "again", "--cnn-block", "residual", "--init-from", str(run / "best.pt"))
         == 0
     )
 
 
 def test_an_unknown_block_is_refused_by_the_cli(tiny_fer, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train_cli.main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "x"), *SMALL, "--cnn-block", "dense"])
+        train_tiny_cnn(tiny_fer, tmp_path / "x", "--cnn-block", "dense")
     assert "invalid choice" in capsys.readouterr().err
 
 

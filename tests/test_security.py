@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, launched_app, make_csv_dataset
+from conftest import ROOT, launched_app, make_csv_dataset, train_tiny_cnn
 from gradio.utils import get_upload_folder
 from make_clip import face_scene
 from PIL import Image
@@ -43,7 +43,7 @@ from emotion.inference.recognizer import ImageTooLargeError, read_rgb
 from emotion.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from emotion.models.networks import ModelConfig, build_model
 
-CNN = ["--model", "cnn", "--cnn-widths", "8,16", "--batch-size", "16", "--no-report", "--threads", "1"]
+ONE_THREAD = ("--threads", "1")  # with TINY_CNN_FLAGS
 UNSAFE_HINT = "weights_only=False"
 SWEEP_AGE_S = 8  # the test app deletes uploads and results older than this
 
@@ -409,7 +409,7 @@ def test_bad_hyperparameters_stop_the_cli_with_exit_code_2(
     tiny_fer: Path, tmp_path: Path, capsys, flags: list[str]
 ) -> None:
     out = tmp_path / "run"
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(out), *CNN, "--epochs", "1", *flags]) == 2
+    assert train_tiny_cnn(tiny_fer, out, *ONE_THREAD, *flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "must be" in err[-1] and "Traceback" not in "\n".join(err)
     assert not out.exists(), "nothing is created for a refused run"
@@ -447,7 +447,7 @@ def test_a_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
     out = tmp_path / "run"
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(out), *CNN, "--epochs", "3"]) == 1
+    assert train_tiny_cnn(tiny_fer, out, *ONE_THREAD, "--epochs", "3") == 1
     err = capsys.readouterr().err
     assert "NaN or infinite in epoch 2" in err and "last good checkpoint" in err
     assert calls["n"] == 6, "training went on after the loss became NaN"
@@ -480,17 +480,16 @@ def test_a_nan_checkpoint_is_refused_so_predict_never_prints_nan(tmp_path: Path,
 
 def test_training_into_a_finished_run_needs_resume_or_overwrite(tiny_fer: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    args = ["train", "--data", str(tiny_fer), "--out", str(out), *CNN, "--epochs", "1"]
-    assert train_cli.main(args) == 0
+    assert train_tiny_cnn(tiny_fer, out, *ONE_THREAD) == 0
     before = {name: (out / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.jsonl", "status.json")}
     capsys.readouterr()
-    assert train_cli.main(args) == 2
+    assert train_tiny_cnn(tiny_fer, out, *ONE_THREAD) == 2
     err = capsys.readouterr().err
     assert "already holds a training run" in err and "--resume" in err and "--overwrite" in err
     assert {name: (out / name).read_bytes() for name in before} == before, "a refused run must not touch the old one"
-    assert train_cli.main([*args, "--overwrite"]) == 0
+    assert train_tiny_cnn(tiny_fer, out, *ONE_THREAD, "--overwrite") == 0
     assert (out / "last.pt").read_bytes() != before["last.pt"]
-    assert train_cli.main([*args, "--resume", "--overwrite"]) == 2
+    assert train_tiny_cnn(tiny_fer, out, *ONE_THREAD, "--resume", "--overwrite") == 2
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------------
@@ -574,7 +573,7 @@ def test_a_failed_status_update_is_logged_and_training_goes_on(
 
     monkeypatch.setattr(train_module, "write_json_atomic", full_disk)
     out = tmp_path / "run"
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(out), *CNN, "--epochs", "2"]) == 0
+    assert train_tiny_cnn(tiny_fer, out, *ONE_THREAD, "--epochs", "2") == 0
     log = (out / "train.log").read_text()
     assert "could not update" in log and "training goes on" in log
     assert (out / "best.pt").is_file() and read_checkpoint(out / "last.pt")["training_state"]["epoch"] == 2
@@ -614,7 +613,7 @@ def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_last_good_one(
     monkeypatch.setattr(checkpoint_module.torch, "save", save)
     monkeypatch.setattr(train_module, "write_json_atomic", status)
     out = tmp_path / "run"
-    assert train_cli.main(["train", "--data", str(tiny_fer), "--out", str(out), *CNN, "--epochs", "3"]) == 1
+    assert train_tiny_cnn(tiny_fer, out, *ONE_THREAD, "--epochs", "3") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: could not write checkpoint") and "--resume" in err[-1]
     assert not list(out.glob(".*tmp*")), "a partial temp file was left behind"
