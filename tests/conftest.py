@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,6 +156,24 @@ def api_client(url: str, **kwargs):
                 return super().predict(*args, **kw)
 
     return RetryingClient(url, verbose=False, **kwargs)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def served_config(base: Path, checkpoint: Path, face_model: Path, **overrides):
+    """The ``AppConfig`` of a test app: CPU, a free port, and its dataset root, runs and assets folders under
+    ``base`` so it touches nothing of the repository's; ``overrides`` set any other field."""
+    from emotion.app import AppConfig
+
+    folders = {"data_root": base / "data", "runs_dir": base / "runs", "assets_dir": base / "assets"}
+    return AppConfig(
+        checkpoint=checkpoint, face_model=face_model, device="cpu", port=free_port(), **{**folders, **overrides}
+    )
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
-from test_app_client import free_port  # noqa: E402
+from conftest import free_port  # noqa: E402
 from test_security import huge_png  # noqa: E402
 
 FACE_MODEL = ROOT.parent / "shared" / "models" / "face_detection_short_range.tflite"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import api_client, launched_app
+from conftest import api_client, launched_app, served_config
 from make_clip import face_scene
 from PIL import Image
 
@@ -17,28 +16,12 @@ from emotion.app import AppConfig, EmotionApp
 from emotion.data.labels import CLASS_NAMES
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(
     tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[EmotionApp, str]]:
     base = tmp_path_factory.mktemp("served")
-    config = AppConfig(
-        checkpoint=tiny_cnn_checkpoint,
-        face_model=face_model_path,
-        device="cpu",
-        data_root=base / "data",
-        runs_dir=base / "runs",
-        assets_dir=base / "assets",
-        port=free_port(),
-    )
-    with launched_app(config) as (app, url):
+    with launched_app(served_config(base, tiny_cnn_checkpoint, face_model_path)) as (app, url):
         yield app, url
 
 

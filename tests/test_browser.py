@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import launched_app, make_folder_dataset
+from conftest import launched_app, make_folder_dataset, served_config
 from make_clip import CLIP_FPS, CODE_BLOCK_PX, CODE_BLOCKS, CODE_HEIGHT_PX, face_scene, load_faces, make_clip
 from PIL import Image
-from test_app_client import free_port
 
-from emotion.app import AppConfig, EmotionApp
+from emotion.app import EmotionApp
 from emotion.data.labels import CLASS_NAMES, display
 from emotion.models.checkpoint import read_checkpoint
 
@@ -135,14 +134,8 @@ def app_and_url(
     base = tmp_path_factory.mktemp("browser")
     make_folder_dataset(base / "data" / "tiny-fer", per_class=6)
     shipped_run(base / "runs")
-    config = AppConfig(
-        checkpoint=SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint,
-        face_model=face_model_path,
-        device="cpu",
-        data_root=base / "data",
-        runs_dir=base / "runs",
-        port=free_port(),
-    )
+    checkpoint = SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint
+    config = served_config(base, checkpoint, face_model_path, assets_dir=ROOT / "assets")  # the real model panel
     with launched_app(config) as (app, url):
         yield app, url
 

@@ -8,12 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import launched_app
+from conftest import launched_app, served_config
 from make_clip import face_scene, load_faces
-from test_app_client import free_port
 from test_browser import CHROMIUM, ROOT, SHIPPED, SHOTS
 
-from emotion.app import AppConfig
 from emotion.video.analysis import write_clip
 
 pytestmark = pytest.mark.slow
@@ -22,14 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("browser-video")
-    config = AppConfig(
-        checkpoint=SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint,
-        face_model=face_model_path,
-        device="cpu",
-        training=False,
-        runs_dir=base / "runs",
-        port=free_port(),
-    )
+    checkpoint = SHIPPED if SHIPPED.is_file() else tiny_cnn_checkpoint
+    config = served_config(base, checkpoint, face_model_path, training=False, assets_dir=ROOT / "assets")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(base / "gradio"))
         with launched_app(config) as (app, url):

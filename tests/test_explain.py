@@ -266,28 +266,12 @@ def test_bench_times_a_photo_without_and_with_gradcam(models: ModelManager, scen
 def test_the_photo_api_takes_the_toggle_and_still_takes_the_old_two_inputs(
     tiny_cnn_checkpoint: Path, face_model_path: Path, scene: np.ndarray, tmp_path: Path
 ) -> None:
-    import socket
-
-    from conftest import launched_app
+    from conftest import launched_app, served_config
     from gradio_client import handle_file
 
-    from emotion.app import AppConfig
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     photo = tmp_path / "face.jpg"
     Image.fromarray(scene).save(photo, quality=90)
-    config = AppConfig(
-        checkpoint=tiny_cnn_checkpoint,
-        face_model=face_model_path,
-        device="cpu",
-        data_root=tmp_path / "data",
-        runs_dir=tmp_path / "runs",
-        assets_dir=tmp_path / "assets",
-        port=port,
-    )
-    with launched_app(config) as (_, url):
+    with launched_app(served_config(tmp_path, tiny_cnn_checkpoint, face_model_path)) as (_, url):
         client = api_client(url)
         plain = client.predict(handle_file(str(photo)), False, api_name="/analyze_photo")
         explained = client.predict(handle_file(str(photo)), False, True, api_name="/analyze_photo")

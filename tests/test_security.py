@@ -26,11 +26,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, launched_app, make_csv_dataset, train_tiny_cnn
+from conftest import ROOT, launched_app, make_csv_dataset, served_config, train_tiny_cnn
 from gradio.utils import get_upload_folder
 from make_clip import face_scene
 from PIL import Image
-from test_app_client import free_port
 
 import train_cli
 from emotion.app import AppConfig, EmotionApp
@@ -89,14 +88,10 @@ def served(
     base = tmp_path_factory.mktemp("served")
     # A faster sweep so the deletion test takes seconds (the shipped defaults are checked separately), yet long
     # enough that queued concurrent requests still find their uploads on a busy machine.
-    config = AppConfig(
-        checkpoint=tiny_cnn_checkpoint,
-        face_model=face_model_path,
-        device="cpu",
-        data_root=base / "data",
-        runs_dir=base / "runs",
-        assets_dir=base / "assets",
-        port=free_port(),
+    config = served_config(
+        base,
+        tiny_cnn_checkpoint,
+        face_model_path,
         training=False,
         cache_sweep_s=1,
         cache_max_age_s=SWEEP_AGE_S,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import api_client, launched_app
+from conftest import api_client, launched_app, served_config
 from make_clip import face_scene
 from test_video import FPS, clip_faces, enter_leave_frames, frame_count, one_face_clip, read_rows
 
@@ -25,20 +25,8 @@ def faces() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def served(tiny_cnn_checkpoint: Path, face_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    from test_app_client import free_port
-
-    from emotion.app import AppConfig
-
     base = tmp_path_factory.mktemp("served")
-    config = AppConfig(
-        checkpoint=tiny_cnn_checkpoint,
-        face_model=face_model_path,
-        device="cpu",
-        training=False,
-        runs_dir=base / "runs",
-        assets_dir=base / "assets",
-        port=free_port(),
-    )
+    config = served_config(base, tiny_cnn_checkpoint, face_model_path, training=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(base / "gradio"))  # a cache of its own: what is left in it is this app's
         with launched_app(config) as (app, url):
