@@ -335,6 +335,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="with --frames: only this many faces (a seeded random subset), for a quick run",
     )
     p.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="with --frames: frames per face, each drawn afresh (one draw reads the gap to about half a point; "
+        "the report gives every draw's gap and their pooled figure; default 1)",
+    )
+    p.add_argument(
         "--face-model",
         default=None,
         help="with --frames: MediaPipe face detector .tflite (or env EMOTION_FACE_MODEL); default: cache, download, Haar fallback",
@@ -673,12 +680,14 @@ def cmd_evaluate_frames(a: argparse.Namespace) -> int:
 
     if a.limit is not None and a.limit < 1:
         raise ValueError(f"--limit must be at least 1 face, got {a.limit}")
+    if not 1 <= a.draws <= 100:
+        raise ValueError(f"--draws must be 1 to 100 frames per face, got {a.draws}")
     classifier = EmotionClassifier.from_checkpoint(
         a.checkpoint or default_checkpoint(), device=a.device, tta=a.tta, engine=a.engine
     )
     ds = load_eval_split(classifier, a.data, a.split)
     recognizer = Recognizer(classifier, FaceDetector(a.face_model))
-    cfg = frame_bench.FrameBenchConfig(seed=a.seed, limit=a.limit, small_faces=not a.video_detection)
+    cfg = frame_bench.FrameBenchConfig(seed=a.seed, limit=a.limit, draws=a.draws, small_faces=not a.video_detection)
     report = frame_bench.run_frame_benchmark(recognizer, ds.images.numpy(), ds.labels.numpy(), cfg)
     out = frame_bench.write_frames_report(report, a.out or f"reports/frames-{a.split}")
     print(f"model: {report['model']}  tta: {report['tta']}  faces: {report['detector']}  data: {ds.source}")

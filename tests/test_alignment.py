@@ -17,8 +17,10 @@ from emotion.data.labels import CLASS_NAMES
 from emotion.evaluation.frames import (
     FrameBenchConfig,
     face_to_crop,
+    gap,
     place_face,
     run_frame_benchmark,
+    summary_line,
     write_frames_report,
 )
 from emotion.inference import align
@@ -268,6 +270,22 @@ def test_frame_benchmark_runs_and_writes_its_report(recognizer: Recognizer, real
         report["by_scale"][b]["faces"] for b in ("1/4-1/3", "1/3-1/2") if b in report["by_scale"]
     )
     assert "Gap on found faces" in (out / "frames.md").read_text()
+    assert report["gap_by_draw"] == [gap(report["overall"])]
+
+
+def test_more_draws_add_fresh_frames_of_every_face_after_the_first_draw(
+    recognizer: Recognizer, real_faces: dict
+) -> None:
+    images = np.stack([real_faces[n][0] for n in ("happy", "neutral", "surprise")])
+    labels = np.array([CLASS_NAMES.index(n) for n in ("happy", "neutral", "surprise")])
+    one = run_frame_benchmark(recognizer, images, labels, FrameBenchConfig(seed=4))
+    three = run_frame_benchmark(recognizer, images, labels, FrameBenchConfig(seed=4, draws=3))
+    assert three["overall"]["faces"] == 9 and [r["draw"] for r in three["rows"]] == [0] * 3 + [1] * 3 + [2] * 3
+    assert three["rows"][:3] == one["rows"]  # the first draw is the one-draw run, frame for frame
+    assert [r["index"] for r in three["rows"][3:6]] == [r["index"] for r in one["rows"]]  # every face again
+    assert [r["scale"] for r in three["rows"][3:6]] != [r["scale"] for r in one["rows"]]  # in new frames
+    assert len(three["gap_by_draw"]) == 3 and three["gap_by_draw"][0] == one["gap_by_draw"][0]
+    assert "over 3 draws of each face (per draw: " in summary_line(three)
 
 
 def test_evaluate_frames_cli(
@@ -305,9 +323,10 @@ def test_evaluate_frames_cli(
     report = json.loads((out / "frames.json").read_text())
     assert report["overall"]["faces"] == 4 and report["config"]["seed"] == 1
     assert report["config"]["small_faces"] is False and "video detection" in (out / "frames.md").read_text()
-    assert (
-        train_cli.main(["evaluate", "--frames", "--data", str(data), "--limit", "0"]) != 0
-    )  # a clear error, no traceback
+    for bad in (["--limit", "0"], ["--draws", "0"], ["--draws", "101"]):  # a clear error, no traceback
+        assert train_cli.main(["evaluate", "--frames", "--data", str(data), *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and bad[0] in err[-1] and "Traceback" not in "\n".join(err)
 
 
 def load_script(name: str):

@@ -37,6 +37,7 @@ class FrameBenchConfig:
 
     seed: int = 0  # seeds every draw (face order under ``limit``, scale, angle, position, background, colour)
     limit: int | None = None  # evaluate only this many faces (a seeded random subset); None: the whole split
+    draws: int = 1  # frames per face, drawn one pass over the faces after another (the first pass as with 1)
     frame_height: int = 480  # camera frame size
     frame_width: int = 640
     min_scale: float = 1 / 8  # face width as a fraction of the frame width, drawn log-uniformly in [min, max]
@@ -175,6 +176,13 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
+def gap(summary: dict) -> float | None:
+    """Direct-crop accuracy minus frame accuracy on the found faces of a ``summarize`` result, in points."""
+    if summary["accuracy_found"] is None:
+        return None
+    return round((summary["direct_accuracy_found"] - summary["accuracy_found"]) * 100, 2)
+
+
 def _grouped(rows: list[dict], key: str, order: list[str]) -> dict:
     return {g: summarize([r for r in rows if r[key] == g]) for g in order if any(r[key] == g for r in rows)}
 
@@ -182,7 +190,8 @@ def _grouped(rows: list[dict], key: str, order: list[str]) -> dict:
 def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg: FrameBenchConfig) -> dict:
     """Place each face (``images`` (N, 48, 48) uint8, ``labels`` (N,)) in a frame, run ``recognizer.analyze``
     on it, and return the report: ``overall``, ``by_scale``, ``by_rotation``, ``by_background``, ``by_colour``
-    (each as ``summarize``) and the per-face ``rows``."""
+    (each as ``summarize``, counting every frame of ``cfg.draws`` per face), ``gap_by_draw`` and the per-frame
+    ``rows``."""
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(images))
     if cfg.limit is not None:
@@ -193,12 +202,14 @@ def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg:
     ]
     direct = np.concatenate(chunks).argmax(1) if chunks else []
     rows, t0 = [], time.perf_counter()
-    for k, i in enumerate(order):
+    passes = [(d, k, i) for d in range(cfg.draws) for k, i in enumerate(order)]  # draw after draw of every face
+    for draw, k, i in passes:
         frame, how = draw_frame(np.asarray(images[i]), rng, cfg)
         faces = recognizer.analyze(frame, small_faces=cfg.small_faces)
         hit = match_face(faces, how["cx"], how["cy"], how["side"])
         rows.append(
             {
+                "draw": draw,
                 "index": int(i),
                 "label": CLASS_NAMES[int(labels[i])],
                 "found": hit is not None,
@@ -211,8 +222,10 @@ def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg:
                 **{key: round(v, 3) if isinstance(v, float) else v for key, v in how.items()},
             }
         )
-        if (k + 1) % 500 == 0:
-            log.info("frame benchmark: %d/%d faces, %.1f s", k + 1, len(order), time.perf_counter() - t0)
+        if len(rows) % 500 == 0:
+            log.info(
+                "frame benchmark: %d/%d frames, %.1f s", len(rows), cfg.draws * len(order), time.perf_counter() - t0
+            )
     scales = [_scale_bin(math.sqrt(a * b)) for a, b in pairwise(SCALE_BINS)]
     rotations = [_rotation_bin((a + b) / 2) for a, b in pairwise(ROTATION_BINS)]
     return {
@@ -222,6 +235,8 @@ def run_frame_benchmark(recognizer, images: np.ndarray, labels: np.ndarray, cfg:
         "tta": recognizer.classifier.tta,
         "seconds": round(time.perf_counter() - t0, 1),
         "overall": summarize(rows),
+        # One draw reads the gap to about half a point; each draw's own gap shows how far they spread.
+        "gap_by_draw": [gap(summarize([r for r in rows if r["draw"] == d])) for d in range(cfg.draws)],
         # The issue's 97% target: the scale bins from 1/4 of the frame width up (by bin, as the table counts them).
         "found_from_quarter_width": summarize([r for r in rows if r["scale_bin"] in scales[SCALE_BINS.index(1 / 4) :]]),
         "by_scale": _grouped(rows, "scale_bin", scales),
@@ -257,9 +272,14 @@ def format_frames_table(report: dict) -> str:
 
 def summary_line(report: dict) -> str:
     """The two figures the benchmark is judged by: the gap on found faces, and faces found at >= 1/4 width."""
-    o, big = report["overall"], report.get("found_from_quarter_width")
-    gap = "-" if o["accuracy_found"] is None else f"{(o['direct_accuracy_found'] - o['accuracy_found']) * 100:.2f}"
-    text = f"Gap on found faces (direct crops minus frames): {gap} points."
+    big, overall_gap = report.get("found_from_quarter_width"), gap(report["overall"])
+    text = (
+        f"Gap on found faces (direct crops minus frames): {'-' if overall_gap is None else f'{overall_gap:.2f}'} points"
+    )
+    by_draw = report.get("gap_by_draw", [])
+    if len(by_draw) > 1:
+        text += f" over {len(by_draw)} draws of each face (per draw: {', '.join('-' if g is None else f'{g:.2f}' for g in by_draw)})"
+    text += "."
     if big and big["faces"]:
         text += f" Found at 1/4 of the frame width and larger: {big['found']} of {big['faces']} ({_pct(big['found_rate'])}%)."
     return text
@@ -273,7 +293,7 @@ def write_frames_report(report: dict, out: str | os.PathLike) -> Path:
     head = (
         f"Frame benchmark: {report['model']} (tta {report['tta']}), detector {report['detector']}, "
         f"{'photo' if report['config'].get('small_faces', True) else 'video'} detection, "
-        f"seed {report['config']['seed']}\n\n"
+        f"seed {report['config']['seed']}, {report['config'].get('draws', 1)} draw(s) a face\n\n"
     )
     (out / "frames.md").write_text(head + format_frames_table(report) + "\n")
     return out
