@@ -272,13 +272,14 @@ def format_frames_table(report: dict) -> str:
 
 def summary_line(report: dict) -> str:
     """The two figures the benchmark is judged by: the gap on found faces, and faces found at >= 1/4 width."""
-    big, overall_gap = report.get("found_from_quarter_width"), gap(report["overall"])
-    text = (
-        f"Gap on found faces (direct crops minus frames): {'-' if overall_gap is None else f'{overall_gap:.2f}'} points"
-    )
-    by_draw = report.get("gap_by_draw", [])
+
+    def points(g: float | None) -> str:
+        return "-" if g is None else f"{g:.2f}"
+
+    big, by_draw = report.get("found_from_quarter_width"), report.get("gap_by_draw", [])
+    text = f"Gap on found faces (direct crops minus frames): {points(gap(report['overall']))} points"
     if len(by_draw) > 1:
-        text += f" over {len(by_draw)} draws of each face (per draw: {', '.join('-' if g is None else f'{g:.2f}' for g in by_draw)})"
+        text += f" over {len(by_draw)} draws of each face (per draw: {', '.join(map(points, by_draw))})"
     text += "."
     if big and big["faces"]:
         text += f" Found at 1/4 of the frame width and larger: {big['found']} of {big['faces']} ({_pct(big['found_rate'])}%)."
