@@ -18,6 +18,7 @@ from emotion.data.splits import load_split
 from emotion.evaluation.evaluate import evaluate_dataset, plot_curves, training_history
 from emotion.inference.classifier import EmotionClassifier
 from emotion.models.checkpoint import (
+    MAX_MEMBERS,
     CheckpointError,
     load_checkpoint,
     read_checkpoint,
@@ -134,7 +135,7 @@ def test_a_missing_data_folder_leaves_no_release(members, tmp_path, capsys):
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
-@pytest.mark.parametrize("members_value", [0, 9, 1000, "3", True, 2.0, None])
+@pytest.mark.parametrize("members_value", [0, MAX_MEMBERS + 1, 1000, "3", True, 2.0, None])
 def test_a_hostile_member_count_is_a_checkpoint_error(tmp_path, members_value):
     path = _trained_like(tmp_path / "m.pt", 1)
     blob = torch.load(path, weights_only=True)
@@ -142,6 +143,15 @@ def test_a_hostile_member_count_is_a_checkpoint_error(tmp_path, members_value):
     torch.save(blob, path)
     with pytest.raises(CheckpointError, match="members"):
         load_checkpoint(path)
+
+
+def test_ship_takes_up_to_max_members_networks(tmp_path):
+    net = _trained_like(tmp_path / "net.pt", 1)
+    ship_checkpoint([net] * 9, tmp_path / "nine.pt", tta="none", weights="int8")  # more than the 8 of old
+    assert load_checkpoint(tmp_path / "nine.pt").config.members == 9
+    with pytest.raises(CheckpointError, match=f"1-{MAX_MEMBERS} checkpoints"):
+        ship_checkpoint([net] * (MAX_MEMBERS + 1), tmp_path / "too_many.pt", tta="none")
+    assert not (tmp_path / "too_many.pt").exists()
 
 
 def test_the_trainer_trains_one_network_at_a_time():

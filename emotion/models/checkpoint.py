@@ -38,7 +38,7 @@ class CheckpointWriteError(OSError):
 # Sanity bounds for a checkpoint's model config: a hostile file must not make the loader build a huge model.
 MAX_WIDTH = 8192  # channels of a CNN stage or units of an adapter layer
 MAX_DEPTH = 16  # CNN conv layers per stage, CNN stages or adapter layers
-MAX_MEMBERS = 8  # networks in an ensemble
+MAX_MEMBERS = 16  # networks in an ensemble (a hostile file must not build hundreds)
 
 SHIP_WEIGHTS = ("fp16", "int8")  # how ship stores weight matrices (see ship_checkpoint)
 SCALE_SUFFIX = "::scale"  # an int8 matrix's per-output-channel scales are stored under its name plus this
