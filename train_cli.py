@@ -219,13 +219,6 @@ def _add_train_network_flags(g: argparse._ArgumentGroup, t: TrainConfig, m: Mode
         "squeeze-excitation per stage, strided convs) (default plain)",
     )
     g.add_argument(
-        "--vignette",
-        type=float,
-        default=None,
-        help="CNN only: fade each face to its mean from this radius (a fraction of the crop's half side, e.g. "
-        "0.65) to 0.3 further out, so a loose crop's surroundings barely count (default 0: off)",
-    )
-    g.add_argument(
         "--unfreeze-epoch",
         type=int,
         default=t.unfreeze_epoch,
@@ -634,7 +627,6 @@ def cmd_train(a: argparse.Namespace) -> int:
         "dropout": a.dropout,
         "cnn_widths": widths,
         "cnn_block": a.cnn_block,
-        "cnn_vignette": a.vignette,
     }
     cfg.model = replace(cfg.model, **{k: v for k, v in model_overrides.items() if v is not None})
     cfg.augment = replace(

@@ -183,11 +183,6 @@ def check_model_config(cfg: ModelConfig) -> None:
             f"member_blocks must be empty, or one of {', '.join(CNN_BLOCKS)} for each of the "
             f"{cfg.members} networks of a CNN ensemble; got {str(blocks)[:100]}"
         )
-    vignette = cfg.cnn_vignette
-    if isinstance(vignette, bool) or not isinstance(vignette, (int, float)) or not 0.0 <= vignette <= 1.0:
-        raise ValueError(f"cnn_vignette must be a number in [0, 1] (0 = off), got {vignette!r}")
-    if vignette and cfg.kind != "cnn":
-        raise ValueError(f"cnn_vignette is for CNNs; a {cfg.kind!r} model takes 0, got {vignette!r}")
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
     if cfg.num_classes != len(CLASS_NAMES):

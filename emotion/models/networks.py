@@ -43,9 +43,6 @@ class ModelConfig:
     member_blocks: tuple[
         str, ...
     ] = ()  # an ensemble of plain and residual CNNs: each member's cnn_block; () = all cnn_block
-    cnn_vignette: float = 0.0  # CNN only; 0 = off. Else the face fades to its mean from this radius (a fraction
-    # of the crop's half side) over VIGNETTE_FADE of it, and the per-image statistics come from inside the fade:
-    # what lies past the face in a loose crop (a frame's background) then barely reaches the network
 
     def to_dict(self) -> dict:
         """Plain-JSON form, for checkpoints."""
@@ -59,21 +56,8 @@ class ModelConfig:
         return cls(**kwargs)
 
 
-VIGNETTE_FADE = 0.3  # ModelConfig.cnn_vignette: the fade's width, as a fraction of the crop's half side
-
-
-def vignette_mask(size: int, start: float) -> torch.Tensor:
-    """(1, 1, size, size) weights: 1 within radius ``start`` (a fraction of the half side) of the centre, falling
-    linearly to 0 at ``start + VIGNETTE_FADE``, measured at pixel centres."""
-    half = size / 2
-    c = (torch.arange(size, dtype=torch.float32) + 0.5 - half) / half
-    radius = (c[None, :] ** 2 + c[:, None] ** 2).sqrt()
-    return ((start + VIGNETTE_FADE - radius) / VIGNETTE_FADE).clamp(0.0, 1.0).view(1, 1, size, size)
-
-
 class Preprocess(nn.Module):
-    """Faces (N, 1, 48, 48) in [0, 1] -> model input: channel repeat, resize, normalisation and, with
-    ``vignette`` > 0, a fade to the mean past that radius (``vignette_mask``)."""
+    """Faces (N, 1, 48, 48) in [0, 1] -> model input: channel repeat, resize and normalisation."""
 
     def __init__(
         self,
@@ -82,17 +66,13 @@ class Preprocess(nn.Module):
         std: tuple[float, ...],
         interpolation: str = "bicubic",
         per_image: bool = False,
-        vignette: float = 0.0,
     ):
         super().__init__()
         self.size = size
         self.per_image = per_image
         self.interpolation = interpolation
-        self.vignette = vignette
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        mask = vignette_mask(size, vignette) if vignette > 0 else torch.ones(1, 1, 1, 1)
-        self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
@@ -104,15 +84,10 @@ class Preprocess(nn.Module):
             x = x.expand(-1, channels, -1, -1)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode=self.interpolation, align_corners=False)
-        if self.per_image and self.vignette > 0:
-            # The statistics of the face inside the fade only, so a bright or busy background shifts nothing.
-            w = self.mask / (self.mask.sum() * x.shape[1])
-            mean = (x * w).sum(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) / (((x - mean) ** 2 * w).sum(dim=(1, 2, 3), keepdim=True).sqrt() + 1e-3)
-        elif self.per_image:
+        if self.per_image:
             # Each face to zero mean and unit variance: a photo's contrast or exposure then changes nothing.
             x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / (x.std(dim=(1, 2, 3), keepdim=True) + 1e-3)
-        return (x - self.mean) / self.std * self.mask
+        return (x - self.mean) / self.std
 
 
 def build_adapter(in_dim: int, hidden: tuple[int, ...], num_classes: int, dropout: float) -> nn.Sequential:
@@ -312,11 +287,9 @@ def _build_single(cfg: ModelConfig, clip_weights: str | None, cache_dir: str | N
             raise ValueError(f"cnn_block must be one of {', '.join(CNN_BLOCKS)}, got {cfg.cnn_block!r}")
         net = CNN_BLOCKS[cfg.cnn_block](cfg)
         if cfg.cnn_normalize == "image":
-            return net, Preprocess(48, (0.0,), (1.0,), "bilinear", per_image=True, vignette=cfg.cnn_vignette)
+            return net, Preprocess(48, (0.0,), (1.0,), "bilinear", per_image=True)
         # FER2013 pixel statistics (mean 0.51, std 0.25 over the training set) rounded.
-        return net, Preprocess(48, (0.5,), (0.25,), "bilinear", vignette=cfg.cnn_vignette)
-    if cfg.cnn_vignette:
-        raise ValueError(f"cnn_vignette is for CNNs; a {cfg.kind!r} model takes 0, got {cfg.cnn_vignette!r}")
+        return net, Preprocess(48, (0.5,), (0.25,), "bilinear")
     if cfg.kind == "clip":
         from .weights import load_clip_encoder
 
