@@ -158,6 +158,20 @@ def _add_train_augment_flags(g: argparse._ArgumentGroup, aug: AugmentConfig) -> 
         "instead of the face's reflected borders, as a camera frame shows hair and room there; 0 = off (0.5 did not "
         "narrow the frame gap in its trial: docs/frames_benchmark.md)",
     )
+    g.add_argument(
+        "--detector-framing",
+        type=float,
+        default=aug.detector_framing,
+        help="share of faces cut exactly as the app's detector and crop framed them in a camera-like frame, recorded "
+        "per face in --detector-framings files; 0 = off",
+    )
+    g.add_argument(
+        "--detector-framings",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="recorded framings of the training faces (.npz from scripts/measure_detector_framings.py, one per seed)",
+    )
 
 
 def _add_train_init_flags(g: argparse._ArgumentGroup, t: TrainConfig) -> None:
@@ -636,7 +650,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         mix_prob=a.mix_prob,
         frame_jitter=a.frame_jitter,
         surround=a.surround,
+        detector_framing=a.detector_framing,
     )
+    cfg.detector_framings = list(a.detector_framings)
     cfg.check()  # bad settings stop here, before a run folder is created
     result = train(cfg)
     if not a.no_report and int(os.environ.get("RANK", "0")) == 0:

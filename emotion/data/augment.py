@@ -5,7 +5,8 @@ affine matrix per image and applied with a single ``grid_sample``, so a batch co
 call rather than a Python loop over images. ``frame_jitter`` frames a share of the faces the way the app's
 face detector crops them from camera frames (looser or tighter, off-centre, tilted), so the networks learn
 the crops users give them, not only FER2013's own. ``mix_batch`` adds mixup or CutMix, which also mixes
-the labels, so the trainer weighs the loss of both label sets. ``surround`` shows something other than the
+the labels, so the trainer weighs the loss of both label sets. ``detector_framing`` cuts a share of the faces
+exactly as the app's detector once framed them in a frame (``framings.py``). ``surround`` shows something other than the
 face where a crop reaches past it (a flat wall or part of another face), instead of the face's reflected borders.
 """
 
@@ -35,6 +36,7 @@ class AugmentConfig:
     mix_prob: float = 0.5  # share of batches mixed when mixup or CutMix is on (one of them at random if both)
     frame_jitter: float = 0.0  # share of faces framed like the detector's crops in frames (FRAME_* below; 0 = off)
     surround: float = 0.0  # share of faces whose crop, where it reaches past the face, shows foreign surroundings
+    detector_framing: float = 0.0  # share of faces cut with a framing the app's detector once gave them (framings.py)
 
 
 # How the app's aligned crop of a face found in a camera frame differs from the face's own FER2013 crop, measured
@@ -90,8 +92,26 @@ def _foreign_surroundings(
     return torch.where(chosen & outside, fill, out)
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Randomly augment a batch ``x`` (N, C, H, W), values in [0, 1]; returns a new tensor."""
+def _recorded_framing(
+    theta: torch.Tensor, framings: torch.Tensor, flip: torch.Tensor, share: float, gen: torch.Generator | None
+) -> torch.Tensor:
+    """``theta`` with a random ``share`` of the faces cut by one of their recorded detector framings (``framings``
+    (N, K, 2, 3), NaN where a face has none; see ``framings.load_framings``), mirrored where ``flip`` is -1."""
+    n, k = framings.shape[:2]
+    dev = theta.device
+    pick_k = torch.randint(k, (n,), device=dev, generator=gen)
+    recorded = framings.to(dev)[torch.arange(n, device=dev), pick_k].clone()
+    recorded[:, :, 0] *= flip.view(n, 1)  # mirror the output's x, as the random crop does
+    usable = torch.isfinite(recorded).all(dim=2).all(dim=1)
+    chosen = usable & (torch.rand(n, device=dev, generator=gen) < share)
+    return torch.where(chosen.view(n, 1, 1), torch.nan_to_num(recorded), theta)
+
+
+def augment(
+    x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None, framings: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Randomly augment a batch ``x`` (N, C, H, W), values in [0, 1]; returns a new tensor. ``framings`` (N, K, 2,
+    3) are the faces' recorded detector framings, used for ``cfg.detector_framing`` of them."""
     n, _, h, w = x.shape
     dev = x.device
     # Random resized crop: side lengths as fractions of the image, and a centre that keeps the crop inside.
@@ -116,6 +136,8 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = N
     theta[:, 1, 1] = sy * cos
     theta[:, 0, 2] = tx
     theta[:, 1, 2] = ty
+    if framings is not None and cfg.detector_framing > 0:
+        theta = _recorded_framing(theta, framings, flip, cfg.detector_framing, gen)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if cfg.surround > 0:

@@ -59,6 +59,9 @@ class TrainConfig:
         False  # start over in an out folder that already holds a run (its checkpoints and metrics are removed)
     )
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation
+    detector_framings: list[str] = field(
+        default_factory=list
+    )  # framings files (scripts/measure_detector_framings.py) that augment.detector_framing draws from
     teacher: str | None = (
         None  # checkpoint whose predictions the network also learns to match (distillation); None = off
     )
@@ -139,6 +142,14 @@ class TrainConfig:
         number("mix_prob", "mix probability (--mix-prob)", 0, 1.0, owner=self.augment)
         number("frame_jitter", "frame jitter share (--frame-jitter)", 0, 1.0, owner=self.augment)
         number("surround", "foreign surroundings share (--surround)", 0, 1.0, owner=self.augment)
+        number("detector_framing", "detector framing share (--detector-framing)", 0, 1.0, owner=self.augment)
+        if self.augment.detector_framing > 0 and not self.detector_framings:
+            raise ConfigError("--detector-framing needs the faces' recorded framings: add --detector-framings FILE")
+        for path in self.detector_framings:
+            if not Path(path).is_file():
+                raise ConfigError(
+                    f"--detector-framings: no file at {path}; make one with scripts/measure_detector_framings.py"
+                )
         if self.split_seed is not None:
             number("split_seed", "split seed (--split-seed)", 0, 2**63 - 1, whole=True)
         number("distill_weight", "distillation weight (--distill-weight)", 0, 1.0)

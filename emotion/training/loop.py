@@ -203,7 +203,8 @@ def batch_loss(
                 feats = torch.where(flip[:, None], run.cache["train_flip"][idx], feats)
             logits = step_module(feats.to(device))
         else:
-            faces = augment(faces_to_input(run.train_ds.images[idx], device), cfg.augment)
+            framings = run.framings[idx] if run.framings is not None else None
+            faces = augment(faces_to_input(run.train_ds.images[idx], device), cfg.augment, framings=framings)
             faces, partner, lam = mix_batch(faces, torch.arange(len(idx), device=device), cfg.augment)
             y_mix = y[partner]
             if run.teacher is not None:

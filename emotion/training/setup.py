@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..data.dataset import DataError, FaceDataset, faces_to_input, split_train_val
+from ..data.framings import load_framings
 from ..data.splits import has_split, load_split
 from ..models.checkpoint import CheckpointError, member_weights, read_checkpoint
 from ..models.networks import build_model, count_parameters
@@ -119,6 +120,7 @@ class TrainingRun:
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
     history: list[dict] = field(default_factory=list)  # one metrics row per finished epoch
     cache: dict | None = None  # CLIP embeddings while the encoder is frozen (--embedding-cache)
+    framings: torch.Tensor | None = None  # (N, K, 2, 3) recorded detector framings of the training faces, or None
 
     @property
     def last_path(self) -> Path:
@@ -203,6 +205,11 @@ def setup_run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path) -> Tra
             f"batch size {cfg.batch_size} x {d.world} process(es) is larger than the {len(train_ds)} training faces; lower --batch-size"
         )
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    framings = None
+    if cfg.augment.detector_framing > 0:
+        framings = load_framings(cfg.detector_framings, train_ds.images)
+        found = torch.isfinite(framings[:, :, 0, 0]).any(1).float().mean().item()
+        log.info("detector framings: %d file(s), %.1f%% of the training faces framed", framings.shape[1], 100 * found)
     return TrainingRun(
         cfg,
         d,
@@ -219,6 +226,7 @@ def setup_run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path) -> Tra
         teacher,
         targets,
         steps_per_epoch,
+        framings=framings,
     )
 
 
