@@ -129,3 +129,19 @@ def test_a_fine_tune_keeps_its_carve_out_unseen_only_when_its_start_held_it_out(
     assert unseen_split({"val_split": 0.2, "seed": 5, "init_from": "x.pt", "init_held_out": None}) is None
     assert unseen_split({"val_split": 0.2, "seed": 5, "teacher": "t.pt"}) is None
     assert unseen_split({"members": [{"val_split": 0.2, "seed": 5}, {"val_split": 0.2, "seed": 6}]}) is None
+
+
+def test_distilling_keeps_the_carve_out_unseen_only_when_the_teacher_held_it_out(tiny_fer, tmp_path):
+    from emotion.models.provenance import unseen_split
+
+    held = ["--val-split", "0.2", "--split-seed", "5"]
+    assert train_tiny_cnn(tiny_fer, tmp_path / "teacher", *FROZEN_ENOUGH, *held) == 0
+    teacher = str(tmp_path / "teacher" / "best.pt")
+    cases = [("same", held, (0.2, 5)), ("other", ["--val-split", "0.2", "--split-seed", "6"], None)]
+    for name, flags, expected in cases:
+        run = tmp_path / name
+        assert train_tiny_cnn(tiny_fer, run, *FROZEN_ENOUGH, "--teacher", teacher, "--teacher-cache", *flags) == 0
+        assert unseen_split(read_checkpoint(run / "best.pt")["train_config"]) == expected, name
+    # The teacher's recorded carve-out must be this run's own.
+    assert unseen_split({"val_split": 0.2, "seed": 5, "teacher": "t.pt", "teacher_held_out": [0.2, 5]}) == (0.2, 5)
+    assert unseen_split({"val_split": 0.2, "seed": 5, "teacher": "t.pt", "teacher_held_out": [0.2, 6]}) is None

@@ -19,11 +19,12 @@ def member_train_configs(train_config: dict) -> list:
 def unseen_split(train_config: dict) -> tuple[float, int] | None:
     """``(val_split, split seed)``: the share of train that every network of a checkpoint held out and never
     trained on, or None when some network may have seen every training face: trained on all of train or with
-    another carve-out, distilled from a teacher, or fine-tuned from weights that did not hold out the same faces
-    (``init_held_out``, recorded by the trainer from the ``init_from`` checkpoint's own provenance)."""
+    another carve-out, distilled from a teacher or fine-tuned from weights that did not hold out the same faces
+    (``teacher_held_out`` and ``init_held_out``, recorded by the trainer from the teacher's and the ``init_from``
+    checkpoint's own provenance)."""
     splits = set()
     for c in member_train_configs(train_config):
-        if not isinstance(c, dict) or c.get("teacher"):
+        if not isinstance(c, dict):
             return None
         fraction, seed = c.get("val_split"), c.get("seed") if c.get("split_seed") is None else c.get("split_seed")
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
@@ -31,6 +32,8 @@ def unseen_split(train_config: dict) -> tuple[float, int] | None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             return None
         if c.get("init_from") and c.get("init_held_out") != [fraction, seed]:
+            return None
+        if c.get("teacher") and c.get("teacher_held_out") != [fraction, seed]:
             return None
         splits.add((float(fraction), seed))
     return next(iter(splits)) if len(splits) == 1 else None

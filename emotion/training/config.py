@@ -76,6 +76,8 @@ class TrainConfig:
     init_member: int = 1  # with init_from: which network of an ensemble file to start from (1-based, in file order)
     init_held_out: list | None = None  # recorded by the trainer, not set: [val_split, split seed] when the init_from
     # network held out this run's own carve-out too, so that the carve-out stays unseen (see unseen_split)
+    teacher_held_out: list | None = None  # recorded by the trainer, not set: [val_split, split seed] when every
+    # network of the teacher held out this run's own carve-out too (its predictions then carry nothing of it)
     log_every: float = 2.0  # seconds between status.json updates
 
     @classmethod
