@@ -145,13 +145,7 @@ class TrainConfig:
         number("frame_jitter", "frame jitter share (--frame-jitter)", 0, 1.0, owner=self.augment)
         number("surround", "foreign surroundings share (--surround)", 0, 1.0, owner=self.augment)
         number("detector_framing", "detector framing share (--detector-framing)", 0, 1.0, owner=self.augment)
-        if self.augment.detector_framing > 0 and not self.detector_framings:
-            raise ConfigError("--detector-framing needs the faces' recorded framings: add --detector-framings FILE")
-        for path in self.detector_framings:
-            if not Path(path).is_file():
-                raise ConfigError(
-                    f"--detector-framings: no file at {path}; make one with scripts/measure_detector_framings.py"
-                )
+        self._check_detector_framings()
         if self.split_seed is not None:
             number("split_seed", "split seed (--split-seed)", 0, 2**63 - 1, whole=True)
         number("distill_weight", "distillation weight (--distill-weight)", 0, 1.0)
@@ -180,6 +174,16 @@ class TrainConfig:
                 "the trainer trains one network at a time: train each with its own --seed, then "
                 "combine them with `train_cli.py ship RUN1/best.pt RUN2/best.pt ...`"
             )
+
+    def _check_detector_framings(self) -> None:
+        """ConfigError when ``--detector-framing`` has no framings files or one of them is missing."""
+        if self.augment.detector_framing > 0 and not self.detector_framings:
+            raise ConfigError("--detector-framing needs the faces' recorded framings: add --detector-framings FILE")
+        for path in self.detector_framings:
+            if not Path(path).is_file():
+                raise ConfigError(
+                    f"--detector-framings: no file at {path}; make one with scripts/measure_detector_framings.py"
+                )
 
     @property
     def val_split_seed(self) -> int:
