@@ -75,12 +75,12 @@ def init_held_out(cfg: TrainConfig) -> list | None:
     return list(own) if cfg.val_split > 0 and isinstance(start, dict) and unseen_split(start) == own else None
 
 
-def teacher_held_out(cfg: TrainConfig) -> list | None:
-    """``[val_split, split seed]`` of this run when every network of the ``teacher`` held out the same faces, so
-    distilling from it keeps them unseen, else None; recorded in the run's config as ``teacher_held_out``."""
+def teacher_held_out(cfg: TrainConfig, teacher_train_config: dict) -> list | None:
+    """``[val_split, split seed]`` of this run when every network of the teacher (its ``teacher_train_config``)
+    held out the same faces, so distilling from it keeps them unseen, else None; recorded in the run's config as
+    ``teacher_held_out``."""
     own = (float(cfg.val_split), cfg.val_split_seed)
-    teacher = read_checkpoint(cfg.teacher, dequantize=False).get("train_config", {})
-    return list(own) if cfg.val_split > 0 and unseen_split(teacher) == own else None
+    return list(own) if cfg.val_split > 0 and unseen_split(teacher_train_config) == own else None
 
 
 def _cpu_training_dtype(
@@ -196,8 +196,8 @@ def setup_run(cfg: TrainConfig, d: Dist, device: torch.device, out: Path) -> Tra
         )
     model, preprocess = _build_model(cfg, device, out)
     teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
-    if cfg.teacher:
-        cfg.teacher_held_out = teacher_held_out(cfg)
+    if teacher is not None:
+        cfg.teacher_held_out = teacher_held_out(cfg, teacher.train_config)
     dtype = _training_dtype(model, preprocess, train_ds, cfg, d, device, out)
     targets = None
     if teacher is not None and cfg.teacher_cache:
