@@ -66,21 +66,26 @@ def init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     log.info("starting from network %d of %s", cfg.init_member, cfg.init_from)
 
 
+def _same_held_out(cfg: TrainConfig, train_config: object) -> list | None:
+    """``[val_split, split seed]`` of this run when every network of ``train_config`` held out the same faces, else
+    None."""
+    own = (float(cfg.val_split), cfg.val_split_seed)
+    same = cfg.val_split > 0 and isinstance(train_config, dict) and unseen_split(train_config) == own
+    return list(own) if same else None
+
+
 def init_held_out(cfg: TrainConfig) -> list | None:
     """``[val_split, split seed]`` of this run when the ``init_from`` network held out the same faces (they stay
     unseen, and ``calibrate`` may fit on them), else None; recorded in the run's config as ``init_held_out``."""
     source = member_train_configs(read_checkpoint(cfg.init_from).get("train_config", {}))
-    start = source[cfg.init_member - 1] if len(source) >= cfg.init_member else None
-    own = (float(cfg.val_split), cfg.val_split_seed)
-    return list(own) if cfg.val_split > 0 and isinstance(start, dict) and unseen_split(start) == own else None
+    return _same_held_out(cfg, source[cfg.init_member - 1] if len(source) >= cfg.init_member else None)
 
 
 def teacher_held_out(cfg: TrainConfig, teacher_train_config: dict) -> list | None:
     """``[val_split, split seed]`` of this run when every network of the teacher (its ``teacher_train_config``)
     held out the same faces, so distilling from it keeps them unseen, else None; recorded in the run's config as
     ``teacher_held_out``."""
-    own = (float(cfg.val_split), cfg.val_split_seed)
-    return list(own) if cfg.val_split > 0 and unseen_split(teacher_train_config) == own else None
+    return _same_held_out(cfg, teacher_train_config)
 
 
 def _cpu_training_dtype(
