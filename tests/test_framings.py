@@ -65,6 +65,15 @@ def test_only_the_share_with_a_framing_is_recut() -> None:
     assert torch.allclose(augment(x, STILL, framings=framings), x, atol=1e-5)  # share 0: framings unused
 
 
+def test_a_face_framed_in_one_file_of_two_is_always_cut_by_that_framing() -> None:
+    x = torch.zeros(300, 1, 48, 48)
+    x[:, :, 12:36, 12:36] = 1.0
+    framings = torch.from_numpy(framing_to_theta(similarity(1.5, 0.0, (0, 0))[None])).expand(300, 2, 2, 3).clone()
+    framings[:, 0] = math.nan  # the first file never found these faces; the second did
+    out = augment(x, replace(STILL, detector_framing=1.0), torch.Generator().manual_seed(0), framings=framings)
+    assert ((out - x).abs().flatten(1).amax(1) > 0.05).all()
+
+
 def test_framings_file_is_matched_by_face_not_by_position(tmp_path: Path) -> None:
     images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (6, 48, 48), dtype=np.uint8))
     keys = face_keys(images)

@@ -97,12 +97,15 @@ def _recorded_framing(
 ) -> torch.Tensor:
     """``theta`` with a random ``share`` of the faces cut by one of their recorded detector framings (``framings``
     (N, K, 2, 3), NaN where a face has none; see ``framings.load_framings``), mirrored where ``flip`` is -1."""
-    n, k = framings.shape[:2]
+    n = framings.shape[0]
     dev = theta.device
-    pick_k = torch.randint(k, (n,), device=dev, generator=gen)
-    recorded = framings.to(dev)[torch.arange(n, device=dev), pick_k].clone()
+    framings = framings.to(dev)
+    has = torch.isfinite(framings).flatten(2).all(dim=2)  # (N, K): which of its framings each face has
+    # One of the framings the face has (each as likely); a face with none draws any and keeps its random crop.
+    pick_k = torch.multinomial((has | ~has.any(1, keepdim=True)).float(), 1, generator=gen).squeeze(1)
+    recorded = framings[torch.arange(n, device=dev), pick_k].clone()
     recorded[:, :, 0] *= flip.view(n, 1)  # mirror the output's x, as the random crop does
-    usable = torch.isfinite(recorded).all(dim=2).all(dim=1)
+    usable = has[torch.arange(n, device=dev), pick_k]
     chosen = usable & (torch.rand(n, device=dev, generator=gen) < share)
     return torch.where(chosen.view(n, 1, 1), torch.nan_to_num(recorded), theta)
 
