@@ -18,6 +18,7 @@ from emotion.models.checkpoint import SHIP_WEIGHTS, load_checkpoint, read_checkp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cli  # noqa: E402
+from emotion_cli import flags  # noqa: E402
 
 
 def test_tta_views_are_shifts_and_mirrors_of_the_face():
@@ -35,9 +36,9 @@ def test_tta_views_are_shifts_and_mirrors_of_the_face():
 
 
 def test_cli_tta_engine_and_weight_choices_match_the_library():
-    assert set(train_cli.TTA_CHOICES) == set(TTA_VIEWS)
-    assert train_cli.ENGINE_CHOICES == ENGINES
-    assert train_cli.SHIP_WEIGHTS == SHIP_WEIGHTS
+    assert set(flags.TTA_CHOICES) == set(TTA_VIEWS)
+    assert flags.ENGINE_CHOICES == ENGINES
+    assert flags.SHIP_WEIGHTS == SHIP_WEIGHTS
 
 
 def test_tta_averages_view_probabilities(tiny_cnn_checkpoint):
