@@ -1,5 +1,6 @@
 """The command line's flags for every verb but ``train`` (argparse lives here and in ``train_flags``, never in
-``emotion/``). Defaults that depend on the library are read from it lazily, so ``--help`` needs no torch."""
+``emotion/``). The library's choices are named here rather than imported, so these flags need no torch
+(``train``'s do: their defaults come from the library's configs); tests check that the two lists agree."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ TTA_CHOICES = (
     "none",
     "flip",
     "shift",
-)  # emotion.inference.classifier.TTA_VIEWS, named here so --help needs no torch import
+)  # emotion.inference.classifier.TTA_VIEWS
 ENGINE_CHOICES = ("auto", "torch", "onnxruntime")  # emotion.inference.classifier.ENGINES
 SHIP_WEIGHTS = ("fp16", "int8")  # emotion.models.checkpoint.SHIP_WEIGHTS
 

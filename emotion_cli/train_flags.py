@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from emotion_cli.flags import HelpFormatter
 
-if TYPE_CHECKING:  # imported lazily at run time, so `--help` needs no torch
+if TYPE_CHECKING:  # imported by add_train, which reads their defaults, not when this module is imported
     from emotion.data.augment import AugmentConfig
     from emotion.models.networks import ModelConfig
     from emotion.training.config import TrainConfig
