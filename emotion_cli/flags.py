@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-TTA_CHOICES = (
-    "none",
-    "flip",
-    "shift",
-)  # emotion.inference.classifier.TTA_VIEWS
+TTA_CHOICES = ("none", "flip", "shift")  # emotion.inference.classifier.TTA_VIEWS
 ENGINE_CHOICES = ("auto", "torch", "onnxruntime")  # emotion.inference.classifier.ENGINES
 SHIP_WEIGHTS = ("fp16", "int8")  # emotion.models.checkpoint.SHIP_WEIGHTS
 
